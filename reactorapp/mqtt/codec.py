@@ -1,0 +1,773 @@
+"""Sans-I/O MQTT codec: ``Parser.feed(bytes) -> packets`` and ``encode(packet) -> bytes``.
+
+The parser frames the byte stream incrementally and checks everything a
+single packet can get wrong (flags, lengths, strings, field rules). Rules
+that need connection state, such as "the first packet must be CONNECT", are
+the protocol's job.
+
+String policy (MQTT 3.1.1 section 1.5.3): strings must be well-formed UTF-8
+(Python's strict decoder rejects overlong forms and surrogates) and must not
+contain U+0000. U+FEFF is kept as part of the string. Control characters
+(U+0001-U+001F, U+007F-U+009F) and non-characters are allowed: the spec lets
+a server refuse them, but refusing them breaks clients for no safety gain,
+since topics are matched as opaque strings. Passwords and Will payloads are
+binary and never decoded.
+
+MQTT 5 goes in by branching on ``level`` in the body parsers, at the places
+marked "MQTT 5"; only the packet framing rules for level 5 exist today.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from reactorapp.mqtt.packets import (
+    MQTT_3_1,
+    MQTT_3_1_1,
+    MQTT_5,
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    PacketType,
+    PingReq,
+    PingResp,
+    PubAck,
+    PubComp,
+    PubRec,
+    PubRel,
+    Publish,
+    Subscribe,
+    SubAck,
+    SubscriptionRequest,
+    Unsubscribe,
+    UnsubAck,
+    Will,
+)
+
+__all__ = [
+    "MAX_REMAINING_LENGTH",
+    "PINGRESP_BYTES",
+    "MalformedPacket",
+    "PacketTooLarge",
+    "Parser",
+    "ProtocolError",
+    "UnsupportedProtocol",
+    "encode",
+    "encode_puback",
+    "encode_pubcomp",
+    "encode_publish",
+    "encode_publish_parts",
+    "encode_pubrec",
+    "encode_pubrel",
+]
+
+MAX_REMAINING_LENGTH = 268_435_455
+
+#: MQTT 5 reason codes carried by the errors below.
+MALFORMED = 0x81
+PROTOCOL_ERROR = 0x82
+UNSUPPORTED_PROTOCOL_VERSION = 0x84
+PACKET_TOO_LARGE = 0x95
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol; the connection must be closed.
+
+    ``packets`` holds the complete packets that preceded the violation in the
+    same ``feed`` call, so the protocol can still act on them (a DISCONNECT
+    followed by garbage, say) before closing.
+    """
+
+    reason_code = MALFORMED
+
+    def __init__(self, reason: str, reason_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        if reason_code is not None:
+            self.reason_code = reason_code
+        self.packets: list[Packet] = []
+
+
+class MalformedPacket(ProtocolError):
+    """Bytes that do not decode as the packet they claim to be."""
+
+
+class PacketTooLarge(ProtocolError):
+    """A packet larger than the configured maximum, refused from its header."""
+
+    reason_code = PACKET_TOO_LARGE
+
+
+class UnsupportedProtocol(ProtocolError):
+    """CONNECT with a protocol name/level we do not speak.
+
+    The server answers CONNACK 0x01 and closes [MQTT-3.1.2-2]. Raised for
+    "MQTT" with an unsupported level and for "MQIsdp" (MQTT 3.1); any other
+    protocol name is a plain ProtocolError, closed without CONNACK.
+    """
+
+    reason_code = UNSUPPORTED_PROTOCOL_VERSION
+
+
+SUPPORTED_LEVELS = frozenset({MQTT_3_1_1})
+
+_pack_h = struct.Struct(">H").pack
+#: First byte, one-byte Remaining Length, then a 16-bit field.
+_pack_bbh = struct.Struct(">BBH").pack
+_NAMES = {t.value: t.name for t in PacketType}
+
+
+# -- reading fields ------------------------------------------------------------
+
+def _read_str(data: bytes, pos: int, end: int, what: str) -> tuple[str, int]:
+    """Read a length-prefixed UTF-8 string [MQTT-1.5.3-1, MQTT-1.5.3-2]."""
+    if pos + 2 > end:
+        raise MalformedPacket(f"The {what} runs past the end of the packet.")
+    stop = pos + 2 + (data[pos] << 8 | data[pos + 1])
+    if stop > end:
+        raise MalformedPacket(f"The {what} runs past the end of the packet.")
+    try:
+        text = data[pos + 2:stop].decode()
+    except UnicodeDecodeError:
+        raise MalformedPacket(f"The {what} is not well-formed UTF-8.") from None
+    if "\x00" in text:
+        raise MalformedPacket(f"The {what} contains U+0000.")
+    return text, stop
+
+
+def _read_bytes(data: bytes, pos: int, end: int, what: str) -> tuple[bytes, int]:
+    """Read length-prefixed binary data (password, Will payload)."""
+    if pos + 2 > end:
+        raise MalformedPacket(f"The {what} runs past the end of the packet.")
+    stop = pos + 2 + (data[pos] << 8 | data[pos + 1])
+    if stop > end:
+        raise MalformedPacket(f"The {what} runs past the end of the packet.")
+    return data[pos + 2:stop], stop
+
+
+def _read_packet_id(data: bytes, pos: int, end: int, what: str) -> int:
+    """Read a non-zero packet identifier [MQTT-2.3.1-1]."""
+    if pos + 2 > end:
+        raise MalformedPacket(f"The {what} is too short for its Packet Identifier.")
+    packet_id = data[pos] << 8 | data[pos + 1]
+    if not packet_id:
+        raise ProtocolError(f"The {what} has Packet Identifier 0.", PROTOCOL_ERROR)
+    return packet_id
+
+
+def _check_topic_name(topic: str, what: str) -> None:
+    """A topic name is not empty and has no wildcards [MQTT-4.7.3-1, MQTT-4.7.1-1]."""
+    if not topic:
+        raise ProtocolError(f"The {what} is empty.", PROTOCOL_ERROR)
+    if "+" in topic or "#" in topic:
+        raise ProtocolError(f"The {what} contains a wildcard.", PROTOCOL_ERROR)
+
+
+def _read_properties(data: bytes, pos: int, end: int) -> tuple[dict, int]:
+    """Read an MQTT 5 property block; not decoded yet, so refuse the packet."""
+    raise MalformedPacket("MQTT 5 properties are not supported yet.")
+
+
+# -- body parsers: (data, start, end, flags, level) -> Packet -------------------
+
+def _parse_connect(data, pos, end, flags, level):
+    name, pos = _read_str(data, pos, end, "CONNECT protocol name")
+    if pos + 4 > end:
+        raise MalformedPacket("The CONNECT variable header is truncated.")
+    # The CONNECT's own level decides its layout, not the parser's.
+    level = data[pos]
+    if name != "MQTT":
+        if name == "MQIsdp":
+            raise UnsupportedProtocol(f"MQTT 3.1 (MQIsdp, level {level}) is not supported.")
+        raise ProtocolError(f"Unknown protocol name {name!r}.", PROTOCOL_ERROR)
+    if level not in SUPPORTED_LEVELS:
+        # MQTT 5: add MQTT_5 to SUPPORTED_LEVELS once its properties are decoded.
+        raise UnsupportedProtocol(f"MQTT protocol level {level} is not supported.")
+    cflags = data[pos + 1]
+    keep_alive = data[pos + 2] << 8 | data[pos + 3]
+    pos += 4
+    if cflags & 0x01:
+        raise MalformedPacket("The CONNECT reserved flag is set.")
+    has_will = cflags & 0x04
+    will_qos = cflags >> 3 & 3
+    will_retain = cflags & 0x20
+    if not has_will and (will_qos or will_retain):
+        raise MalformedPacket("CONNECT has Will QoS or Will Retain without a Will.")
+    if will_qos == 3:
+        raise MalformedPacket("CONNECT has Will QoS 3.")
+    if cflags & 0x40 and not cflags & 0x80:  # MQTT 5 allows a password alone
+        raise MalformedPacket("CONNECT has a password without a user name.")
+    if level == MQTT_5:
+        properties, pos = _read_properties(data, pos, end)
+    else:
+        properties = {}
+    client_id, pos = _read_str(data, pos, end, "client identifier")
+    will = None
+    if has_will:
+        # MQTT 5: the Will properties come before the Will topic.
+        topic, pos = _read_str(data, pos, end, "Will topic")
+        _check_topic_name(topic, "Will topic")
+        payload, pos = _read_bytes(data, pos, end, "Will message")
+        will = Will(topic, payload, will_qos, bool(will_retain))
+    username = password = None
+    if cflags & 0x80:
+        username, pos = _read_str(data, pos, end, "user name")
+    if cflags & 0x40:
+        password, pos = _read_bytes(data, pos, end, "password")
+    if pos != end:
+        raise MalformedPacket("CONNECT has bytes after its last field.")
+    return Connect(
+        client_id, bool(cflags & 0x02), keep_alive, will, username, password,
+        name, level, properties,
+    )
+
+
+def _parse_connack(data, pos, end, flags, level):
+    # MQTT 5: a property block follows the return code.
+    if end - pos != 2:
+        raise MalformedPacket("CONNACK must have a Remaining Length of 2.")
+    ack_flags, code = data[pos], data[pos + 1]
+    if ack_flags & 0xFE:
+        raise MalformedPacket("CONNACK has reserved flag bits set.")
+    if code > 5:
+        raise MalformedPacket(f"CONNACK has unknown return code {code}.")
+    return ConnAck(bool(ack_flags), code)
+
+
+def _parse_publish(data, pos, end, flags, level):
+    # The topic is read inline: this is the hottest parser.
+    if pos + 2 > end:
+        raise MalformedPacket("The PUBLISH Topic Name runs past the end of the packet.")
+    stop = pos + 2 + (data[pos] << 8 | data[pos + 1])
+    if stop > end:
+        raise MalformedPacket("The PUBLISH Topic Name runs past the end of the packet.")
+    try:
+        topic = data[pos + 2:stop].decode()
+    except UnicodeDecodeError:
+        raise MalformedPacket("The PUBLISH Topic Name is not well-formed UTF-8.") from None
+    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+        if "\x00" in topic:
+            raise MalformedPacket("The PUBLISH Topic Name contains U+0000.")
+        # MQTT 5: an empty topic is legal when a Topic Alias is present.
+        _check_topic_name(topic, "PUBLISH Topic Name")
+    qos = flags >> 1 & 3
+    if qos:
+        if stop + 2 > end:
+            raise MalformedPacket("The PUBLISH is too short for its Packet Identifier.")
+        packet_id = data[stop] << 8 | data[stop + 1]
+        if not packet_id:
+            raise ProtocolError("The PUBLISH has Packet Identifier 0.", PROTOCOL_ERROR)
+        stop += 2
+    else:
+        packet_id = None
+    if level == MQTT_5:
+        properties, stop = _read_properties(data, stop, end)
+    else:
+        properties = {}
+    return Publish(
+        topic, data[stop:end], qos, flags & 1 == 1, flags & 8 == 8, packet_id, properties
+    )
+
+
+def _ack_parser(cls, name):
+    def parse(data, pos, end, flags, level):
+        if end - pos != 2:
+            # MQTT 5: a reason code and a property block may follow the id.
+            raise MalformedPacket(f"{name} must have a Remaining Length of 2.")
+        packet_id = data[pos] << 8 | data[pos + 1]
+        if not packet_id:
+            raise ProtocolError(f"{name} has Packet Identifier 0.", PROTOCOL_ERROR)
+        return cls(packet_id)
+
+    parse.__name__ = f"_parse_{name.lower()}"
+    return parse
+
+
+def _parse_subscribe(data, pos, end, flags, level):
+    packet_id = _read_packet_id(data, pos, end, "SUBSCRIBE")
+    pos += 2
+    if level == MQTT_5:
+        properties, pos = _read_properties(data, pos, end)
+    else:
+        properties = {}
+    subscriptions = []
+    while pos < end:
+        # Wildcard placement is the broker's call: it answers 0x80 [MQTT-4.7.1-2].
+        topic_filter, pos = _read_str(data, pos, end, "SUBSCRIBE topic filter")
+        if pos >= end:
+            raise MalformedPacket("A SUBSCRIBE topic filter has no requested QoS.")
+        options = data[pos]
+        pos += 1
+        # MQTT 5: bits 2-5 are subscription options there.
+        if options & 0xFC or options == 3:
+            raise MalformedPacket(f"SUBSCRIBE has an invalid requested QoS byte 0x{options:02x}.")
+        subscriptions.append(SubscriptionRequest(topic_filter, options))
+    if not subscriptions:
+        raise ProtocolError("SUBSCRIBE has no topic filters.", PROTOCOL_ERROR)
+    return Subscribe(packet_id, subscriptions, properties)
+
+
+def _parse_suback(data, pos, end, flags, level):
+    packet_id = _read_packet_id(data, pos, end, "SUBACK")
+    pos += 2
+    # MQTT 5: a property block precedes the reason codes.
+    codes = list(data[pos:end])
+    if not codes:
+        raise MalformedPacket("SUBACK has no return codes.")
+    for code in codes:
+        if code > 2 and code != 0x80:
+            raise MalformedPacket(f"SUBACK has invalid return code 0x{code:02x}.")
+    return SubAck(packet_id, codes)
+
+
+def _parse_unsubscribe(data, pos, end, flags, level):
+    packet_id = _read_packet_id(data, pos, end, "UNSUBSCRIBE")
+    pos += 2
+    if level == MQTT_5:
+        properties, pos = _read_properties(data, pos, end)
+    else:
+        properties = {}
+    topic_filters = []
+    while pos < end:
+        topic_filter, pos = _read_str(data, pos, end, "UNSUBSCRIBE topic filter")
+        topic_filters.append(topic_filter)
+    if not topic_filters:
+        raise ProtocolError("UNSUBSCRIBE has no topic filters.", PROTOCOL_ERROR)
+    return Unsubscribe(packet_id, topic_filters, properties)
+
+
+def _parse_unsuback(data, pos, end, flags, level):
+    if end - pos != 2:
+        # MQTT 5: a property block and one reason code per filter follow.
+        raise MalformedPacket("UNSUBACK must have a Remaining Length of 2.")
+    return UnsubAck(_read_packet_id(data, pos, end, "UNSUBACK"))
+
+
+def _empty_parser(cls, name):
+    def parse(data, pos, end, flags, level):
+        if end != pos:
+            raise MalformedPacket(f"{name} must have a Remaining Length of 0.")
+        return cls()
+
+    parse.__name__ = f"_parse_{name.lower()}"
+    return parse
+
+
+def _reason_parser(cls, name):
+    """DISCONNECT and AUTH: empty in 3.1.1, reason code and properties in MQTT 5."""
+
+    def parse(data, pos, end, flags, level):
+        if end == pos:
+            return cls()
+        if level != MQTT_5:
+            raise MalformedPacket(f"{name} must have a Remaining Length of 0.")
+        reason_code = data[pos]
+        properties, pos = _read_properties(data, pos + 1, end)
+        if pos != end:
+            raise MalformedPacket(f"{name} has bytes after its last field.")
+        return cls(reason_code, properties)
+
+    parse.__name__ = f"_parse_{name.lower()}"
+    return parse
+
+
+_PARSERS = {
+    PacketType.CONNECT: _parse_connect,
+    PacketType.CONNACK: _parse_connack,
+    PacketType.PUBLISH: _parse_publish,
+    PacketType.PUBACK: _ack_parser(PubAck, "PUBACK"),
+    PacketType.PUBREC: _ack_parser(PubRec, "PUBREC"),
+    PacketType.PUBREL: _ack_parser(PubRel, "PUBREL"),
+    PacketType.PUBCOMP: _ack_parser(PubComp, "PUBCOMP"),
+    PacketType.SUBSCRIBE: _parse_subscribe,
+    PacketType.SUBACK: _parse_suback,
+    PacketType.UNSUBSCRIBE: _parse_unsubscribe,
+    PacketType.UNSUBACK: _parse_unsuback,
+    PacketType.PINGREQ: _empty_parser(PingReq, "PINGREQ"),
+    PacketType.PINGRESP: _empty_parser(PingResp, "PINGRESP"),
+    PacketType.DISCONNECT: _reason_parser(Disconnect, "DISCONNECT"),
+    PacketType.AUTH: _reason_parser(Auth, "AUTH"),
+}
+# Plain int keys: the feed loop looks parsers up by the type nibble.
+_PARSERS = {int(ptype): parse for ptype, parse in _PARSERS.items()}
+
+_SERVER_ONLY = frozenset(
+    {PacketType.CONNACK, PacketType.SUBACK, PacketType.UNSUBACK, PacketType.PINGRESP}
+)
+_CLIENT_ONLY = frozenset(
+    {PacketType.CONNECT, PacketType.SUBSCRIBE, PacketType.UNSUBSCRIBE, PacketType.PINGREQ}
+)
+_FLAGS_0010 = frozenset({PacketType.PUBREL, PacketType.SUBSCRIBE, PacketType.UNSUBSCRIBE})
+
+
+def _first_byte_rule(first: int, server_side: bool, level: int):
+    """The error for a fixed-header first byte, as (class, reason, code), or None."""
+    ptype, flags = first >> 4, first & 0x0F
+    if ptype == 0 or (ptype == PacketType.AUTH and level != MQTT_5):
+        return MalformedPacket, f"Packet type {ptype} is reserved.", MALFORMED
+    name = _NAMES[ptype]
+    if server_side and ptype in _SERVER_ONLY:
+        return ProtocolError, f"A client may not send {name}.", PROTOCOL_ERROR
+    if not server_side and (
+        ptype in _CLIENT_ONLY or (ptype == PacketType.DISCONNECT and level != MQTT_5)
+    ):
+        return ProtocolError, f"A server may not send {name}.", PROTOCOL_ERROR
+    if ptype == PacketType.PUBLISH:
+        qos = flags >> 1 & 3
+        if qos == 3:
+            return MalformedPacket, "PUBLISH has QoS 3.", MALFORMED
+        if flags & 8 and not qos:
+            return ProtocolError, "PUBLISH has DUP set with QoS 0.", PROTOCOL_ERROR
+        return None
+    expected = 0b0010 if ptype in _FLAGS_0010 else 0
+    if flags != expected:
+        return (
+            MalformedPacket,
+            f"{name} flags must be {expected:04b}, got {flags:04b}.",
+            MALFORMED,
+        )
+    return None
+
+
+_RULES: dict[tuple[bool, int], tuple] = {}
+
+
+def _first_byte_rules(server_side: bool, level: int) -> tuple:
+    key = (server_side, level)
+    rules = _RULES.get(key)
+    if rules is None:
+        rules = _RULES[key] = tuple(
+            _first_byte_rule(first, server_side, level) for first in range(256)
+        )
+    return rules
+
+
+def _remaining_length(data: bytes, pos: int, n: int):
+    """Decode a multi-byte Remaining Length whose first byte is at ``pos``.
+
+    Returns (length, body start), or None if more bytes are needed. The
+    continuation bit of the 4th byte is refused before it could shift in a
+    5th byte (the Errata 01 fix of the spec's pseudocode).
+    """
+    length = 0
+    shift = 0
+    while pos < n:
+        byte = data[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return length, pos
+        if shift == 21:
+            raise MalformedPacket("The Remaining Length is longer than 4 bytes.")
+        shift += 7
+    return None
+
+
+class Parser:
+    """Incremental MQTT packet parser.
+
+    ``max_packet_size`` bounds a whole packet (fixed header included, as MQTT
+    5's Maximum Packet Size does); a larger one is refused from its header,
+    before its body is buffered.
+
+    Packets are parsed straight from each read. Only the start of an
+    incomplete packet is kept, in a bytearray; once its header is known the
+    parser just appends until the packet is whole, so a large packet that
+    arrives in many reads costs one copy, not one parse per read.
+
+    ``protocol_level`` selects the rules (4 = MQTT 3.1.1). A CONNECT that
+    parses sets it to the CONNECT's level, so packets pipelined behind the
+    CONNECT in the same read are decoded with the right rules.
+
+    ``server_side`` parses as a server, refusing packets only a server sends;
+    False parses as a client (a bridge, or tests).
+    """
+
+    def __init__(
+        self,
+        max_packet_size: int = MAX_REMAINING_LENGTH + 5,
+        protocol_level: int = MQTT_3_1_1,
+        *,
+        server_side: bool = True,
+    ) -> None:
+        self.max_packet_size = max_packet_size
+        self._buf = bytearray()
+        #: Size of the buffered packet once its header is complete, else 0.
+        self._need = 0
+        self._error: ProtocolError | None = None
+        self._server_side = server_side
+        self._level = protocol_level
+        self._rules = _first_byte_rules(server_side, protocol_level)
+
+    @property
+    def protocol_level(self) -> int:
+        return self._level
+
+    @protocol_level.setter
+    def protocol_level(self, level: int) -> None:
+        self._level = level
+        self._rules = _first_byte_rules(self._server_side, level)
+
+    @property
+    def server_side(self) -> bool:
+        return self._server_side
+
+    @server_side.setter
+    def server_side(self, value: bool) -> None:
+        self._server_side = value
+        self._rules = _first_byte_rules(value, self._level)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back as the start of an incomplete packet."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Packet]:
+        """Append bytes and return every complete packet, in order.
+
+        Raises a ProtocolError on the first violation; the parser then
+        refuses further input, since the connection is being closed.
+        """
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return []
+            data = bytes(buf)
+            buf.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
+        n = len(data)
+        pos = 0
+        packets: list[Packet] = []
+        rules = self._rules
+        level = self._level
+        parsers = _PARSERS
+        limit = self.max_packet_size
+        need = 0
+        try:
+            while pos < n:
+                first = data[pos]
+                rule = rules[first]
+                if rule is not None:
+                    raise rule[0](rule[1], rule[2])
+                if pos + 1 == n:
+                    break
+                length = data[pos + 1]
+                if length < 0x80:
+                    start = pos + 2
+                else:
+                    decoded = _remaining_length(data, pos + 1, n)
+                    if decoded is None:
+                        break
+                    length, start = decoded
+                end = start + length
+                if end - pos > limit:
+                    raise PacketTooLarge(
+                        f"A packet of {end - pos} bytes exceeds the limit of {limit} bytes."
+                    )
+                if end > n:
+                    need = end - pos
+                    break
+                packet = parsers[first >> 4](data, start, end, first & 0x0F, level)
+                packets.append(packet)
+                pos = end
+                if first == 0x10:
+                    self.protocol_level = level = packet.protocol_level
+                    rules = self._rules
+        except ProtocolError as error:
+            error.packets = packets
+            self._error = error
+            raise
+        if pos < n:
+            buf += memoryview(data)[pos:]
+        self._need = need
+        return packets
+
+
+# -- encoding -----------------------------------------------------------------
+
+def _fixed_header(first: int, length: int) -> bytes:
+    if length < 0x80:
+        return bytes((first, length))
+    if length > MAX_REMAINING_LENGTH:
+        raise ValueError(f"Remaining Length {length} exceeds {MAX_REMAINING_LENGTH}.")
+    out = bytearray((first,))
+    while length >= 0x80:
+        out.append(length & 0x7F | 0x80)
+        length >>= 7
+    out.append(length)
+    return bytes(out)
+
+
+def _str(text: str) -> bytes:
+    return _bin(text.encode("utf-8"))
+
+
+def _bin(data: bytes) -> bytes:
+    if len(data) > 0xFFFF:
+        raise ValueError("A string or binary field is longer than 65535 bytes.")
+    return _pack_h(len(data)) + data
+
+
+def _publish_first(qos: int, retain: bool, dup: bool) -> int:
+    first = 0x30 | qos << 1
+    if retain:
+        first |= 0x01
+    if dup:
+        first |= 0x08
+    return first
+
+
+def encode_publish(
+    topic: str, payload: bytes, qos: int, retain: bool, dup: bool = False, packet_id: int = 0
+) -> bytes:
+    """Encode a PUBLISH without building a packet value (the fan-out path)."""
+    encoded_topic = topic.encode()
+    topic_len = len(encoded_topic)
+    if topic_len > 0xFFFF:
+        raise ValueError("The topic is longer than 65535 bytes.")
+    first = 0x30 | qos << 1
+    if retain:
+        first |= 0x01
+    if dup:
+        first |= 0x08
+    if qos:
+        length = topic_len + len(payload) + 4
+        if length < 0x80:
+            head = _pack_bbh(first, length, topic_len)
+        else:
+            head = _fixed_header(first, length) + _pack_h(topic_len)
+        return b"".join((head, encoded_topic, _pack_h(packet_id), payload))
+    length = topic_len + len(payload) + 2
+    if length < 0x80:
+        return b"".join((_pack_bbh(first, length, topic_len), encoded_topic, payload))
+    return b"".join((_fixed_header(first, length), _pack_h(topic_len), encoded_topic, payload))
+
+
+def encode_publish_parts(
+    topic: str, payload: bytes, qos: int, retain: bool, dup: bool = False
+) -> tuple[bytes, bytes]:
+    """Split a QoS>0 PUBLISH around its packet id, to encode once per message.
+
+    ``head + packet_id.to_bytes(2, "big") + payload`` is the whole packet;
+    the Remaining Length in ``head`` already counts the two id bytes.
+    """
+    if not qos:
+        raise ValueError("A QoS 0 PUBLISH has no packet identifier.")
+    encoded_topic = topic.encode()
+    topic_len = len(encoded_topic)
+    if topic_len > 0xFFFF:
+        raise ValueError("The topic is longer than 65535 bytes.")
+    head = _fixed_header(_publish_first(qos, retain, dup), topic_len + len(payload) + 4)
+    return head + _pack_h(topic_len) + encoded_topic, payload
+
+
+PINGREQ_BYTES = b"\xc0\x00"
+PINGRESP_BYTES = b"\xd0\x00"
+DISCONNECT_BYTES = b"\xe0\x00"
+
+
+def encode_puback(packet_id: int) -> bytes:
+    return _pack_bbh(0x40, 2, packet_id)
+
+
+def encode_pubrec(packet_id: int) -> bytes:
+    return _pack_bbh(0x50, 2, packet_id)
+
+
+def encode_pubrel(packet_id: int) -> bytes:
+    return _pack_bbh(0x62, 2, packet_id)
+
+
+def encode_pubcomp(packet_id: int) -> bytes:
+    return _pack_bbh(0x70, 2, packet_id)
+
+
+def _encode_connect(p: Connect) -> bytes:
+    flags = 0x02 if p.clean_session else 0
+    parts = [_str(p.protocol_name), b"", _pack_h(p.keep_alive), _str(p.client_id)]
+    if p.will is not None:
+        flags |= 0x04 | p.will.qos << 3 | (0x20 if p.will.retain else 0)
+        parts += (_str(p.will.topic), _bin(p.will.payload))
+    if p.username is not None:
+        flags |= 0x80
+        parts.append(_str(p.username))
+    if p.password is not None:
+        flags |= 0x40
+        parts.append(_bin(p.password))
+    parts[1] = bytes((p.protocol_level, flags))
+    body = b"".join(parts)
+    return _fixed_header(0x10, len(body)) + body
+
+
+def _encode_connack(p: ConnAck) -> bytes:
+    return bytes((0x20, 2, 1 if p.session_present else 0, p.return_code))
+
+
+def _encode_publish(p: Publish) -> bytes:
+    if p.qos and p.packet_id is None:
+        raise ValueError("A QoS>0 PUBLISH needs a packet identifier.")
+    return encode_publish(p.topic, p.payload, p.qos, p.retain, p.dup, p.packet_id or 0)
+
+
+def _encode_subscribe(p: Subscribe) -> bytes:
+    parts = [_pack_h(p.packet_id)]
+    for sub in p.subscriptions:
+        parts += (_str(sub.topic_filter), bytes((sub.qos,)))
+    body = b"".join(parts)
+    return _fixed_header(0x82, len(body)) + body
+
+
+def _encode_suback(p: SubAck) -> bytes:
+    body = _pack_h(p.packet_id) + bytes(p.return_codes)
+    return _fixed_header(0x90, len(body)) + body
+
+
+def _encode_unsubscribe(p: Unsubscribe) -> bytes:
+    body = _pack_h(p.packet_id) + b"".join(_str(f) for f in p.topic_filters)
+    return _fixed_header(0xA2, len(body)) + body
+
+
+def _encode_auth(p: Auth) -> bytes:
+    raise ValueError("AUTH exists only in MQTT 5.")
+
+
+_ENCODERS = {
+    Connect: _encode_connect,
+    ConnAck: _encode_connack,
+    Publish: _encode_publish,
+    PubAck: lambda p: encode_puback(p.packet_id),
+    PubRec: lambda p: encode_pubrec(p.packet_id),
+    PubRel: lambda p: encode_pubrel(p.packet_id),
+    PubComp: lambda p: encode_pubcomp(p.packet_id),
+    Subscribe: _encode_subscribe,
+    SubAck: _encode_suback,
+    Unsubscribe: _encode_unsubscribe,
+    UnsubAck: lambda p: _pack_bbh(0xB0, 2, p.packet_id),
+    PingReq: lambda p: PINGREQ_BYTES,
+    PingResp: lambda p: PINGRESP_BYTES,
+    Disconnect: lambda p: DISCONNECT_BYTES,
+    Auth: _encode_auth,
+}
+
+
+def encode(packet: Packet, protocol_level: int = MQTT_3_1_1) -> bytes:
+    """Encode any packet, in either direction.
+
+    Only what the wire cannot carry raises ValueError (a string over 65535
+    bytes, a packet id out of range); policy, such as wildcards in a topic
+    name, is the caller's. MQTT 3.1 uses the 3.1.1 layout, so a CONNECT
+    with ``protocol_name="MQIsdp"`` encodes as a 3.1 client would send it.
+    """
+    if protocol_level not in (MQTT_3_1, MQTT_3_1_1):
+        # MQTT 5: reason codes and property blocks are written here.
+        raise NotImplementedError(f"Encoding protocol level {protocol_level} is not supported yet.")
+    try:
+        return _ENCODERS[type(packet)](packet)
+    except struct.error as exc:
+        raise ValueError(str(exc)) from None
