@@ -1,0 +1,1 @@
+"""The protocol-agnostic core: messages, topics, subscriptions, retained messages."""

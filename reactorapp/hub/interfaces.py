@@ -1,0 +1,46 @@
+"""Contracts between the hub and everything around it. No logic here."""
+
+from zope.interface import Attribute, Interface
+
+
+class ISubscriber(Interface):
+    """Something the hub delivers messages to: an MQTT session, an SSE stream,
+    a webhook rule, a user's protocol."""
+
+    def deliver(message, qos, retained):
+        """Take ``message`` at the already-reduced ``qos``.
+
+        ``retained`` is true when the message is sent because a subscription
+        was just made (the MQTT RETAIN flag on the way out), false for live
+        traffic. Must not raise and must not block; called on the hot path.
+        """
+
+
+class IHub(Interface):
+    """What front ends may ask of the hub."""
+
+    retained_count = Attribute("How many retained messages are stored.")
+
+    def publish(message):
+        """Route ``message`` to matching subscribers and update retained state.
+
+        Returns None when the message is fully placed, or a Deferred that
+        fires once it is durable wherever it must be delivered later; the
+        publisher's acknowledgement waits for that.
+        """
+
+    def subscribe(subscriber, topic_filter, qos):
+        """Add or replace ``subscriber``'s subscription to ``topic_filter``.
+
+        Returns the retained messages the filter matches, so the caller can
+        send them after its own acknowledgement.
+        """
+
+    def unsubscribe(subscriber, topic_filter):
+        """Remove one subscription; return whether it existed."""
+
+    def retained(topic_filter):
+        """Return the retained messages that ``topic_filter`` matches."""
+
+    def sessions():
+        """Return the mapping of client id to session object."""
