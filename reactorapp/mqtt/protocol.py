@@ -1,0 +1,416 @@
+"""The Twisted side of MQTT: bytes in, calls to the session and hub out.
+
+Everything the specification asks of a server's connection handling lives
+here (CONNECT rules, keep-alive, QoS handshakes, wills); what a client is
+owed lives in its :class:`Session`; routing lives in the hub.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from reactorapp.hub.message import Message
+from reactorapp.hub.topics import is_valid_filter
+from reactorapp.mqtt import packets as P
+from reactorapp.mqtt.codec import (
+    PINGRESP_BYTES, Parser, ProtocolError, UnsupportedProtocol, encode,
+    encode_puback, encode_pubcomp, encode_publish, encode_publish_parts,
+    encode_pubrec, encode_pubrel,
+)
+from reactorapp.mqtt.session import MQTTSettings, Session
+
+log = Logger()
+
+# Connection states.
+AWAITING_CONNECT = 0
+CONNECTED = 1
+CLOSED = 2
+
+#: Highest QoS this broker grants.
+MAXIMUM_QOS = 2
+
+
+class MQTTProtocol(Protocol):
+    """One MQTT connection, server side."""
+
+    def __init__(self, factory: MQTTFactory) -> None:
+        self.factory = factory
+        self.hub = factory.hub
+        self.clock = factory.clock
+        self.settings = factory.settings
+        self.stats = factory.hub.stats
+        self.state = AWAITING_CONNECT
+        self.client_id: str | None = None
+        self.session: Session | None = None
+        self.will: P.Will | None = None
+        self.keep_alive = 0
+        self._keepalive_call = None
+        self._last_packet_at = 0.0
+        #: Acknowledgements waiting for earlier ones, to keep their order.
+        self._acks: deque = deque()
+        self._parser = Parser(max_packet_size=factory.settings.max_packet_size)
+        self._handlers = {
+            P.Connect: self._on_second_connect,
+            P.Publish: self._on_publish,
+            P.PubAck: self._on_puback,
+            P.PubRec: self._on_pubrec,
+            P.PubRel: self._on_pubrel,
+            P.PubComp: self._on_pubcomp,
+            P.Subscribe: self._on_subscribe,
+            P.Unsubscribe: self._on_unsubscribe,
+            P.PingReq: self._on_pingreq,
+            P.Disconnect: self._on_disconnect,
+        }
+
+    def __repr__(self) -> str:
+        return f"<MQTTProtocol client_id={self.client_id!r}>"
+
+    # -- Twisted callbacks ---------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._last_packet_at = self.clock.seconds()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == CLOSED:
+            return  # [MQTT-3.1.4-5] [§3.14.4]: nothing after the end counts
+        self.stats.bytes_received += len(data)
+        try:
+            packets = self._parser.feed(data)
+            error = None
+        except ProtocolError as e:
+            # Packets complete before the violation still count, in order.
+            packets, error = e.packets, e
+        if packets:
+            self._last_packet_at = self.clock.seconds()
+            self.stats.messages_received += len(packets)
+            handlers = self._handlers
+            for packet in packets:
+                if self.state == CONNECTED:
+                    handlers[type(packet)](packet)
+                elif self.state == AWAITING_CONNECT:
+                    self._on_first_packet(packet)
+                else:
+                    return
+        if error is not None and self.state != CLOSED:
+            if isinstance(error, UnsupportedProtocol) and self.state == AWAITING_CONNECT:
+                # [MQTT-3.1.2-2]: a 3.1.1 CONNACK 0x01, then close.
+                self._refuse(P.ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION, error.reason)
+            else:
+                self._protocol_error(error.reason)
+
+    def connectionLost(self, reason) -> None:
+        self.state = CLOSED
+        self._stop_keepalive()
+        self._release_session()
+        # [MQTT-3.1.2-8]: a will still held here was not cancelled by a
+        # DISCONNECT, whatever ended the connection.
+        self._publish_will()
+
+    # -- outgoing ------------------------------------------------------
+
+    def send_publish0(self, message: Message, retained: bool) -> None:
+        """Hot path: one QoS 0 PUBLISH, encoded once per message and flag."""
+        cache = message.encoded
+        if cache is None:
+            cache = message.encoded = {}
+        data = cache.get(retained)
+        if data is None:
+            data = cache[retained] = encode_publish(message.topic, message.payload, 0, retained)
+        self.transport.write(data)
+        stats = self.stats
+        stats.messages_sent += 1
+        stats.publish_sent += 1
+        stats.bytes_sent += len(data)
+
+    def send_publish(self, message: Message, qos: int, retained: bool, packet_id: int, dup: bool) -> None:
+        """A QoS 1/2 PUBLISH: the encoding is shared, only the id varies."""
+        if dup:
+            data = encode_publish(message.topic, message.payload, qos, retained, True, packet_id)
+        else:
+            cache = message.encoded
+            if cache is None:
+                cache = message.encoded = {}
+            key = (qos, retained)
+            parts = cache.get(key)
+            if parts is None:
+                parts = cache[key] = encode_publish_parts(message.topic, message.payload, qos, retained)
+            data = parts[0] + packet_id.to_bytes(2, "big") + parts[1]
+        self.transport.write(data)
+        stats = self.stats
+        stats.messages_sent += 1
+        stats.publish_sent += 1
+        stats.bytes_sent += len(data)
+
+    def send_pubrel(self, packet_id: int) -> None:
+        self._write(encode_pubrel(packet_id))
+
+    def _write(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.stats.messages_sent += 1
+        self.stats.bytes_sent += len(data)
+
+    # -- closing -------------------------------------------------------
+
+    def _protocol_error(self, reason: str) -> None:
+        """[MQTT-4.8.0-1]: close this connection, nobody else notices. The
+        will is published because no DISCONNECT was received."""
+        log.info("Closing {peer} ({client_id}): {reason}",
+                 peer=self._peer(), client_id=self.client_id, reason=reason)
+        self._close(abort=True)
+
+    def _refuse(self, return_code: int, reason: str) -> None:
+        """CONNACK with a non-zero code, then close [MQTT-3.2.2-5];
+        Session Present is 0 [MQTT-3.2.2-4]."""
+        log.info("Refusing {peer}: {reason}", peer=self._peer(), reason=reason)
+        self._write(encode(P.ConnAck(False, return_code)))
+        self._close(abort=False)
+
+    def _close(self, abort: bool) -> None:
+        """Stop reading and drop the connection; the will, if any, goes out
+        from connectionLost."""
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        self._stop_keepalive()
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    def take_over(self) -> None:
+        """Another connection claimed this client id [MQTT-3.1.4-2]: close,
+        and publish the will now, since this is not a DISCONNECT."""
+        log.info("Client {client_id} taken over by a new connection", client_id=self.client_id)
+        self._release_session()
+        self._close(abort=True)
+        self._publish_will()
+
+    def _release_session(self) -> None:
+        """Unbind from the session; a clean session ends with its connection."""
+        session, self.session = self.session, None
+        if session is None:
+            return
+        self.stats.client_disconnected()
+        if session.connection is self:
+            session.detach()
+            if not session.persistent:
+                session.discard()
+
+    def _publish_will(self) -> None:
+        """[MQTT-3.1.2-8]: on any close not preceded by DISCONNECT."""
+        will, self.will = self.will, None
+        if will is None:
+            return
+        message = Message(will.topic, will.payload, will.qos, will.retain,
+                          sender=self.client_id)
+        durable = self.hub.publish(message)
+        if durable is not None:
+            durable.addErrback(lambda f: log.failure(
+                "Could not store the will of {client_id}", f, client_id=self.client_id))
+
+    def _peer(self) -> str:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        host = getattr(peer, "host", None)
+        return f"{host}:{peer.port}" if host is not None else str(peer)
+
+    # -- keep-alive ----------------------------------------------------
+
+    def _start_keepalive(self) -> None:
+        if self.keep_alive:
+            self._keepalive_call = self.clock.callLater(1.5 * self.keep_alive, self._check_keepalive)
+
+    def _check_keepalive(self) -> None:
+        """[MQTT-3.1.2-24]: silent for 1.5 x Keep Alive means gone. The
+        timer is re-armed from the last packet instead of being reset on
+        every packet, which keeps the read path cheap."""
+        self._keepalive_call = None
+        grace = 1.5 * self.keep_alive
+        idle = self.clock.seconds() - self._last_packet_at
+        if idle >= grace:
+            log.info("Client {client_id} silent for {idle:.1f}s (keep-alive {keep_alive}s)",
+                     client_id=self.client_id, idle=idle, keep_alive=self.keep_alive)
+            self._close(abort=True)
+        else:
+            self._keepalive_call = self.clock.callLater(grace - idle, self._check_keepalive)
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive_call is not None:
+            if self._keepalive_call.active():
+                self._keepalive_call.cancel()
+            self._keepalive_call = None
+
+    # -- CONNECT ---------------------------------------------------------
+
+    def _on_first_packet(self, packet) -> None:
+        if type(packet) is not P.Connect:
+            # [MQTT-3.1.0-1]: close without CONNACK.
+            self._protocol_error(f"first packet was {type(packet).__name__}, not CONNECT")
+            return
+        self._on_connect(packet)
+
+    def _on_second_connect(self, packet) -> None:
+        self._protocol_error("second CONNECT on one connection")  # [MQTT-3.1.0-2]
+
+    def _on_connect(self, connect: P.Connect) -> None:
+        client_id = connect.client_id
+        if not client_id:
+            if not connect.clean_session:
+                # [MQTT-3.1.3-8]
+                self._refuse(P.ConnectReturnCode.IDENTIFIER_REJECTED,
+                             "empty client id without Clean Session")
+                return
+            client_id = "auto-" + uuid.uuid4().hex  # [MQTT-3.1.3-6]
+        self.client_id = client_id
+        self.keep_alive = min(connect.keep_alive, self.settings.max_keepalive)
+        self.will = connect.will
+
+        hub = self.hub
+        session = hub.get_session(client_id)
+        if session is not None and session.connection is not None:
+            session.connection.take_over()
+        if session is not None and (connect.clean_session or not session.persistent):
+            session.discard()  # [MQTT-3.1.2-6]
+            session = None
+        session_present = session is not None  # [MQTT-3.2.2-1..3]
+        if session is None:
+            session = Session(client_id, not connect.clean_session, hub, self.settings)
+            hub.add_session(client_id, session)
+        self.session = session
+        self.state = CONNECTED
+        self.stats.client_connected()
+        # [MQTT-3.2.0-1]: CONNACK goes out before anything queued.
+        self._write(encode(P.ConnAck(session_present, P.ConnectReturnCode.ACCEPTED)))
+        self._start_keepalive()
+        session.attach(self)
+
+    # -- PUBLISH from the client -----------------------------------------
+
+    def _on_publish(self, publish: P.Publish) -> None:
+        self.stats.publish_received += 1
+        qos = publish.qos
+        if qos == 2 and publish.packet_id in self.session.awaiting_pubrel:
+            # [MQTT-4.3.3-2]: a re-sent QoS 2 PUBLISH is acknowledged again,
+            # never forwarded twice.
+            self._acknowledge(None, encode_pubrec(publish.packet_id))
+            return
+        if publish.topic.startswith("$SYS"):
+            # Clients may not write the broker's own status [§4.7.2]; the
+            # publish is acknowledged and dropped [MQTT-3.3.5-2].
+            self.stats.publish_dropped += 1
+            durable = None
+        else:
+            message = Message(publish.topic, publish.payload, qos, publish.retain,
+                              sender=self.client_id)
+            durable = self.hub.publish(message)
+        if qos == 1:
+            self._acknowledge(durable, encode_puback(publish.packet_id))
+        elif qos == 2:
+            self.session.awaiting_pubrel.add(publish.packet_id)
+            self._acknowledge(durable, encode_pubrec(publish.packet_id))
+        elif durable is not None:
+            durable.addErrback(self._eb_store)
+
+    def _acknowledge(self, durable, data: bytes) -> None:
+        """Send PUBACK/PUBREC once the message is placed, in the order the
+        PUBLISHes arrived [MQTT-4.6.0-2] [MQTT-4.6.0-3]."""
+        if durable is None and not self._acks:
+            self._write(data)
+            return
+        entry = [data, durable is None]
+        self._acks.append(entry)
+        if durable is not None:
+            durable.addCallbacks(self._cb_placed, self._eb_not_placed,
+                                 callbackArgs=(entry,))
+
+    def _cb_placed(self, _result, entry) -> None:
+        entry[1] = True
+        acks = self._acks
+        while acks and acks[0][1]:
+            data = acks.popleft()[0]
+            if self.state == CONNECTED:
+                self._write(data)
+
+    def _eb_not_placed(self, failure) -> None:
+        """The message could not be made durable: no acknowledgement may go
+        out for it, so drop the connection; the client will re-send."""
+        log.failure("Could not place a message from {client_id}", failure,
+                    client_id=self.client_id)
+        self._acks.clear()
+        self._close(abort=True)
+
+    def _eb_store(self, failure) -> None:
+        log.failure("Could not place a QoS 0 message from {client_id}", failure,
+                    client_id=self.client_id)
+
+    def _on_pubrel(self, pubrel: P.PubRel) -> None:
+        # [MQTT-4.3.3-2]: always answer, even for an id no longer held.
+        self.session.awaiting_pubrel.discard(pubrel.packet_id)
+        self._acknowledge(None, encode_pubcomp(pubrel.packet_id))
+
+    # -- acknowledgements of our PUBLISHes --------------------------------
+
+    def _on_puback(self, puback: P.PubAck) -> None:
+        self.session.puback(puback.packet_id)
+
+    def _on_pubrec(self, pubrec: P.PubRec) -> None:
+        if self.session.pubrec(pubrec.packet_id):
+            self.send_pubrel(pubrec.packet_id)
+
+    def _on_pubcomp(self, pubcomp: P.PubComp) -> None:
+        self.session.pubcomp(pubcomp.packet_id)
+
+    # -- SUBSCRIBE / UNSUBSCRIBE -------------------------------------------
+
+    def _on_subscribe(self, subscribe: P.Subscribe) -> None:
+        """[MQTT-3.8.4-1..5]: one SUBACK with a code per filter, in order;
+        0x80 for an invalid filter [MQTT-4.7.1-2]. Retained messages follow
+        the SUBACK, flagged RETAIN=1 [MQTT-3.3.1-6] [MQTT-3.3.1-8]."""
+        session = self.session
+        codes = []
+        retained = []
+        for request in subscribe.subscriptions:
+            if not is_valid_filter(request.topic_filter):
+                codes.append(P.SUBACK_FAILURE)
+                continue
+            granted = min(request.qos, MAXIMUM_QOS)
+            codes.append(granted)
+            for message in session.subscribe(request.topic_filter, granted):
+                retained.append((message, granted))
+        self._write(encode(P.SubAck(subscribe.packet_id, codes)))
+        for message, granted in retained:
+            # [MQTT-3.8.4-6]: at the lower of stored and granted QoS.
+            session.deliver(message, min(message.qos, granted), True)
+
+    def _on_unsubscribe(self, unsubscribe: P.Unsubscribe) -> None:
+        """[MQTT-3.10.4-1..6]: exact filters removed, UNSUBACK always."""
+        for topic_filter in unsubscribe.topic_filters:
+            self.session.unsubscribe(topic_filter)
+        self._write(encode(P.UnsubAck(unsubscribe.packet_id)))
+
+    # -- the rest ------------------------------------------------------------
+
+    def _on_pingreq(self, _packet) -> None:
+        self._write(PINGRESP_BYTES)  # [MQTT-3.12.4-1]
+
+    def _on_disconnect(self, _packet) -> None:
+        """[MQTT-3.14.4-3]: the will is discarded; nothing after counts."""
+        self.will = None
+        self._close(abort=False)
+
+
+class MQTTFactory(Factory):
+    """Builds MQTT connections bound to one hub."""
+
+    protocol = MQTTProtocol
+
+    def __init__(self, hub, clock, settings: MQTTSettings | None = None) -> None:
+        self.hub = hub
+        self.clock = clock
+        self.settings = settings if settings is not None else MQTTSettings()
+
+    def buildProtocol(self, addr):
+        return self.protocol(self)
