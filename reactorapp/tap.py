@@ -1,0 +1,145 @@
+"""twistd glue: the ``reactorapp`` command line and `makeService`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from reactorapp.config import SETTINGS, ConfigError, load_config, merge
+
+
+def _described(setting) -> str:
+    default = setting.default
+    if setting.repeatable:
+        default = ", ".join(default)
+    elif isinstance(default, float):
+        default = f"{default:g}"
+    return f"{setting.help} [default: {default}]"
+
+
+class Options(usage.Options):
+    """Every setting of `reactorapp.config.Config` as a flag, plus ``--config``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the reactorapp message hub. Each flag can also be set in the TOML "
+        "file given with --config, under the flag's name without the dashes; "
+        "flags override the file."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML file with settings (keys are the flag names)."],
+    ] + [
+        [s.key, None, None, _described(s)] for s in SETTINGS if not s.repeatable
+    ]
+
+    def __init__(self):
+        super().__init__()
+        for s in SETTINGS:
+            if s.repeatable:
+                self[s.key] = []
+        self.flags: dict[str, object] = {}
+
+    def postOptions(self):
+        """Check the flags given and keep them, typed, in `flags`."""
+        for s in SETTINGS:
+            value = self[s.key]
+            if s.repeatable:
+                if value:
+                    self.flags[s.name] = tuple(value)
+            elif value is not None:
+                try:
+                    self.flags[s.name] = s.from_text(value, f"--{s.key}")
+                except ConfigError as e:
+                    raise usage.UsageError(str(e)) from None
+
+
+def _collector(setting):
+    def opt(self, value):
+        self[setting.key].append(value)
+
+    opt.__doc__ = _described(setting)
+    return opt
+
+
+# usage.Options collects a repeatable flag only through an opt_<name> method.
+for _setting in SETTINGS:
+    if _setting.repeatable:
+        setattr(Options, "opt_" + _setting.name, _collector(_setting))
+
+
+def makeService(options: Options):
+    """Load the config file, merge the flags, and build the hub's services.
+
+    Errors found here end twistd before it logs, forks or writes its pid
+    file: SystemExit with a message prints that one sentence on stderr.
+    """
+    from twisted.internet import reactor
+
+    try:
+        fileValues = load_config(options["config"]) if options["config"] else {}
+        config = merge(fileValues, options.flags)
+        from reactorapp.service import makeHubService  # only a run needs the hub
+
+        hubService = makeHubService(config, reactor)
+    except ConfigError as e:
+        raise SystemExit(f"reactorapp: {e}") from None
+    return _ExitOnStartupError(hubService, options.parent)
+
+
+class _ExitOnStartupError(MultiService):
+    """Turn a listener that cannot bind into one sentence and a non-zero exit.
+
+    twistd binds (privilegedStartService) after it has sent stderr into the
+    log and written its pid file, and shows an exception from there as a
+    traceback. So in the foreground we log the sentence, write it to the real
+    stderr too, remove the pid file and exit with status 1. A daemon re-raises:
+    twistd passes the error through its status pipe to the waiting parent.
+    """
+
+    log = Logger()
+
+    def __init__(self, child, runnerOptions):
+        super().__init__()
+        child.setServiceParent(self)
+        self._runnerOptions = runnerOptions or {}
+
+    def privilegedStartService(self):
+        try:
+            super().privilegedStartService()
+        except ConfigError as e:
+            self._exit(e)
+
+    def startService(self):
+        try:
+            super().startService()
+        except ConfigError as e:
+            self._exit(e)
+
+    def _exit(self, error):
+        sentence = f"reactorapp: {error}"
+        if not self._runnerOptions.get("nodaemon", True):
+            raise error
+        if sys.stderr is sys.__stderr__:
+            raise SystemExit(sentence)  # logging has not begun (the twist runner)
+        self.log.critical("{sentence}", sentence=sentence)
+        sys.__stderr__.write(sentence + "\n")
+        sys.__stderr__.flush()
+        _removeOwnPidfile(self._runnerOptions.get("pidfile"))
+        raise SystemExit(1)
+
+
+def _removeOwnPidfile(path: str | None) -> None:
+    """Remove twistd's pid file if it names this process (twistd skips this on exit)."""
+    if not path:
+        return
+    try:
+        with open(path) as f:
+            ours = f.read().strip() == str(os.getpid())
+        if ours:
+            os.remove(path)
+    except OSError:
+        pass
