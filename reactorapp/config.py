@@ -30,6 +30,21 @@ def setting(default, help, *, metavar, minimum=None, maximum=None):
     )
 
 
+def table(help, *, parse):
+    """Declare an array of tables of the TOML file (``[[name]]``), not a flag:
+    ``parse(list)`` checks it and returns what `Config` holds."""
+    return field(default=(), metadata={"help": help, "table": parse})
+
+
+def _webhook_rules(value):
+    from reactorapp.webhooks.rules import RuleError, rules_from_config
+
+    try:
+        return rules_from_config(value)
+    except RuleError as e:
+        raise ConfigError(str(e).rstrip(".")) from None
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything reactorapp needs to start, after file and flags are merged."""
@@ -39,10 +54,28 @@ class Config:
         "MQTT listener, as a Twisted server endpoint description; repeat for several.",
         metavar="ENDPOINT",
     )
+    http: tuple[str, ...] = setting(
+        ("tcp:8080:interface=127.0.0.1",),
+        "HTTP listener (API, dashboard, metrics, MQTT over WebSocket at /mqtt), as a "
+        "Twisted server endpoint description; repeat for several; 'none' for no HTTP.",
+        metavar="ENDPOINT",
+    )
+    listen: tuple[str, ...] = setting(
+        (),
+        "Listener for a protocol plugin, as NAME:ENDPOINT (line:tcp:7000), then the "
+        "plugin's own flags if any; repeat for several.",
+        metavar="NAME:ENDPOINT",
+    )
     data: str = setting(
         "reactorapp-data",
         "Directory where state is kept; created if missing.",
         metavar="DIR",
+    )
+    store: str = setting(
+        "sqlite",
+        "Where sessions and retained messages are kept: sqlite (a file in the"
+        " data directory) or memory (lost when the process exits).",
+        metavar="KIND",
     )
     sys_interval: float = setting(
         10.0,
@@ -63,6 +96,93 @@ class Config:
         MAX_MQTT_PACKET_SIZE,
         "Largest MQTT packet accepted, in bytes.",
         metavar="BYTES", minimum=2, maximum=MAX_MQTT_PACKET_SIZE,
+    )
+    max_body_size: int = setting(
+        1_048_576,
+        "Largest HTTP request body accepted, in bytes; larger ones get a 413.",
+        metavar="BYTES", minimum=0,
+    )
+    passwd: str = setting(
+        "",
+        "Password file (made with python -m reactorapp.passwd); clients must log"
+        " in with a user from it. Empty: no passwords are checked.",
+        metavar="FILE",
+    )
+    authenticator: str = setting(
+        "",
+        "Authenticator plugin that decides who connects, by name, then its own"
+        " flags if any; replaces --passwd. Empty: none.",
+        metavar="NAME",
+    )
+    allow_anonymous: bool = setting(
+        False,
+        "With --passwd, also let in clients that give no user name.",
+        metavar="",
+    )
+    acl: str = setting(
+        "",
+        "ACL file: which user may publish and subscribe to which topics."
+        " Empty: everyone may use every topic.",
+        metavar="FILE",
+    )
+    tls_cert_auth: bool = setting(
+        False,
+        "A client with a verified TLS certificate (an ssl: listener with caCerts=)"
+        " is the user named by the certificate's common name, without a password.",
+        metavar="",
+    )
+    connect_timeout: float = setting(
+        10.0,
+        "Seconds a new connection has to send CONNECT; 0 waits for ever.",
+        metavar="SECONDS", minimum=0,
+    )
+    max_connections: int = setting(
+        10000,
+        "Open MQTT connections allowed in total; 0 means no limit.",
+        metavar="N", minimum=0,
+    )
+    max_connections_per_address: int = setting(
+        0,
+        "Open MQTT connections allowed from one IP address; 0 means no limit.",
+        metavar="N", minimum=0,
+    )
+    max_subscriptions: int = setting(
+        1000,
+        "Subscriptions one client may hold; 0 means no limit.",
+        metavar="N", minimum=0,
+    )
+    publish_rate: float = setting(
+        0.0,
+        "PUBLISH packets per second one client may send; past it (and the burst)"
+        " the client is read from more slowly. 0 means no limit.",
+        metavar="PER_SECOND", minimum=0,
+    )
+    publish_burst: int = setting(
+        100,
+        "PUBLISH packets a client may send at once above --publish-rate.",
+        metavar="N", minimum=1,
+    )
+    max_queued_bytes: int = setting(
+        4 * 1024 * 1024,
+        "Bytes of messages kept in memory for one client beyond the inflight"
+        " window (about: payload and topic); 0 means no limit.",
+        metavar="BYTES", minimum=0,
+    )
+    max_spill_bytes: int = setting(
+        64 * 1024 * 1024,
+        "Bytes of QoS 1 and 2 messages one client's queue may move to disk (DIR/spill)"
+        " when memory is full; past it, publishers are held back. 0: never spill.",
+        metavar="BYTES", minimum=0,
+    )
+    max_pending_acks: int = setting(
+        100,
+        "QoS 1 and 2 PUBLISHes from one client waiting for their acknowledgement;"
+        " past it, the client is not read from until some are acknowledged.",
+        metavar="N", minimum=1,
+    )
+    webhooks: tuple = table(
+        "Webhook rules, one [[webhooks]] table each (see the README).",
+        parse=_webhook_rules,
     )
 
 
@@ -107,6 +227,10 @@ class Setting:
             if not isinstance(value, str):
                 raise ConfigError(f"{source} must be a string, not {value!r}.")
             return value
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{source} must be true or false, not {value!r}.")
+            return value
         allowed = (int, float) if self.type is float else (int,)
         if isinstance(value, bool) or not isinstance(value, allowed):
             raise ConfigError(f"{source} must be {self._kind()}, not {value!r}.")
@@ -138,11 +262,13 @@ def _settings() -> tuple[Setting, ...]:
             help=f.metadata["help"], metavar=f.metadata["metavar"],
             minimum=f.metadata["minimum"], maximum=f.metadata["maximum"],
         )
-        for f in dataclasses.fields(Config)
+        for f in dataclasses.fields(Config) if "table" not in f.metadata
     )
 
 
 SETTINGS: tuple[Setting, ...] = _settings()
+#: Arrays of tables in the file, by key: how each is checked.
+TABLES = {f.name: f.metadata["table"] for f in dataclasses.fields(Config) if "table" in f.metadata}
 _BY_KEY = {s.key: s for s in SETTINGS}
 
 
@@ -157,6 +283,12 @@ def load_config(path: str) -> dict[str, object]:
         raise ConfigError(f"config file {path!r} is not valid TOML: {e}.") from None
     values = {}
     for key, value in document.items():
+        if key in TABLES:
+            try:
+                values[key] = TABLES[key](value)
+            except ConfigError as e:
+                raise ConfigError(f"in config file {path!r}, {e}.") from None
+            continue
         setting = _BY_KEY.get(key)
         if setting is None:
             raise ConfigError(f"unknown setting {key!r} in config file {path!r}{_suggest(key)}.")

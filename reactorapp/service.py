@@ -11,11 +11,25 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from reactorapp import __version__
+from reactorapp.auth.configure import make_guard, warn_if_open
+from reactorapp.auth.http import GuardedRoot
+from reactorapp.auth.metrics import GuardCollector
+from reactorapp.auth.tls import server_endpoint
 from reactorapp.config import Config, ConfigError
 from reactorapp.hub.hub import Hub
 from reactorapp.hub.systopics import SysTopicsService
 from reactorapp.mqtt.protocol import MQTTFactory
-from reactorapp.mqtt.session import MQTTSettings
+from reactorapp.mqtt.session import MQTTSettings, restore_sessions
+from reactorapp.plugins import loadAuthenticator, parseListener, protocolPlugins
+from reactorapp.protocols import HubFactory
+from reactorapp.store import make_store
+from reactorapp.store.service import StoreService
+from reactorapp.web.health import Readiness
+from reactorapp.web.metrics import new_registry
+from reactorapp.web.site import make_site
+from reactorapp.webhooks.api import Webhooks as WebhooksResource
+from reactorapp.webhooks.service import WebhookService
+from reactorapp.webhooks.service import store_for as webhook_store_for
 
 
 class StartupError(ConfigError):
@@ -71,6 +85,11 @@ class HubService(MultiService):
         super().__init__()
         self.hub = hub
         self.config = config
+        #: What /metrics shows: register more collectors or metrics here.
+        self.metrics = new_registry()
+        #: What /readyz checks: add a check for whatever must be up first.
+        self.readiness = Readiness()
+        self.readiness.add_check("listeners", lambda: bool(self.running))
         self._bound = False
 
     def privilegedStartService(self):
@@ -95,29 +114,89 @@ class HubService(MultiService):
 def makeHubService(config: Config, reactor) -> HubService:
     """Build the service tree; raise `StartupError` for what cannot work."""
     endpoints = [(d, _parseEndpoint(reactor, d)) for d in config.mqtt]
+    http = () if config.http == ("none",) else config.http
+    httpEndpoints = [(d, _parseEndpoint(reactor, d, "HTTP")) for d in http]
+    pluginListeners = _parseListeners(reactor, config.listen)
+    authenticator = loadAuthenticator(config.authenticator) if config.authenticator else None
     _prepareDataDirectory(config.data)
+    store = make_store(config.store, config.data, reactor)
 
-    hub = Hub(reactor, max_queued_messages=config.max_queued_messages)
+    hub = Hub(reactor, max_queued_messages=config.max_queued_messages, store=store)
     settings = MQTTSettings(
         max_packet_size=config.max_packet_size,
         max_inflight=config.max_inflight,
         max_queued_messages=config.max_queued_messages,
+        connect_timeout=config.connect_timeout,
+        max_subscriptions=config.max_subscriptions,
+        publish_rate=config.publish_rate,
+        publish_burst=config.publish_burst,
+        max_queued_bytes=config.max_queued_bytes,
+        max_spill_bytes=config.max_spill_bytes,
+        spill_directory=_prepareSpillDirectory(config) if config.max_spill_bytes else None,
+        max_pending_acks=config.max_pending_acks,
     )
+    guard = make_guard(config, reactor, authenticator)
+    warn_if_open(guard, [("MQTT", d) for d in config.mqtt] + [("HTTP", d) for d in http]
+                 + [(listener.name, listener.endpoint) for listener, _ in pluginListeners],
+                 reactor)
     factory = MQTTFactory(hub, reactor, settings)
+    factory.guard = guard
 
     top = HubService(hub, config)
+    top.guard = guard
+    top.metrics.register(GuardCollector(guard, hub))
+    # First child: restored before clients are served, closed after the
+    # listeners stop.
+    StoreService(store, lambda state: _restore(hub, settings, state)).setServiceParent(top)
+    # Next: the outbox is resumed from the store before clients are served.
+    webhooks = WebhookService(hub, webhook_store_for(store), reactor, rules=config.webhooks,
+                              registry=top.metrics, queue_size=config.max_queued_messages)
+    webhooks.setServiceParent(top)
     for description, endpoint in endpoints:
         ListenerService("MQTT", description, endpoint, factory, reactor).setServiceParent(top)
+    if httpEndpoints:
+        # /mqtt runs the same MQTT protocol, counted as "websocket".
+        websocketFactory = MQTTFactory(hub, reactor, settings, front_end="websocket")
+        websocketFactory.guard = guard
+        site = make_site(hub, reactor, websocketFactory, max_body_size=config.max_body_size,
+                         readiness=top.readiness, registry=top.metrics,
+                         api={b"webhooks": WebhooksResource(webhooks)})
+        # The same users and ACLs as MQTT (Basic auth or bearer tokens).
+        site.resource = GuardedRoot(site.resource, guard, reactor)
+        for description, endpoint in httpEndpoints:
+            ListenerService("HTTP", description, endpoint, site, reactor).setServiceParent(top)
+    for listener, endpoint in pluginListeners:
+        pluginFactory = listener.makeFactory(hub)
+        if isinstance(pluginFactory, HubFactory):
+            pluginFactory.guard = guard  # the same ACL and connection limits as MQTT
+        ListenerService(listener.name, listener.endpoint, endpoint, pluginFactory,
+                        reactor).setServiceParent(top)
     SysTopicsService(hub, reactor, config.sys_interval, __version__).setServiceParent(top)
     return top
 
 
-def _parseEndpoint(reactor, description: str):
+def _restore(hub, settings, state) -> None:
+    hub.restore_retained(state.retained)
+    restore_sessions(hub, state.sessions, settings)
+
+
+def _parseListeners(reactor, texts):
+    """Each ``--listen NAME:ENDPOINT`` with its installed protocol plugin."""
+    if not texts:
+        return []
+    plugins = protocolPlugins()
+    listeners = [parseListener(text, plugins) for text in texts]
+    return [(listener, _parseEndpoint(reactor, listener.endpoint, listener.name))
+            for listener in listeners]
+
+
+def _parseEndpoint(reactor, description: str, protocol: str = "MQTT"):
     try:
-        return serverFromString(reactor, description)
+        # ssl: with caCerts= (client certificates) is ours; the rest Twisted's.
+        return server_endpoint(reactor, description) or serverFromString(reactor, description)
     except Exception as e:  # each endpoint parser raises its own kinds of error
         reason = re.sub(r"^\w+\(\) ", "", _reason(e))  # "_parseTCP() missing ..."
-        raise StartupError(f"invalid MQTT endpoint {description!r}: {reason}.") from None
+        raise StartupError(f"invalid {protocol} endpoint {description!r}: {reason}.") from None
 
 
 def _prepareDataDirectory(path: str) -> None:
@@ -130,6 +209,13 @@ def _prepareDataDirectory(path: str) -> None:
         raise StartupError(f"cannot create data directory {path!r}: {_reason(e)}.") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise StartupError(f"data directory {path!r} is not writable.")
+
+
+def _prepareSpillDirectory(config: Config) -> str:
+    """DIR/spill, where full session queues overflow to (anonymous files)."""
+    path = os.path.join(config.data, "spill")
+    _prepareDataDirectory(path)
+    return path
 
 
 def _reason(error: BaseException) -> str:

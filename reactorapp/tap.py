@@ -15,7 +15,7 @@ from reactorapp.config import SETTINGS, ConfigError, load_config, merge
 def _described(setting) -> str:
     default = setting.default
     if setting.repeatable:
-        default = ", ".join(default)
+        default = ", ".join(default) or "none"
     elif isinstance(default, float):
         default = f"{default:g}"
     return f"{setting.help} [default: {default}]"
@@ -33,8 +33,11 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "TOML file with settings (keys are the flag names)."],
     ] + [
-        [s.key, None, None, _described(s)] for s in SETTINGS if not s.repeatable
+        [s.key, None, None, _described(s)] for s in SETTINGS
+        if not s.repeatable and s.type is not bool
     ]
+    # A true/false setting is a flag: given means true.
+    optFlags = [[s.key, None, s.help] for s in SETTINGS if s.type is bool]
 
     def __init__(self):
         super().__init__()
@@ -43,6 +46,10 @@ class Options(usage.Options):
                 self[s.key] = []
         self.flags: dict[str, object] = {}
 
+    def getUsage(self, width=None):
+        """The flags, then the protocol plugins installed for ``--listen``."""
+        return super().getUsage(width) + _pluginsUsage()
+
     def postOptions(self):
         """Check the flags given and keep them, typed, in `flags`."""
         for s in SETTINGS:
@@ -50,11 +57,27 @@ class Options(usage.Options):
             if s.repeatable:
                 if value:
                     self.flags[s.name] = tuple(value)
+            elif s.type is bool:
+                if value:
+                    self.flags[s.name] = True
             elif value is not None:
                 try:
                     self.flags[s.name] = s.from_text(value, f"--{s.key}")
                 except ConfigError as e:
                     raise usage.UsageError(str(e)) from None
+
+
+def _pluginsUsage() -> str:
+    from reactorapp.plugins import authenticatorPlugins, protocolPlugins
+
+    text = ""
+    for title, plugins in [("Protocols for --listen NAME:ENDPOINT", protocolPlugins()),
+                           ("Authenticators for --authenticator NAME", authenticatorPlugins())]:
+        if plugins:
+            width = max(len(name) for name in plugins) + 2
+            text += f"\n{title}:\n" + "".join(
+                f"  {name:<{width}}{plugin.description}\n" for name, plugin in plugins.items())
+    return text
 
 
 def _collector(setting):

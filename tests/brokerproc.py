@@ -21,6 +21,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 LISTENING = re.compile(r"MQTT listening on (?P<host>[^\s:]+):(?P<port>\d+)")
+HTTP_LISTENING = re.compile(r"HTTP listening on (?P<host>[^\s:]+):(?P<port>\d+)")
+FREE_HTTP = "tcp:0:interface=127.0.0.1"
+
+
+def with_free_http(args) -> list[str]:
+    """``args`` with an HTTP listener on a free port unless they name one:
+    the default, 8080, is not for tests."""
+    args = list(args)
+    if "reactorapp" in args and "--http" not in args:
+        at = args.index("reactorapp") + 1
+        args[at:at] = ["--http", FREE_HTTP]
+    return args
 
 
 def twistd_env() -> dict[str, str]:
@@ -34,7 +46,7 @@ def twistd_env() -> dict[str, str]:
 def run_twistd(cwd, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
     """Run ``twistd <args>`` to completion in ``cwd`` (where twistd.pid lands)."""
     return subprocess.run(
-        [*TWISTD, *args], cwd=cwd, env=twistd_env(), capture_output=True,
+        [*TWISTD, *with_free_http(args)], cwd=cwd, env=twistd_env(), capture_output=True,
         text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
 
@@ -42,9 +54,12 @@ def run_twistd(cwd, *args: str, timeout: float = 30.0) -> subprocess.CompletedPr
 class BrokerProcess:
     """A twistd child whose log (stdout and stderr merged) is read on a thread."""
 
-    def __init__(self, args: list[str], cwd):
+    def __init__(self, args: list[str], cwd, free_http: bool = True):
+        """``free_http=False`` keeps the arguments as they are (for a test of
+        the ``http`` setting in a config file, which ``--http`` overrides)."""
         self.proc = subprocess.Popen(
-            [*TWISTD, *args], cwd=cwd, env=twistd_env(), text=True,
+            [*TWISTD, *(with_free_http(args) if free_http else args)], cwd=cwd,
+            env=twistd_env(), text=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         self.lines: list[str] = []
@@ -54,6 +69,7 @@ class BrokerProcess:
         self._reader.start()
         self.host: str | None = None
         self.port: int | None = None
+        self.http_port: int | None = None
 
     @property
     def log(self) -> str:
@@ -124,7 +140,9 @@ def running_broker(tmp_path, *extra_args: str, timeout: float = 20.0):
     """Start ``twistd -n reactorapp`` on a free port; yield it once it listens.
 
     Runs in ``tmp_path`` with its data in ``tmp_path/data``; extra arguments
-    come last, so they can add listeners or override these. Stopped on exit.
+    come last, so they can add listeners or override these. HTTP listens on
+    a free port too (``.http_port``) unless ``--http`` is given (``--http
+    none``: no HTTP). Stopped on exit.
     """
     args = [
         "-n", "reactorapp", "--mqtt", "tcp:0:interface=127.0.0.1",
@@ -134,9 +152,15 @@ def running_broker(tmp_path, *extra_args: str, timeout: float = 20.0):
     try:
         match = broker.wait_for(LISTENING, timeout)
         broker.host, broker.port = match["host"], int(match["port"])
+        if not _http_off(extra_args):
+            broker.http_port = int(broker.wait_for(HTTP_LISTENING, timeout)["port"])
         yield broker
     finally:
         if broker.proc.poll() is None:
             broker.stop()
         else:
             broker.kill()
+
+
+def _http_off(args) -> bool:
+    return "--http" in args and args[args.index("--http") + 1] == "none"

@@ -89,8 +89,10 @@ def assert_plugin_found(python: Path, cwd: Path, installed_under: Path) -> None:
     listing = twistd(python, "--help", cwd=cwd)
     assert re.search(r"^\s+reactorapp\s", listing, re.M), listing
     options = twistd(python, "reactorapp", "--help", cwd=cwd)
-    for flag in ("--mqtt", "--data", "--config"):
+    for flag in ("--mqtt", "--data", "--config", "--listen"):
         assert flag in options, options
+    # The built-in protocols are found through the second dropin.
+    assert re.search(r"^  line\s+Text lines", options, re.M), options
     where = subprocess.run(
         [str(python), "-c", "import reactorapp; print(reactorapp.__file__)"],
         cwd=cwd, env=clean_env(), check=True, capture_output=True, text=True,
@@ -121,6 +123,7 @@ def test_ci_runs_the_readme_test_command():
 def test_wheel_ships_the_dropin_and_no_cache(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert PLUGIN in names
+    assert "twisted/plugins/reactorapp_protocols.py" in names
     assert "reactorapp/tap.py" in names
     assert not [n for n in names if n.endswith("dropin.cache")]
     assert "twisted/__init__.py" not in names

@@ -188,7 +188,7 @@ def logged():
 def build(tmp_path, reactor, *endpoints):
     from reactorapp.service import makeHubService
 
-    return makeHubService(Config(mqtt=endpoints, data=str(tmp_path / "data")), reactor)
+    return makeHubService(Config(mqtt=endpoints, http=(), data=str(tmp_path / "data")), reactor)
 
 
 @needs_service

@@ -3,6 +3,7 @@ messages and the registry of sessions. It knows no protocol."""
 
 from __future__ import annotations
 
+from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -10,6 +11,20 @@ from reactorapp.hub.interfaces import IHub
 from reactorapp.hub.topics import RetainedTree, TopicTree, validate_filter
 
 log = Logger()
+
+
+class Traffic:
+    """Messages into and out of the hub through one front end, by QoS.
+
+    ``received[qos]`` and ``sent[qos]`` are plain lists so that the hot path
+    pays one index increment.
+    """
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self) -> None:
+        self.received = [0, 0, 0]
+        self.sent = [0, 0, 0]
 
 
 class HubStats:
@@ -23,7 +38,8 @@ class HubStats:
         "started_at", "clients_connected", "clients_maximum",
         "messages_received", "messages_sent",
         "publish_received", "publish_sent", "publish_dropped",
-        "bytes_received", "bytes_sent",
+        "bytes_received", "bytes_sent", "traffic",
+        "queue_dropped_qos0", "queue_refused", "queue_spilled", "publishers_held",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -37,6 +53,25 @@ class HubStats:
         self.publish_dropped = 0
         self.bytes_received = 0
         self.bytes_sent = 0
+        # Slow and absent subscribers (see reactorapp/mqtt/backlog.py); the
+        # drops are also counted in publish_dropped.
+        #: QoS 0 messages dropped from a full session queue, oldest first.
+        self.queue_dropped_qos0 = 0
+        #: QoS 1/2 messages refused by an offline session with no room left.
+        self.queue_refused = 0
+        #: QoS 1/2 messages written to a session's spill file on disk.
+        self.queue_spilled = 0
+        #: Times a publisher's acknowledgement waited for a full session.
+        self.publishers_held = 0
+        #: Front end name ("mqtt", "websocket", "http", "sse", ...) -> Traffic.
+        self.traffic: dict[str, Traffic] = {}
+
+    def traffic_for(self, front_end: str) -> Traffic:
+        """The counters of one front end, created on first use."""
+        traffic = self.traffic.get(front_end)
+        if traffic is None:
+            traffic = self.traffic[front_end] = Traffic()
+        return traffic
 
     def client_connected(self) -> None:
         self.clients_connected += 1
@@ -51,9 +86,11 @@ class HubStats:
 class Hub:
     """Publish/subscribe with MQTT semantics, shared by every front end."""
 
-    def __init__(self, clock, *, max_queued_messages: int = 1000) -> None:
+    def __init__(self, clock, *, max_queued_messages: int = 1000, store=None) -> None:
         self.clock = clock
         self.max_queued_messages = max_queued_messages
+        #: The `IStore` keeping retained messages and persistent sessions, or None.
+        self.store = store
         self.stats = HubStats(clock.seconds())
         self._subscriptions = TopicTree()
         self._retained = RetainedTree()
@@ -63,7 +100,16 @@ class Hub:
 
     def publish(self, message):
         """Update the retained store, then deliver to each matching
-        subscriber once, at the lower of the published and granted QoS."""
+        subscriber once, at the lower of the published and granted QoS.
+
+        Returns a Deferred when the message was written to the store (for
+        the retained store or a persistent session), fired once that write
+        is durable; None otherwise, and always for QoS 0, which is never
+        waited for. The Deferred also waits for subscribers that took the
+        message over their bounds (`ISubscriber.deliver`).
+        """
+        store = self.store
+        writes = store.writes if store is not None else 0
         if message.retain:
             if message.payload:
                 self._retained.set(message.topic, message)
@@ -71,15 +117,43 @@ class Hub:
                 # [MQTT-3.3.1-10] [MQTT-3.3.1-11]: an empty retained payload
                 # is delivered as usual but clears the stored message.
                 self._retained.remove(message.topic)
+            if store is not None and not message.topic.startswith("$SYS"):
+                if message.payload:
+                    store.set_retained(message)
+                else:
+                    store.remove_retained(message.topic)
         published_qos = message.qos
+        full = None  # Deferreds of subscribers that took it over their bounds
         for subscriber, granted in self._subscriptions.match(message.topic):
             try:
-                subscriber.deliver(
+                wait = subscriber.deliver(
                     message, granted if granted < published_qos else published_qos, False)
             except Exception:
                 log.failure("Subscriber {subscriber!r} failed to take a message",
                             subscriber=subscriber)
-        return None
+            else:
+                if wait is not None:
+                    if full is None:
+                        full = []
+                    full.append(wait)
+        durable = None
+        if published_qos and store is not None and store.writes != writes:
+            # Persistent sessions wrote what they owe; acknowledge once durable.
+            durable = store.sync()
+        if full is None:
+            return durable
+        # Back-pressure: the publisher's acknowledgement also waits until
+        # every full subscriber has room again.
+        if durable is not None:
+            full.append(durable)
+        if len(full) == 1:
+            return full[0]
+        return gatherResults(full, consumeErrors=True)
+
+    def restore_retained(self, messages) -> None:
+        """Put back retained messages read from the store at start-up."""
+        for message in messages:
+            self._retained.set(message.topic, message)
 
     def subscribe(self, subscriber, topic_filter, qos):
         validate_filter(topic_filter)

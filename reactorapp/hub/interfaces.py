@@ -13,6 +13,11 @@ class ISubscriber(Interface):
         ``retained`` is true when the message is sent because a subscription
         was just made (the MQTT RETAIN flag on the way out), false for live
         traffic. Must not raise and must not block; called on the hot path.
+
+        Returns None once the message is taken. A subscriber that took it but
+        is over its bounds (a slow client whose queue and spill file are
+        full) may return a Deferred instead, fired when it has room again:
+        the publisher's acknowledgement waits for it (back-pressure).
         """
 
 

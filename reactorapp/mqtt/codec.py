@@ -114,6 +114,7 @@ class UnsupportedProtocol(ProtocolError):
 SUPPORTED_LEVELS = frozenset({MQTT_3_1_1})
 
 _pack_h = struct.Struct(">H").pack
+_pack_bb = struct.Struct(">BB").pack
 #: First byte, one-byte Remaining Length, then a 16-bit field.
 _pack_bbh = struct.Struct(">BBH").pack
 _NAMES = {t.value: t.name for t in PacketType}
@@ -444,6 +445,27 @@ def _first_byte_rules(server_side: bool, level: int) -> tuple:
     return rules
 
 
+#: PUBLISH topic names seen lately, as bytes -> checked str: most traffic
+#: goes to a few topics, and a dict hit is cheaper than decoding and checking.
+_TOPIC_NAMES: dict[bytes, str] = {}
+_TOPIC_NAMES_MAX = 4096
+
+
+def _valid_topic(raw: bytes) -> str | None:
+    """``raw`` decoded if it is a valid PUBLISH topic name, else None
+    (``_parse_publish`` then says what is wrong); remembered if valid."""
+    try:
+        topic = raw.decode()
+    except UnicodeDecodeError:
+        return None
+    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+        return None
+    if len(_TOPIC_NAMES) >= _TOPIC_NAMES_MAX:
+        _TOPIC_NAMES.clear()
+    _TOPIC_NAMES[raw] = topic
+    return topic
+
+
 def _remaining_length(data: bytes, pos: int, n: int):
     """Decode a multi-byte Remaining Length whose first byte is at ``pos``.
 
@@ -544,6 +566,8 @@ class Parser:
         n = len(data)
         pos = 0
         packets: list[Packet] = []
+        append = packets.append
+        topics = _TOPIC_NAMES
         rules = self._rules
         level = self._level
         parsers = _PARSERS
@@ -573,8 +597,31 @@ class Parser:
                 if end > n:
                     need = end - pos
                     break
+                if first >> 4 == 3 and level != MQTT_5:
+                    # PUBLISH, inline: the packet the broker sees most. Any
+                    # irregularity goes to _parse_publish, which says what.
+                    stop = start + 2 + (data[start] << 8 | data[start + 1]) if length > 1 else end + 1
+                    topic = None
+                    if stop <= end:
+                        raw = data[start + 2:stop]
+                        topic = topics.get(raw)
+                        if topic is None:
+                            topic = _valid_topic(raw)
+                    if topic:
+                        if first & 0x06:
+                            packet_id = data[stop] << 8 | data[stop + 1] if stop + 2 <= end else 0
+                            if packet_id:
+                                append(Publish(topic, data[stop + 2:end], first >> 1 & 3,
+                                               first & 1 == 1, first & 8 == 8, packet_id, {}))
+                                pos = end
+                                continue
+                        else:
+                            append(Publish(topic, data[stop:end], 0, first & 1 == 1, False, None, {}))
+                            pos = end
+                            continue
+                    _parse_publish(data, start, end, first & 0x0F, level)  # raises
                 packet = parsers[first >> 4](data, start, end, first & 0x0F, level)
-                packets.append(packet)
+                append(packet)
                 pos = end
                 if first == 0x10:
                     self.protocol_level = level = packet.protocol_level
@@ -623,30 +670,40 @@ def _publish_first(qos: int, retain: bool, dup: bool) -> int:
     return first
 
 
+#: Topic name -> its wire form (length prefix + UTF-8), for the encoders.
+_TOPIC_FIELDS: dict[str, bytes] = {}
+
+
+def _topic_field(topic: str) -> bytes:
+    field = _TOPIC_FIELDS.get(topic)
+    if field is None:
+        encoded = topic.encode()
+        if len(encoded) > 0xFFFF:
+            raise ValueError("The topic is longer than 65535 bytes.")
+        field = _pack_h(len(encoded)) + encoded
+        if len(_TOPIC_FIELDS) >= _TOPIC_NAMES_MAX:
+            _TOPIC_FIELDS.clear()
+        _TOPIC_FIELDS[topic] = field
+    return field
+
+
 def encode_publish(
     topic: str, payload: bytes, qos: int, retain: bool, dup: bool = False, packet_id: int = 0
 ) -> bytes:
     """Encode a PUBLISH without building a packet value (the fan-out path)."""
-    encoded_topic = topic.encode()
-    topic_len = len(encoded_topic)
-    if topic_len > 0xFFFF:
-        raise ValueError("The topic is longer than 65535 bytes.")
+    field = _TOPIC_FIELDS.get(topic) or _topic_field(topic)
     first = 0x30 | qos << 1
     if retain:
         first |= 0x01
     if dup:
         first |= 0x08
     if qos:
-        length = topic_len + len(payload) + 4
-        if length < 0x80:
-            head = _pack_bbh(first, length, topic_len)
-        else:
-            head = _fixed_header(first, length) + _pack_h(topic_len)
-        return b"".join((head, encoded_topic, _pack_h(packet_id), payload))
-    length = topic_len + len(payload) + 2
-    if length < 0x80:
-        return b"".join((_pack_bbh(first, length, topic_len), encoded_topic, payload))
-    return b"".join((_fixed_header(first, length), _pack_h(topic_len), encoded_topic, payload))
+        length = len(field) + len(payload) + 2
+        head = _pack_bb(first, length) if length < 0x80 else _fixed_header(first, length)
+        return b"".join((head, field, _pack_h(packet_id), payload))
+    length = len(field) + len(payload)
+    head = _pack_bb(first, length) if length < 0x80 else _fixed_header(first, length)
+    return b"".join((head, field, payload))
 
 
 def encode_publish_parts(
@@ -659,12 +716,11 @@ def encode_publish_parts(
     """
     if not qos:
         raise ValueError("A QoS 0 PUBLISH has no packet identifier.")
-    encoded_topic = topic.encode()
-    topic_len = len(encoded_topic)
-    if topic_len > 0xFFFF:
-        raise ValueError("The topic is longer than 65535 bytes.")
-    head = _fixed_header(_publish_first(qos, retain, dup), topic_len + len(payload) + 4)
-    return head + _pack_h(topic_len) + encoded_topic, payload
+    field = _TOPIC_FIELDS.get(topic) or _topic_field(topic)
+    first = _publish_first(qos, retain, dup)
+    length = len(field) + len(payload) + 2
+    head = _pack_bb(first, length) if length < 0x80 else _fixed_header(first, length)
+    return head + field, payload
 
 
 PINGREQ_BYTES = b"\xc0\x00"

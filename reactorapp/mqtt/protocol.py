@@ -10,9 +10,14 @@ from __future__ import annotations
 import uuid
 from collections import deque
 
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from reactorapp.auth.guard import Guard
+from reactorapp.auth.interfaces import Identity, NotAuthorized
+from reactorapp.auth.limits import TokenBucket
+from reactorapp.auth.tls import peer_certificate
 from reactorapp.hub.message import Message
 from reactorapp.hub.topics import is_valid_filter
 from reactorapp.mqtt import packets as P
@@ -22,6 +27,7 @@ from reactorapp.mqtt.codec import (
     encode_pubrec, encode_pubrel,
 )
 from reactorapp.mqtt.session import MQTTSettings, Session
+from reactorapp.mqtt.writes import BATCH
 
 log = Logger()
 
@@ -29,6 +35,11 @@ log = Logger()
 AWAITING_CONNECT = 0
 CONNECTED = 1
 CLOSED = 2
+AUTHENTICATING = 3  # CONNECT received, the authenticator has not answered yet
+
+#: Packets a client may send between CONNECT and CONNACK (reading is paused
+#: meanwhile, so only what arrived with the CONNECT is ever held).
+MAX_HELD_PACKETS = 1000
 
 #: Highest QoS this broker grants.
 MAXIMUM_QOS = 2
@@ -43,6 +54,15 @@ class MQTTProtocol(Protocol):
         self.clock = factory.clock
         self.settings = factory.settings
         self.stats = factory.hub.stats
+        self.traffic = factory.traffic
+        self.guard = factory.guard
+        #: The ACL, or None: the only per-message cost when there is none.
+        self.authorizer = factory.guard.authorizer
+        self.identity: Identity | None = None
+        #: False while the transport's buffer is full (the client is not
+        #: reading): the session then holds messages instead of writing.
+        self.writable = True
+        self._producing = False
         self.state = AWAITING_CONNECT
         self.client_id: str | None = None
         self.session: Session | None = None
@@ -50,21 +70,21 @@ class MQTTProtocol(Protocol):
         self.keep_alive = 0
         self._keepalive_call = None
         self._last_packet_at = 0.0
+        #: The source address counted by the connection limiter, once admitted.
+        self._address: str | None = None
+        self._connect_call = None
+        #: Packets (and a protocol error) received while authenticating.
+        self._held: list | None = None
+        #: Why reading from the client is paused now (empty: reading).
+        self._read_pauses: set[str] = set()
+        self._bucket: TokenBucket | None = None
+        self._throttle_call = None
         #: Acknowledgements waiting for earlier ones, to keep their order.
-        self._acks: deque = deque()
+        #: (A deque once needed: an empty one costs 760 bytes per connection.)
+        self._acks: deque | tuple = ()
+        #: Output held while a read is handled, or None.
+        self._out: list | None = None
         self._parser = Parser(max_packet_size=factory.settings.max_packet_size)
-        self._handlers = {
-            P.Connect: self._on_second_connect,
-            P.Publish: self._on_publish,
-            P.PubAck: self._on_puback,
-            P.PubRec: self._on_pubrec,
-            P.PubRel: self._on_pubrel,
-            P.PubComp: self._on_pubcomp,
-            P.Subscribe: self._on_subscribe,
-            P.Unsubscribe: self._on_unsubscribe,
-            P.PingReq: self._on_pingreq,
-            P.Disconnect: self._on_disconnect,
-        }
 
     def __repr__(self) -> str:
         return f"<MQTTProtocol client_id={self.client_id!r}>"
@@ -73,8 +93,62 @@ class MQTTProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._last_packet_at = self.clock.seconds()
+        address = _address(self.transport.getPeer())
+        if not self.guard.limiter.admit(address):
+            # Too many connections: close at once, before any work is done.
+            self.guard.stats.connections_refused += 1
+            self.state = CLOSED
+            self.transport.abortConnection()
+            return
+        self._address = address
+        if self.settings.connect_timeout:
+            # Slowloris: a connection that never sends CONNECT holds a slot.
+            self._connect_call = self.clock.callLater(
+                self.settings.connect_timeout, self._connect_timed_out)
+        # A streaming producer: the transport pauses us when its buffer is
+        # full (the client stops reading) and resumes us once it drained.
+        self.transport.registerProducer(self, True)
+        self._producing = True
+
+    # -- IPushProducer: the transport tells us when to stop writing ---------
+
+    def pauseProducing(self) -> None:
+        self.writable = False
+
+    def resumeProducing(self) -> None:
+        self.writable = True
+        if self.session is not None and self.state == CONNECTED:
+            self.session.resume()
+
+    def stopProducing(self) -> None:
+        self.writable = False
+
+    def _connect_timed_out(self) -> None:
+        self._connect_call = None
+        self.guard.stats.connect_timeouts += 1
+        log.info("Closing {peer}: no CONNECT within {timeout:g}s",
+                 peer=self._peer(), timeout=self.settings.connect_timeout)
+        self._close(abort=True)
+
+    def _cancel_connect_timeout(self) -> None:
+        if self._connect_call is not None:
+            if self._connect_call.active():
+                self._connect_call.cancel()
+            self._connect_call = None
 
     def dataReceived(self, data: bytes) -> None:
+        """Handle a read; what it makes any MQTT connection send is written
+        once per connection at the end (see `reactorapp.mqtt.writes`)."""
+        batch = BATCH
+        batch.depth += 1
+        try:
+            self._handle_read(data)
+        finally:
+            batch.depth -= 1
+            if not batch.depth and batch.pending:
+                batch.flush()
+
+    def _handle_read(self, data: bytes) -> None:
         if self.state == CLOSED:
             return  # [MQTT-3.1.4-5] [§3.14.4]: nothing after the end counts
         self.stats.bytes_received += len(data)
@@ -87,16 +161,20 @@ class MQTTProtocol(Protocol):
         if packets:
             self._last_packet_at = self.clock.seconds()
             self.stats.messages_received += len(packets)
-            handlers = self._handlers
+            handlers = self._HANDLERS
             for packet in packets:
                 if self.state == CONNECTED:
-                    handlers[type(packet)](packet)
+                    handlers[type(packet)](self, packet)
                 elif self.state == AWAITING_CONNECT:
                     self._on_first_packet(packet)
+                elif self.state == AUTHENTICATING:
+                    self._hold(packet)
                 else:
                     return
         if error is not None and self.state != CLOSED:
-            if isinstance(error, UnsupportedProtocol) and self.state == AWAITING_CONNECT:
+            if self.state == AUTHENTICATING:
+                self._hold(error)  # in its place, after the packets before it
+            elif isinstance(error, UnsupportedProtocol) and self.state == AWAITING_CONNECT:
                 # [MQTT-3.1.2-2]: a 3.1.1 CONNACK 0x01, then close.
                 self._refuse(P.ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION, error.reason)
             else:
@@ -105,6 +183,11 @@ class MQTTProtocol(Protocol):
     def connectionLost(self, reason) -> None:
         self.state = CLOSED
         self._stop_keepalive()
+        self._cancel_connect_timeout()
+        self._cancel_throttle()
+        if self._address is not None:
+            self.guard.limiter.release(self._address)
+            self._address = None
         self._release_session()
         # [MQTT-3.1.2-8]: a will still held here was not cancelled by a
         # DISCONNECT, whatever ended the connection.
@@ -120,7 +203,8 @@ class MQTTProtocol(Protocol):
         data = cache.get(retained)
         if data is None:
             data = cache[retained] = encode_publish(message.topic, message.payload, 0, retained)
-        self.transport.write(data)
+        self._send(data)
+        self.traffic.sent[0] += 1
         stats = self.stats
         stats.messages_sent += 1
         stats.publish_sent += 1
@@ -139,7 +223,8 @@ class MQTTProtocol(Protocol):
             if parts is None:
                 parts = cache[key] = encode_publish_parts(message.topic, message.payload, qos, retained)
             data = parts[0] + packet_id.to_bytes(2, "big") + parts[1]
-        self.transport.write(data)
+        self._send(data)
+        self.traffic.sent[qos] += 1
         stats = self.stats
         stats.messages_sent += 1
         stats.publish_sent += 1
@@ -149,9 +234,27 @@ class MQTTProtocol(Protocol):
         self._write(encode_pubrel(packet_id))
 
     def _write(self, data: bytes) -> None:
-        self.transport.write(data)
+        self._send(data)
         self.stats.messages_sent += 1
         self.stats.bytes_sent += len(data)
+
+    def _send(self, data: bytes) -> None:
+        """Every write goes through here, so held output keeps its order."""
+        out = self._out
+        if out is not None:
+            out.append(data)
+        elif BATCH.depth:
+            self._out = [data]
+            BATCH.pending.append(self)
+        else:
+            self.transport.write(data)
+
+    def flush_writes(self) -> None:
+        """Write the output held during a read, in one call."""
+        out = self._out
+        if out is not None:
+            self._out = None
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     # -- closing -------------------------------------------------------
 
@@ -176,6 +279,13 @@ class MQTTProtocol(Protocol):
             return
         self.state = CLOSED
         self._stop_keepalive()
+        self._cancel_connect_timeout()
+        self._cancel_throttle()
+        self.flush_writes()  # what was sent before the close goes out first
+        if self._producing:
+            # A registered producer would keep a TLS connection from closing.
+            self._producing = False
+            self.transport.unregisterProducer()
         if abort:
             self.transport.abortConnection()
         else:
@@ -217,6 +327,40 @@ class MQTTProtocol(Protocol):
         host = getattr(peer, "host", None)
         return f"{host}:{peer.port}" if host is not None else str(peer)
 
+    # -- reading paused ------------------------------------------------
+
+    def _pause_reading(self, reason: str) -> None:
+        """Stop reading from the client (back-pressure) until every reason
+        to pause is gone; TCP then slows the client down for us."""
+        if not self._read_pauses and self.state != CLOSED:
+            self.transport.pauseProducing()
+        self._read_pauses.add(reason)
+
+    def _resume_reading(self, reason: str) -> None:
+        pauses = self._read_pauses
+        if reason in pauses:
+            pauses.discard(reason)
+            if not pauses and self.state != CLOSED:
+                self._last_packet_at = self.clock.seconds()
+                self.transport.resumeProducing()
+
+    def _throttle(self, delay: float) -> None:
+        """Over --publish-rate: read nothing more from this client for a while."""
+        if self._throttle_call is None:
+            self.guard.stats.publish_throttled += 1
+            self._pause_reading("rate")
+            self._throttle_call = self.clock.callLater(delay, self._end_throttle)
+
+    def _end_throttle(self) -> None:
+        self._throttle_call = None
+        self._resume_reading("rate")
+
+    def _cancel_throttle(self) -> None:
+        if self._throttle_call is not None:
+            if self._throttle_call.active():
+                self._throttle_call.cancel()
+            self._throttle_call = None
+
     # -- keep-alive ----------------------------------------------------
 
     def _start_keepalive(self) -> None:
@@ -229,6 +373,9 @@ class MQTTProtocol(Protocol):
         every packet, which keeps the read path cheap."""
         self._keepalive_call = None
         grace = 1.5 * self.keep_alive
+        if self._read_pauses:
+            # We are not reading: the client's PINGREQs wait in the socket.
+            self._last_packet_at = self.clock.seconds()
         idle = self.clock.seconds() - self._last_packet_at
         if idle >= grace:
             log.info("Client {client_id} silent for {idle:.1f}s (keep-alive {keep_alive}s)",
@@ -246,6 +393,7 @@ class MQTTProtocol(Protocol):
     # -- CONNECT ---------------------------------------------------------
 
     def _on_first_packet(self, packet) -> None:
+        self._cancel_connect_timeout()
         if type(packet) is not P.Connect:
             # [MQTT-3.1.0-1]: close without CONNACK.
             self._protocol_error(f"first packet was {type(packet).__name__}, not CONNECT")
@@ -265,11 +413,77 @@ class MQTTProtocol(Protocol):
                 return
             client_id = "auto-" + uuid.uuid4().hex  # [MQTT-3.1.3-6]
         self.client_id = client_id
+        authenticator = self.guard.authenticator
+        if authenticator is None:
+            self._accept(connect, Identity(connect.username, client_id))
+            return
+        # [§3.1.4]: authentication may take a while (scrypt runs on a thread).
+        # Packets sent behind the CONNECT wait, in order, and reading pauses.
+        self.state = AUTHENTICATING
+        self._held = []
+        d = maybeDeferred(authenticator.authenticate, connect.username, connect.password,
+                          client_id, self.transport.getPeer(), peer_certificate(self.transport))
+        d.addTimeout(self.settings.connect_timeout or 60.0, self.clock)
+        d.addCallbacks(self._cb_authenticated, self._eb_authenticated,
+                       callbackArgs=(connect,))
+        if self.state == AUTHENTICATING:
+            self._pause_reading("auth")
+
+    def _hold(self, item) -> None:
+        if len(self._held) >= MAX_HELD_PACKETS:
+            self._protocol_error("too many packets before CONNACK")
+            return
+        self._held.append(item)
+
+    def _cb_authenticated(self, identity, connect: P.Connect) -> None:
+        if self.state != AUTHENTICATING:
+            return  # closed meanwhile
+        if identity is None:
+            self.guard.stats.bad_credentials += 1
+            self._refuse(P.ConnectReturnCode.BAD_USERNAME_OR_PASSWORD,
+                         f"bad user name or password for {connect.username!r}")
+            return
+        self._resume_reading("auth")
+        self._accept(connect, identity)
+
+    def _eb_authenticated(self, failure) -> None:
+        if self.state != AUTHENTICATING:
+            return
+        if failure.check(NotAuthorized):
+            self.guard.stats.not_authorized += 1
+            self._refuse(P.ConnectReturnCode.NOT_AUTHORIZED, str(failure.value) or "not authorised")
+            return
+        log.failure("Could not authenticate {peer}", failure, peer=self._peer())
+        self._refuse(P.ConnectReturnCode.SERVER_UNAVAILABLE, "authentication failed")
+
+    def _accept(self, connect: P.Connect, identity: Identity) -> None:
+        """The client is who it says: apply the session rules, CONNACK 0,
+        then handle what it sent while it waited."""
+        client_id = self.client_id
+        will = connect.will
+        if (will is not None and self.authorizer is not None
+                and not self.authorizer.can_publish(identity, will.topic)):
+            self.guard.stats.not_authorized += 1
+            self._refuse(P.ConnectReturnCode.NOT_AUTHORIZED,
+                         f"will topic {will.topic!r} not allowed")
+            return
+        self.identity = identity
         self.keep_alive = min(connect.keep_alive, self.settings.max_keepalive)
-        self.will = connect.will
+        self.will = will
+        if self.settings.publish_rate:
+            self._bucket = TokenBucket(self.settings.publish_rate,
+                                       self.settings.publish_burst, self.clock)
 
         hub = self.hub
         session = hub.get_session(client_id)
+        if (session is not None and session.identity is not None
+                and session.identity.username != identity.username):
+            # A session belongs to the user who made it: another user with
+            # the same client id starts afresh and never sees its messages.
+            if session.connection is not None:
+                session.connection.take_over()
+            session.discard()
+            session = None
         if session is not None and session.connection is not None:
             session.connection.take_over()
         if session is not None and (connect.clean_session or not session.persistent):
@@ -279,6 +493,8 @@ class MQTTProtocol(Protocol):
         if session is None:
             session = Session(client_id, not connect.clean_session, hub, self.settings)
             hub.add_session(client_id, session)
+        session.identity = identity
+        session.may_read = self.guard.read_filter(identity)
         self.session = session
         self.state = CONNECTED
         self.stats.client_connected()
@@ -286,12 +502,31 @@ class MQTTProtocol(Protocol):
         self._write(encode(P.ConnAck(session_present, P.ConnectReturnCode.ACCEPTED)))
         self._start_keepalive()
         session.attach(self)
+        held, self._held = self._held, None
+        if held:
+            self._replay(held)
+
+    def _replay(self, held: list) -> None:
+        handlers = self._HANDLERS
+        for item in held:
+            if self.state != CONNECTED:
+                return
+            if isinstance(item, ProtocolError):
+                self._protocol_error(item.reason)
+                return
+            handlers[type(item)](self, item)
 
     # -- PUBLISH from the client -----------------------------------------
 
     def _on_publish(self, publish: P.Publish) -> None:
         self.stats.publish_received += 1
         qos = publish.qos
+        self.traffic.received[qos] += 1
+        bucket = self._bucket
+        if bucket is not None:
+            delay = bucket.take()
+            if delay:
+                self._throttle(delay)
         if qos == 2 and publish.packet_id in self.session.awaiting_pubrel:
             # [MQTT-4.3.3-2]: a re-sent QoS 2 PUBLISH is acknowledged again,
             # never forwarded twice.
@@ -301,6 +536,12 @@ class MQTTProtocol(Protocol):
             # Clients may not write the broker's own status [§4.7.2]; the
             # publish is acknowledged and dropped [MQTT-3.3.5-2].
             self.stats.publish_dropped += 1
+            durable = None
+        elif self.authorizer is not None and not self.authorizer.can_publish(
+                self.identity, publish.topic):
+            # Denied by the ACL: acknowledged (3.1.1 has no way to say no)
+            # and dropped, as Mosquitto does.
+            self.guard.stats.publish_denied += 1
             durable = None
         else:
             message = Message(publish.topic, publish.payload, qos, publish.retain,
@@ -321,10 +562,17 @@ class MQTTProtocol(Protocol):
             self._write(data)
             return
         entry = [data, durable is None]
-        self._acks.append(entry)
+        acks = self._acks
+        if not acks:
+            acks = self._acks = deque()
+        acks.append(entry)
         if durable is not None:
             durable.addCallbacks(self._cb_placed, self._eb_not_placed,
                                  callbackArgs=(entry,))
+        if len(self._acks) >= self.settings.max_pending_acks:
+            # Its messages cannot be placed as fast as it sends them (a slow
+            # store or full subscribers): stop reading from this publisher.
+            self._pause_reading("acks")
 
     def _cb_placed(self, _result, entry) -> None:
         entry[1] = True
@@ -333,6 +581,8 @@ class MQTTProtocol(Protocol):
             data = acks.popleft()[0]
             if self.state == CONNECTED:
                 self._write(data)
+        if len(acks) < self.settings.max_pending_acks:
+            self._resume_reading("acks")
 
     def _eb_not_placed(self, failure) -> None:
         """The message could not be made durable: no acknowledgement may go
@@ -348,8 +598,8 @@ class MQTTProtocol(Protocol):
 
     def _on_pubrel(self, pubrel: P.PubRel) -> None:
         # [MQTT-4.3.3-2]: always answer, even for an id no longer held.
-        self.session.awaiting_pubrel.discard(pubrel.packet_id)
-        self._acknowledge(None, encode_pubcomp(pubrel.packet_id))
+        released = self.session.release(pubrel.packet_id)
+        self._acknowledge(released, encode_pubcomp(pubrel.packet_id))
 
     # -- acknowledgements of our PUBLISHes --------------------------------
 
@@ -372,8 +622,20 @@ class MQTTProtocol(Protocol):
         session = self.session
         codes = []
         retained = []
+        authorizer = self.authorizer
+        limit = self.settings.max_subscriptions
         for request in subscribe.subscriptions:
             if not is_valid_filter(request.topic_filter):
+                codes.append(P.SUBACK_FAILURE)
+                continue
+            if authorizer is not None and not authorizer.can_subscribe(
+                    self.identity, request.topic_filter):
+                self.guard.stats.subscribe_denied += 1
+                codes.append(P.SUBACK_FAILURE)
+                continue
+            if (limit and len(session.subscriptions) >= limit
+                    and request.topic_filter not in session.subscriptions):
+                self.guard.stats.subscriptions_over_limit += 1
                 codes.append(P.SUBACK_FAILURE)
                 continue
             granted = min(request.qos, MAXIMUM_QOS)
@@ -401,16 +663,45 @@ class MQTTProtocol(Protocol):
         self.will = None
         self._close(abort=False)
 
+    #: Packet type -> handler once CONNECTED; one table for all connections
+    #: (bound methods per connection would cost a kilobyte each).
+    _HANDLERS = {
+        P.Connect: _on_second_connect,
+        P.Publish: _on_publish,
+        P.PubAck: _on_puback,
+        P.PubRec: _on_pubrec,
+        P.PubRel: _on_pubrel,
+        P.PubComp: _on_pubcomp,
+        P.Subscribe: _on_subscribe,
+        P.Unsubscribe: _on_unsubscribe,
+        P.PingReq: _on_pingreq,
+        P.Disconnect: _on_disconnect,
+    }
+
+
+def _address(peer) -> str:
+    """The source address connections are counted by (per IP, not per port)."""
+    host = getattr(peer, "host", None)
+    return host if host is not None else type(peer).__name__
+
 
 class MQTTFactory(Factory):
     """Builds MQTT connections bound to one hub."""
 
     protocol = MQTTProtocol
+    #: Who may connect and what they may do; the service replaces this
+    #: open default, shared with the HTTP front end.
+    guard = Guard()
 
-    def __init__(self, hub, clock, settings: MQTTSettings | None = None) -> None:
+    def __init__(self, hub, clock, settings: MQTTSettings | None = None,
+                 front_end: str = "mqtt") -> None:
         self.hub = hub
         self.clock = clock
         self.settings = settings if settings is not None else MQTTSettings()
+        #: Names this factory's connections in the hub's traffic counters
+        #: ("mqtt" for TCP, TLS and Unix sockets, "websocket" over HTTP).
+        self.front_end = front_end
+        self.traffic = hub.stats.traffic_for(front_end)
 
     def buildProtocol(self, addr):
         return self.protocol(self)

@@ -10,9 +10,13 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from reactorapp.hub.interfaces import ISubscriber
+from reactorapp.mqtt.backlog import Backlog
+
+log = Logger()
 
 #: States of an outgoing QoS 1/2 message.
 AWAITING_PUBACK = 1  # QoS 1 PUBLISH sent, waiting for PUBACK
@@ -28,39 +32,98 @@ class MQTTSettings:
     max_inflight: int = 20
     max_queued_messages: int = 1000
     max_keepalive: int = 65535
+    #: Seconds from TCP connect to CONNECT before the connection is closed; 0: no limit.
+    connect_timeout: float = 10.0
+    #: Subscriptions one client may hold; 0: no limit.
+    max_subscriptions: int = 1000
+    #: PUBLISH packets per second one client may send (0: no limit), and the burst.
+    publish_rate: float = 0.0
+    publish_burst: int = 100
+    #: Approximate bytes one session keeps in memory (0: no limit); see backlog.py.
+    max_queued_bytes: int = 4 * 1024 * 1024
+    #: Bytes of QoS 1/2 messages one session may spill to disk (0: never spill).
+    max_spill_bytes: int = 64 * 1024 * 1024
+    #: Where spill files go; None: nowhere (full queues hold publishers back at once).
+    spill_directory: str | None = None
+    #: PUBLISHes from one client waiting for their PUBACK/PUBREC before
+    #: the broker stops reading from it.
+    max_pending_acks: int = 100
 
 
 class InFlight:
     """An outgoing QoS 1/2 message holding a packet id until acknowledged."""
 
-    __slots__ = ("message", "qos", "retained", "state")
+    __slots__ = ("message", "qos", "retained", "state", "seq", "sent", "ready")
 
-    def __init__(self, message, qos: int, retained: bool, state: int) -> None:
+    def __init__(self, message, qos: int, retained: bool, state: int, seq: int = 0) -> None:
         self.message = message
         self.qos = qos
         self.retained = retained
         self.state = state
+        #: Its number in the session's store (0 when not stored).
+        self.seq = seq
+        #: Written to a connection at least once.
+        self.sent = False
+        #: False while its packet id is being made durable.
+        self.ready = True
+
+
+class _StoredIds(set):
+    """Incoming QoS 2 packet ids of a persistent session, written through to
+    its store so that a re-sent PUBLISH is recognised after a restart."""
+
+    __slots__ = ("_store", "_client_id")
+
+    def __init__(self, store, client_id: str, ids=()) -> None:
+        super().__init__(ids)
+        self._store = store
+        self._client_id = client_id
+
+    def add(self, packet_id: int) -> None:
+        if packet_id not in self:
+            set.add(self, packet_id)
+            self._store.add_awaiting_pubrel(self._client_id, packet_id)
+
+    def discard(self, packet_id: int) -> None:
+        if packet_id in self:
+            set.discard(self, packet_id)
+            self._store.remove_awaiting_pubrel(self._client_id, packet_id)
 
 
 @implementer(ISubscriber)
 class Session:
     """Subscriptions, in-flight window and queue of one MQTT client id."""
 
-    def __init__(self, client_id: str, persistent: bool, hub, settings: MQTTSettings) -> None:
+    def __init__(self, client_id: str, persistent: bool, hub, settings: MQTTSettings,
+                 *, stored: bool = False) -> None:
+        """``stored``: the session is being restored from the hub's store."""
         self.client_id = client_id
         self.persistent = persistent
         self.hub = hub
         self.settings = settings
+        #: Where a persistent session keeps its state (the hub's store), or None.
+        self.store = hub.store if persistent else None
         self.subscriptions: dict[str, int] = {}
         #: Outgoing QoS 1/2 messages by packet id, in the order they were sent.
         self.inflight: dict[int, InFlight] = {}
-        #: QoS 1/2 messages waiting for room in the window or for the client.
-        self.queue: deque = deque()
+        #: QoS 1/2 messages waiting for room in the window or for the client,
+        #: as (message, qos, retained, seq), bounded and spilling to disk.
+        self.queue = Backlog(settings, hub.stats)
         #: Incoming QoS 2 packet ids answered with PUBREC, awaiting PUBREL.
-        self.awaiting_pubrel: set[int] = set()
+        self.awaiting_pubrel: set[int] = (
+            set() if self.store is None else _StoredIds(self.store, client_id))
         self.connection = None
         self.dropped = 0
+        #: The client's ACL check on topics it receives, or None with no ACL.
+        self.may_read = None
+        #: Who the client authenticated as (a persistent session keeps its owner).
+        self.identity = None
         self._last_packet_id = 0
+        self._seq = 0
+        #: In-flight messages not yet written, in order: (packet_id, InFlight).
+        self._unsent: deque = deque()
+        if self.store is not None and not stored:
+            self.store.add_session(client_id)
 
     def __repr__(self) -> str:
         return f"<Session {self.client_id!r} persistent={self.persistent}>"
@@ -72,27 +135,85 @@ class Session:
     # -- delivery (ISubscriber) -------------------------------------------
 
     def deliver(self, message, qos, retained):
+        may_read = self.may_read
+        if may_read is not None and not may_read(message.topic):
+            return  # the ACL hides this topic from the client, retained or not
         connection = self.connection
         if qos == 0:
             if connection is not None:
-                connection.send_publish0(message, retained)
+                if connection.writable:
+                    connection.send_publish0(message, retained)
+                else:
+                    self.queue.hold0(message, retained)  # the client is not reading
             # QoS 0 is not queued for an absent client (like Mosquitto's
             # default queue_qos0_messages false) [MQTT-3.1.2-5].
-            return
-        if (connection is not None and not self.queue
+            return None
+        queue = self.queue
+        if (connection is not None and connection.writable and not queue
                 and len(self.inflight) < self.settings.max_inflight):
-            self._send_new(connection, message, qos, retained)
-        elif len(self.queue) < self.settings.max_queued_messages:
-            self.queue.append((message, qos, retained))
-        else:
+            self._send_new(connection, message, qos, retained, self._keep(message, qos, retained))
+            return None
+        if connection is None and queue.full(message):
+            # Offline with no room in memory nor on disk: refused, counted.
             self.dropped += 1
+            self.hub.stats.queue_refused += 1
             self.hub.stats.publish_dropped += 1
+            return None
+        queue.append((message, qos, retained, self._keep(message, qos, retained)))
+        if connection is not None and queue.full():
+            return queue.wait()  # back-pressure: the publisher's ack waits
+        return None
 
-    def _send_new(self, connection, message, qos, retained) -> None:
+    def _keep(self, message, qos, retained) -> int:
+        """Write a message a persistent session owes to the store (the hub
+        waits for it before acknowledging); return its number there."""
+        store = self.store
+        if store is None:
+            return 0
+        self._seq = seq = self._seq + 1
+        store.enqueue(self.client_id, seq, message, qos, retained)
+        return seq
+
+    def _send_new(self, connection, message, qos, retained, seq) -> None:
         packet_id = self._next_packet_id()
-        self.inflight[packet_id] = InFlight(
-            message, qos, retained, AWAITING_PUBACK if qos == 1 else AWAITING_PUBREC)
-        connection.send_publish(message, qos, retained, packet_id, False)
+        flight = self.inflight[packet_id] = InFlight(
+            message, qos, retained, AWAITING_PUBACK if qos == 1 else AWAITING_PUBREC, seq)
+        durable = None
+        if qos == 2 and self.store is not None:
+            # A QoS 2 PUBLISH leaves only once its packet id is durable: after
+            # a crash it is re-sent with that id, which the client recognises
+            # [MQTT-4.3.3-2]; a new id would deliver it twice.
+            self.store.set_inflight(self.client_id, seq, packet_id, AWAITING_PUBREC)
+            durable = self.store.sync()
+        if durable is None and not self._unsent:
+            flight.sent = True
+            connection.send_publish(message, qos, retained, packet_id, False)
+            return
+        self._unsent.append((packet_id, flight))  # behind earlier ones, in order
+        if durable is not None:
+            flight.ready = False
+            durable.addCallbacks(self._cb_stored, self._eb_stored, callbackArgs=(flight,))
+
+    def _cb_stored(self, _result, flight) -> None:
+        flight.ready = True
+        self._send_unsent()
+
+    def _eb_stored(self, failure) -> None:
+        log.failure("Could not store a packet id for {client_id}; the message is held back",
+                    failure, client_id=self.client_id)
+
+    def _send_unsent(self) -> None:
+        """Write held-back in-flight messages, in order, as far as they are ready."""
+        unsent = self._unsent
+        connection = self.connection
+        while unsent and connection is not None:
+            packet_id, flight = unsent[0]
+            if not flight.ready:
+                return
+            unsent.popleft()
+            if self.inflight.get(packet_id) is flight:
+                flight.sent = True
+                connection.send_publish(flight.message, flight.qos, flight.retained, packet_id, False)
 
     def _next_packet_id(self) -> int:
         """An id not in use by this session's outgoing messages [MQTT-2.3.1-4]."""
@@ -108,9 +229,10 @@ class Session:
         connection = self.connection
         queue = self.queue
         limit = self.settings.max_inflight
-        while connection is not None and queue and len(self.inflight) < limit:
-            message, qos, retained = queue.popleft()
-            self._send_new(connection, message, qos, retained)
+        while (connection is not None and connection.writable and queue
+               and len(self.inflight) < limit):
+            message, qos, retained, seq = queue.popleft()
+            self._send_new(connection, message, qos, retained, seq)
 
     # -- acknowledgements from the client ----------------------------------
 
@@ -118,6 +240,8 @@ class Session:
         flight = self.inflight.get(packet_id)
         if flight is not None and flight.state == AWAITING_PUBACK:
             del self.inflight[packet_id]
+            if self.store is not None:
+                self.store.dequeue(self.client_id, flight.seq)
             self._fill_window()
 
     def pubrec(self, packet_id: int) -> bool:
@@ -129,13 +253,28 @@ class Session:
             flight.state = AWAITING_PUBCOMP
             # The message itself is no longer needed [MQTT-4.3.3-1].
             flight.message = None
+            if self.store is not None:
+                self.store.set_inflight(self.client_id, flight.seq, packet_id, AWAITING_PUBCOMP)
         return flight.state == AWAITING_PUBCOMP
 
     def pubcomp(self, packet_id: int) -> None:
         flight = self.inflight.get(packet_id)
         if flight is not None and flight.state == AWAITING_PUBCOMP:
             del self.inflight[packet_id]
+            if self.store is not None:
+                self.store.dequeue(self.client_id, flight.seq)
             self._fill_window()
+
+    def release(self, packet_id: int):
+        """Forget an incoming QoS 2 id on PUBREL. For a persistent session,
+        return a Deferred fired once that is durable: PUBCOMP lets the
+        client reuse the id, and an id remembered after a crash would make
+        the next message with it look like a re-send, and be dropped."""
+        ids = self.awaiting_pubrel
+        if packet_id not in ids:
+            return None
+        ids.discard(packet_id)
+        return self.store.sync() if self.store is not None else None
 
     # -- connection lifecycle --------------------------------------------
 
@@ -144,20 +283,36 @@ class Session:
         original order [MQTT-4.4.0-1] [MQTT-4.6.0-1], then drain the queue."""
         self.connection = connection
         for packet_id, flight in list(self.inflight.items()):
+            if not flight.sent:
+                continue  # held back, goes out below in its turn
             if flight.state == AWAITING_PUBCOMP:
                 connection.send_pubrel(packet_id)
             else:
                 connection.send_publish(flight.message, flight.qos, flight.retained, packet_id, True)
+        self._send_unsent()
         self._fill_window()
 
     def detach(self) -> None:
         self.connection = None
+        self.queue.drop_held0()
+        self.queue.release()  # publishers do not wait for an absent client
+
+    def resume(self) -> None:
+        """The connection can take more (its transport drained): send the
+        held QoS 0 messages, then refill the window, until it is full again."""
+        connection = self.connection
+        queue = self.queue
+        while connection is not None and connection.writable and queue.held0:
+            connection.send_publish0(*queue.popleft0())
+        self._fill_window()
 
     def subscribe(self, topic_filter: str, qos: int):
         """Add or replace a subscription [MQTT-3.8.4-3]; return the retained
         messages to send for it."""
         retained = self.hub.subscribe(self, topic_filter, qos)
         self.subscriptions[topic_filter] = qos
+        if self.store is not None:
+            self.store.add_subscription(self.client_id, topic_filter, qos)
         return retained
 
     def unsubscribe(self, topic_filter: str) -> bool:
@@ -165,6 +320,8 @@ class Session:
         if self.subscriptions.pop(topic_filter, None) is None:
             return False
         self.hub.unsubscribe(self, topic_filter)
+        if self.store is not None:
+            self.store.remove_subscription(self.client_id, topic_filter)
         return True
 
     def discard(self) -> None:
@@ -173,5 +330,47 @@ class Session:
         self.subscriptions.clear()
         self.inflight.clear()
         self.queue.clear()
+        self._unsent.clear()
         self.awaiting_pubrel.clear()
         self.hub.remove_session(self.client_id, self)
+        if self.store is not None:
+            self.store.remove_session(self.client_id)
+
+    def restore(self, stored) -> None:
+        """Take back, without writing it again, what the store kept: a
+        `reactorapp.store.interfaces.StoredSession`."""
+        for topic_filter, qos in stored.subscriptions.items():
+            self.hub.subscribe(self, topic_filter, qos)
+            self.subscriptions[topic_filter] = qos
+        self.awaiting_pubrel = _StoredIds(self.store, self.client_id, stored.awaiting_pubrel)
+        messages = stored.messages
+        # Only QoS 2 packet ids are stored. QoS 1 messages before the last of
+        # them were in flight too: they go back in flight with fresh ids, so
+        # that everything is re-sent in its original order [MQTT-4.6.0-1].
+        last = max((i for i, m in enumerate(messages) if m.packet_id is not None), default=-1)
+        taken = {m.packet_id for m in messages if m.packet_id is not None}
+        for i, m in enumerate(messages):
+            self._seq = max(self._seq, m.seq)
+            if i > last or (m.packet_id is None and m.qos == 2):
+                self.queue.append((m.message, m.qos, m.retained, m.seq))
+                continue
+            packet_id = m.packet_id
+            while packet_id is None or packet_id in self.inflight:
+                packet_id = self._next_packet_id()
+                if packet_id in taken:
+                    packet_id = None
+            state = m.state or AWAITING_PUBACK
+            flight = InFlight(None if state == AWAITING_PUBCOMP else m.message,
+                              m.qos, m.retained, state, m.seq)
+            flight.sent = True
+            self.inflight[packet_id] = flight
+        if taken:
+            self._last_packet_id = max(self._last_packet_id, *taken)
+
+
+def restore_sessions(hub, stored_sessions, settings: MQTTSettings) -> None:
+    """Rebuild the persistent sessions a store kept, at start-up."""
+    for stored in stored_sessions:
+        session = Session(stored.client_id, True, hub, settings, stored=True)
+        session.restore(stored)
+        hub.add_session(stored.client_id, session)

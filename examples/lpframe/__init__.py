@@ -1,0 +1,1 @@
+"""Length-prefixed binary frames for reactorapp: an example protocol plugin."""

@@ -1,0 +1,66 @@
+"""The one object front ends consult about who may connect and what they may
+do, and where refusals are counted."""
+
+from __future__ import annotations
+
+from reactorapp.auth.limits import ConnectionLimiter
+
+
+class GuardStats:
+    """Refusals and limits hit, read by /metrics (plain counters, like `HubStats`)."""
+
+    __slots__ = (
+        "connections_refused", "connect_timeouts", "bad_credentials", "not_authorized",
+        "publish_denied", "subscribe_denied", "deliveries_denied",
+        "subscriptions_over_limit", "publish_throttled",
+    )
+
+    def __init__(self) -> None:
+        #: Connections closed at once: too many in total or from one address.
+        self.connections_refused = 0
+        #: Connections closed because CONNECT did not arrive in time.
+        self.connect_timeouts = 0
+        #: CONNACK 4: wrong user name, password or certificate.
+        self.bad_credentials = 0
+        #: CONNACK 5: anonymous when not allowed, or refused by the authenticator.
+        self.not_authorized = 0
+        #: PUBLISHes acknowledged and dropped because the ACL forbids the topic.
+        self.publish_denied = 0
+        #: SUBSCRIBE filters answered 0x80 because the ACL forbids them.
+        self.subscribe_denied = 0
+        #: Messages not delivered because the ACL forbids reading the topic.
+        self.deliveries_denied = 0
+        #: SUBSCRIBE filters answered 0x80 because of --max-subscriptions.
+        self.subscriptions_over_limit = 0
+        #: Times a client was paused for publishing faster than --publish-rate.
+        self.publish_throttled = 0
+
+
+class Guard:
+    """Authentication, authorisation and connection limits, shared by every
+    listener. The defaults let everyone in and check nothing, at no cost."""
+
+    def __init__(self, authenticator=None, authorizer=None, limiter=None) -> None:
+        #: `IAuthenticator`, or None to accept every client as it says it is.
+        self.authenticator = authenticator
+        #: `IAuthorizer`, or None when there is no ACL.
+        self.authorizer = authorizer
+        self.limiter = limiter if limiter is not None else ConnectionLimiter()
+        self.stats = GuardStats()
+
+    def read_filter(self, identity):
+        """A ``may_read(topic) -> bool`` for one client that counts what it
+        hides, or None when there is no ACL (nothing to check)."""
+        authorizer = self.authorizer
+        if authorizer is None:
+            return None
+        can_read = authorizer.can_read
+        stats = self.stats
+
+        def may_read(topic):
+            if can_read(identity, topic):
+                return True
+            stats.deliveries_denied += 1
+            return False
+
+        return may_read

@@ -1,0 +1,39 @@
+"""One write per connection for everything that one read caused.
+
+Handling a single read from a publisher can put hundreds of PUBLISHes on
+each subscriber's connection. Twisted buffers them until the socket is
+writable either way, but every ``transport.write`` call goes through the
+transport's bookkeeping (producer checks, registering with the reactor).
+While a read is being handled, MQTT connections keep their output in a list
+instead, and write it with one call when the outermost read is done.
+
+Nothing is held past the end of the read, so what a client receives and
+when is the same as with a write per packet.
+"""
+
+from __future__ import annotations
+
+
+class WriteBatch:
+    """Connections with output held while a read is handled.
+
+    ``depth`` counts the reads being handled (they can nest when a transport
+    delivers synchronously); a connection appends itself to ``pending`` the
+    first time it keeps output back, and ``flush`` asks each to write it.
+    """
+
+    __slots__ = ("depth", "pending")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: list = []
+
+    def flush(self) -> None:
+        while self.pending:
+            pending, self.pending = self.pending, []
+            for connection in pending:
+                connection.flush_writes()
+
+
+#: The reactor runs one read at a time, so one batch serves every connection.
+BATCH = WriteBatch()

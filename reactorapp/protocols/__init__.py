@@ -1,0 +1,164 @@
+"""Base classes for protocols that talk to the hub.
+
+Subclass `HubProtocol` and write only the parsing: each connection gets a
+`reactorapp.api.HubClient` as ``self.hub``, its subscriptions are cancelled
+when the connection is lost, and work started with `HubProtocol.run` runs in
+the order it was asked for, with failures logged instead of lost, and a peer
+that stops reading loses deliveries instead of filling the memory. The hub's
+guard applies as it does to MQTT: connection limits, the ACL, and, when
+clients must log in, nothing is allowed before `HubProtocol.authenticate`.
+Subclass `HubFactory` to say which protocol it builds and under which name.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.defer import maybeDeferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from reactorapp.api import HubClient, NotAuthorized
+from reactorapp.auth.guard import Guard
+from reactorapp.auth.tls import peer_certificate
+
+__all__ = ["HubProtocol", "HubFactory"]
+
+
+@implementer(IPushProducer)
+class HubProtocol(Protocol):
+    """One connection of a hub protocol.
+
+    ``self.hub`` is the connection's `HubClient`; ``self.factory`` the
+    `HubFactory` that built it (its ``options`` hold the plugin's settings).
+    A subclass that overrides `connectionLost` calls this one. It is the
+    transport's streaming producer: while the transport's buffer is full,
+    messages for this connection are dropped (and counted in
+    ``publish_dropped``) rather than piling up in memory.
+    """
+
+    log = Logger()
+    factory: HubFactory
+    hub: HubClient
+
+    _address = None
+
+    def makeConnection(self, transport):
+        """Admit the connection under the guard's connection limits, or
+        close it at once (`connectionMade` is then not called)."""
+        self._queue = succeed(None)
+        guard = self.factory.guard
+        address = str(getattr(transport.getPeer(), "host", "local"))
+        if not guard.limiter.admit(address):
+            guard.stats.connections_refused += 1
+            self.transport = transport
+            transport.abortConnection()
+            return
+        self._address = address
+        # As Protocol.makeConnection, with the anonymous log-in queued first.
+        self.connected = True
+        self.transport = transport
+        transport.registerProducer(self, True)
+        if not self.hub.authenticated:
+            self.run(self._logInAnonymously)
+        self.connectionMade()
+
+    def connectionLost(self, reason=connectionDone):
+        """Stop deliveries and drop work not yet started."""
+        self.connected = False
+        self.hub.close()
+        if self._address is not None:
+            self.factory.guard.limiter.release(self._address)
+            self._address = None
+        self.log.debug("{client} disconnected: {reason}",
+                       client=self.hub.client_id, reason=reason.getErrorMessage())
+
+    # -- IPushProducer: the transport says when its buffer is full ---------
+
+    def pauseProducing(self) -> None:
+        self.hub.paused = True
+
+    def resumeProducing(self) -> None:
+        self.hub.paused = False
+
+    def stopProducing(self) -> None:
+        self.hub.paused = True
+
+    def authenticate(self, username: str | None, password: bytes | None):
+        """Log in with the hub's authenticator; as `HubClient.authenticate`,
+        with the peer's address and TLS certificate filled in."""
+        return self.hub.authenticate(username, password, peer=self.transport.getPeer(),
+                                     certificate=peer_certificate(self.transport))
+
+    def _logInAnonymously(self):
+        """When the hub lets anonymous clients (or TLS certificates) in, a
+        connection needs no log-in."""
+        return self.authenticate(None, None).addErrback(_ignoreNotAuthorized)
+
+    def run(self, f, *args, **kwargs) -> None:
+        """Call ``f(*args, **kwargs)`` once earlier runs have finished.
+
+        ``f`` may return a value, a Deferred or a coroutine (``async def``).
+        Replies written by ``f`` so keep the order of the requests, even when
+        the hub takes time to place a message. A failure is passed to
+        `runFailed` and the next run still happens.
+        """
+        self._queue.addCallback(self._step, f, args, kwargs)
+
+    def _step(self, _previous, f, args, kwargs):
+        if not self.connected:
+            return None
+        return maybeDeferred(f, *args, **kwargs).addErrback(self.runFailed, f)
+
+    def runFailed(self, failure, f) -> None:
+        """Log a failure that ``f`` did not handle, and drop the connection:
+        its state is no longer known, so nothing queued behind runs either.
+        Override to answer the peer instead."""
+        self.log.failure("{client}: {function} failed", failure,
+                         client=self.hub.client_id, function=getattr(f, "__name__", f))
+        self.connected = False
+        self.transport.abortConnection()
+
+
+class HubFactory(Factory):
+    """Builds the connections of one protocol, all bound to one hub.
+
+    ``name`` is the protocol's name (``--listen NAME:ENDPOINT``), used for
+    its connections' client ids and the hub's traffic counters. ``guard``
+    holds the authorizer and connection limits that every listener shares;
+    the service sets it, and by default it lets everyone in.
+    """
+
+    protocol = HubProtocol
+    name = "plugin"
+
+    def __init__(self, hub, options=None, *, guard: Guard | None = None) -> None:
+        self.hub = hub
+        self.clock = hub.clock
+        self.options = options
+        self.guard = guard if guard is not None else Guard()
+
+    def buildProtocol(self, addr):
+        protocol = self.protocol()
+        protocol.factory = self
+        protocol.hub = self.makeClient(addr)
+        return protocol
+
+    def makeClient(self, addr) -> HubClient:
+        """The `HubClient` for a connection from ``addr``."""
+        return HubClient(self.hub, f"{self.name}:{_peer(addr)}",
+                         front_end=self.name, guard=self.guard)
+
+
+def _ignoreNotAuthorized(failure) -> None:
+    failure.trap(NotAuthorized)
+
+
+def _peer(addr) -> str:
+    host, port = getattr(addr, "host", None), getattr(addr, "port", None)
+    if host is not None and port is not None:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = getattr(addr, "name", None)  # a Unix socket's path, often unnamed
+    return os.fsdecode(name) if name else "local"

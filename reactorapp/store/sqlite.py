@@ -1,0 +1,407 @@
+"""The default store: SQLite in the data directory, written by one thread.
+
+The reactor thread only appends writes to a list. One writer thread commits
+them in batches (group commit): the writes of a reactor turn, and all writes
+that arrive while a commit is in flight, go into the next transaction. A
+batch costs one fsync however many messages it holds, and the reactor never
+waits for the disk. `sync` hands out Deferreds that fire in the reactor
+thread once the batch holding the writes so far has committed.
+
+A batch is committed as soon as somebody waits for it (`sync`: an
+acknowledgement depends on it). Writes nobody waits for (a delivered message
+forgotten, a subscription, a QoS 0 retained message) ride along with the
+next such batch, or are committed after ``lazy`` seconds. A crash can cost
+them: a re-delivery (which QoS 1 and 2 allow), or a session or subscription
+made just before it; never an acknowledged message, since a write somebody
+waits for commits every write made before it. It spares the disk an fsync
+for every handful of PUBACKs from subscribers.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import queue
+import sqlite3
+import threading
+from itertools import groupby
+from operator import itemgetter
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from reactorapp.hub.message import Message
+from reactorapp.store.interfaces import (
+    IStore, StoreClosed, StoredMessage, StoredSession, StoredState, StoreError,
+)
+from reactorapp.store.schema import open_database
+
+log = Logger()
+
+_SET_RETAINED = ("INSERT OR REPLACE INTO retained (topic, payload, qos, properties, sender, timestamp)"
+                 " VALUES (?, ?, ?, ?, ?, ?)")
+_REMOVE_RETAINED = "DELETE FROM retained WHERE topic = ?"
+_ADD_SESSION = "INSERT OR IGNORE INTO sessions (client_id) VALUES (?)"
+_REMOVE_SESSION = (
+    "DELETE FROM sessions WHERE client_id = ?",
+    "DELETE FROM subscriptions WHERE client_id = ?",
+    "DELETE FROM queue WHERE client_id = ?",
+    "DELETE FROM awaiting_pubrel WHERE client_id = ?",
+)
+_ADD_SUBSCRIPTION = ("INSERT OR REPLACE INTO subscriptions (client_id, topic_filter, qos)"
+                     " VALUES (?, ?, ?)")
+_REMOVE_SUBSCRIPTION = "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?"
+_ADD_MESSAGE = ("INSERT OR REPLACE INTO messages"
+                " (id, topic, payload, qos, retain, properties, sender, timestamp)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_ENQUEUE = ("INSERT OR REPLACE INTO queue (client_id, seq, message, qos, retained)"
+            " VALUES (?, ?, ?, ?, ?)")
+_SET_INFLIGHT = "UPDATE queue SET packet_id = ?, state = ? WHERE client_id = ? AND seq = ?"
+_DEQUEUE = "DELETE FROM queue WHERE client_id = ? AND seq = ?"
+_ADD_PUBREL = "INSERT OR IGNORE INTO awaiting_pubrel (client_id, packet_id) VALUES (?, ?)"
+_REMOVE_PUBREL = "DELETE FROM awaiting_pubrel WHERE client_id = ? AND packet_id = ?"
+#: Statements written many rows at a time: the template and one row's group.
+_MANY_ROWS = {
+    _ADD_MESSAGE: ("INSERT OR REPLACE INTO messages"
+                   " (id, topic, payload, qos, retain, properties, sender, timestamp) VALUES {}",
+                   "(?, ?, ?, ?, ?, ?, ?, ?)"),
+    _ENQUEUE: ("INSERT OR REPLACE INTO queue (client_id, seq, message, qos, retained) VALUES {}",
+               "(?, ?, ?, ?, ?)"),
+    _DEQUEUE: ("DELETE FROM queue WHERE (client_id, seq) IN (VALUES {})", "(?, ?)"),
+}
+#: Rows per statement: a run is cut into these, so few statements are cached.
+_CHUNKS = (256, 64, 16, 4, 1)
+
+
+@implementer(IStore)
+class SQLiteStore:
+    """`IStore` on one SQLite file, group-committed by a writer thread."""
+
+    def __init__(self, directory: str, reactor, lazy: float = 0.25) -> None:
+        self.directory = directory
+        self.lazy = lazy
+        self.writes = 0
+        self._reactor = reactor
+        self._connection: sqlite3.Connection | None = None
+        self._writer: _Writer | None = None
+        self._next_message_id = 1
+        #: Writes not yet handed to the writer, as (sql, parameters); None
+        #: for a write cancelled before it was made (see `dequeue`).
+        self._pending: list[tuple[str, tuple] | None] = []
+        #: Rows of the messages table the pending writes refer to, or None.
+        self._messages: list[tuple | None] = []
+        #: id(Message) -> [row id, Message, index in _messages, references],
+        #: to store a message once however many sessions it is queued for.
+        #: Holding the Message keeps its id() from being reused meanwhile.
+        self._pending_ids: dict[int, list] = {}
+        #: (client id, seq) -> (index in _pending, _pending_ids entry) of
+        #: pending enqueues.
+        self._queued: dict[tuple[str, int], tuple[int, list]] = {}
+        self._waiting: list[Deferred] = []  # fire when the pending batch commits
+        self._committing: list[Deferred] | None = None  # the batch in flight
+        #: The call that will submit the pending batch, and whether it is
+        #: the prompt one (end of this turn) or the lazy one.
+        self._timer = None
+        self._prompt = False
+        self._failure: Failure | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.directory!r}>"
+
+    # -- start-up -------------------------------------------------------------
+
+    def load(self) -> StoredState:
+        self._connection = connection = open_database(self.directory)
+        try:
+            return self._read(connection)
+        except sqlite3.Error as e:
+            connection.close()
+            self._connection = None
+            raise StoreError(f"cannot read {self.directory!r}: {e}.") from None
+
+    def _read(self, connection) -> StoredState:
+        retained = [
+            Message(topic, payload, qos, True, _properties(properties), sender, timestamp)
+            for topic, payload, qos, properties, sender, timestamp in connection.execute(
+                "SELECT topic, payload, qos, properties, sender, timestamp FROM retained")
+        ]
+        sessions: dict[str, StoredSession] = {
+            client_id: StoredSession(client_id)
+            for (client_id,) in connection.execute("SELECT client_id FROM sessions")
+        }
+        for client_id, topic_filter, qos in connection.execute(
+                "SELECT client_id, topic_filter, qos FROM subscriptions"):
+            if client_id in sessions:
+                sessions[client_id].subscriptions[topic_filter] = qos
+        for client_id, packet_id in connection.execute(
+                "SELECT client_id, packet_id FROM awaiting_pubrel"):
+            if client_id in sessions:
+                sessions[client_id].awaiting_pubrel.add(packet_id)
+        messages: dict[int, Message] = {}  # one Message per row, shared by sessions
+        for (client_id, seq, qos, retained_flag, packet_id, state, message_id, topic,
+             payload, message_qos, retain, properties, sender, timestamp) in connection.execute(
+                "SELECT q.client_id, q.seq, q.qos, q.retained, q.packet_id, q.state,"
+                " m.id, m.topic, m.payload, m.qos, m.retain, m.properties, m.sender, m.timestamp"
+                " FROM queue q JOIN messages m ON m.id = q.message"
+                " ORDER BY q.client_id, q.seq"):
+            session = sessions.get(client_id)
+            if session is None:
+                continue
+            message = messages.get(message_id)
+            if message is None:
+                message = messages[message_id] = Message(
+                    topic, payload, message_qos, bool(retain), _properties(properties),
+                    sender, timestamp)
+            session.messages.append(
+                StoredMessage(seq, message, qos, bool(retained_flag), packet_id, state))
+        (last,) = connection.execute("SELECT max(id) FROM messages").fetchone()
+        self._next_message_id = (last or 0) + 1
+        return StoredState(retained, list(sessions.values()))
+
+    # -- writes (reactor thread) -------------------------------------------
+
+    def _write(self, sql: str, parameters: tuple) -> None:
+        self.writes += 1
+        if self._closed:
+            return
+        self._pending.append((sql, parameters))
+        if self._timer is None and self._committing is None:
+            self._timer = self._reactor.callLater(self.lazy, self._submit)
+
+    def set_retained(self, message) -> None:
+        self._write(_SET_RETAINED, (message.topic, message.payload, message.qos,
+                                    _text(message.properties), message.sender, message.timestamp))
+
+    def remove_retained(self, topic) -> None:
+        self._write(_REMOVE_RETAINED, (topic,))
+
+    def add_session(self, client_id) -> None:
+        self._write(_ADD_SESSION, (client_id,))
+
+    def remove_session(self, client_id) -> None:
+        for sql in _REMOVE_SESSION:
+            self._write(sql, (client_id,))
+
+    def add_subscription(self, client_id, topic_filter, qos) -> None:
+        self._write(_ADD_SUBSCRIPTION, (client_id, topic_filter, qos))
+
+    def remove_subscription(self, client_id, topic_filter) -> None:
+        self._write(_REMOVE_SUBSCRIPTION, (client_id, topic_filter))
+
+    def enqueue(self, client_id, seq, message, qos, retained) -> None:
+        # A message fanned out to several sessions in one batch is one row.
+        entry = self._pending_ids.get(id(message))
+        if entry is None:
+            message_id = self._next_message_id
+            self._next_message_id += 1
+            entry = self._pending_ids[id(message)] = [message_id, message, len(self._messages), 0]
+            self._messages.append((
+                message_id, message.topic, message.payload, message.qos, message.retain,
+                _text(message.properties), message.sender, message.timestamp))
+        entry[3] += 1
+        self._queued[(client_id, seq)] = (len(self._pending), entry)
+        self._write(_ENQUEUE, (client_id, seq, entry[0], qos, retained))
+
+    def set_inflight(self, client_id, seq, packet_id, state) -> None:
+        self._write(_SET_INFLIGHT, (packet_id, state, client_id, seq))
+
+    def dequeue(self, client_id, seq) -> None:
+        queued = self._queued.pop((client_id, seq), None)
+        if queued is None:
+            self._write(_DEQUEUE, (client_id, seq))
+            return
+        # Acknowledged before it reached the disk (a connected subscriber,
+        # a commit in flight): neither write needs to happen.
+        self.writes += 1
+        index, entry = queued
+        self._pending[index] = None
+        entry[3] -= 1
+        if not entry[3]:
+            self._messages[entry[2]] = None
+
+    def add_awaiting_pubrel(self, client_id, packet_id) -> None:
+        self._write(_ADD_PUBREL, (client_id, packet_id))
+
+    def remove_awaiting_pubrel(self, client_id, packet_id) -> None:
+        self._write(_REMOVE_PUBREL, (client_id, packet_id))
+
+    # -- group commit ----------------------------------------------------------
+
+    def sync(self):
+        if self._failure is not None:
+            return fail(self._failure)
+        if self._pending:
+            waiting = self._waiting
+            if self._committing is None and not self._prompt:
+                # At the end of this reactor turn, with whatever else the turn
+                # writes (a PUBLISH and its QoS 2 packet id travel together).
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = self._reactor.callLater(0, self._submit)
+                self._prompt = True
+        elif self._committing is not None:
+            waiting = self._committing
+        elif self._closed:
+            return fail(StoreClosed("the store is closed"))
+        else:
+            return None
+        d = Deferred()
+        waiting.append(d)
+        return d
+
+    def _submit(self) -> None:
+        """Hand the pending writes to the writer as one transaction."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer, self._prompt = None, False
+        if self._committing is not None or not self._pending or self._failure is not None:
+            return
+        batch = [write for write in self._pending if write is not None]
+        messages = [row for row in self._messages if row is not None]
+        self._pending, self._messages, self._pending_ids, self._queued = [], [], {}, {}
+        waiting, self._waiting = self._waiting, []
+        if not batch and not messages:
+            for d in waiting:  # everything cancelled out: nothing to wait for
+                d.callback(None)
+            return
+        self._committing = waiting
+        if self._writer is None:
+            # Started on first use, after twistd has daemonized.
+            self._writer = _Writer(self._reactor)
+        self._writer.call(_commit, self._connection, messages, batch).addCallbacks(
+            self._cbCommitted, self._ebCommitted)
+
+    def _cbCommitted(self, _ignored) -> None:
+        waiting, self._committing = self._committing, None
+        if self._waiting:
+            self._submit()  # the disk gets the next batch before callbacks run
+        elif self._pending:
+            self._timer = self._reactor.callLater(self.lazy, self._submit)
+        for d in waiting:
+            d.callback(None)
+
+    def _ebCommitted(self, failure: Failure) -> None:
+        """A batch failed: nothing written from now on can be trusted to be
+        durable, so every later `sync` fails too, and no acknowledgement that
+        waits on this store is ever sent."""
+        log.failure("Could not write to {store}; nothing more will be stored", failure,
+                    store=self)
+        self._failure = failure
+        waiting = self._committing + self._waiting
+        self._committing, self._waiting = None, []
+        self._pending, self._messages, self._pending_ids, self._queued = [], [], {}, {}
+        for d in waiting:
+            d.errback(failure)
+
+    # -- shutdown ------------------------------------------------------------
+
+    def close(self):
+        """Flush what was written, then close the database in the writer thread."""
+        if self._closed:
+            return succeed(None)
+        flushed = self.sync()
+        self._closed = True
+        if flushed is None:
+            return self._shutdown()
+        return flushed.addBoth(lambda _: self._shutdown())
+
+    def _shutdown(self):
+        connection, self._connection = self._connection, None
+        writer, self._writer = self._writer, None
+        if writer is None:
+            if connection is not None:
+                connection.close()
+            return succeed(None)
+        d = writer.call(connection.close) if connection is not None else succeed(None)
+        writer.stop()
+        return d
+
+
+def _commit(connection: sqlite3.Connection, messages: list[tuple],
+            batch: list[tuple[str, tuple]]) -> None:
+    """One transaction for the whole batch (in the writer thread).
+
+    Message rows go first: their ids are new, so no earlier write can refer
+    to them. Then the writes in order, a run of the same statement at once.
+    """
+    execute = connection.execute
+    execute("BEGIN")
+    try:
+        if messages:
+            _execute_rows(connection, _ADD_MESSAGE, messages)
+        for sql, run in groupby(batch, key=itemgetter(0)):
+            _execute_rows(connection, sql, [parameters for _, parameters in run])
+        execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            execute("ROLLBACK")
+        raise
+
+
+def _execute_rows(connection: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
+    """Run ``sql`` for each row, many rows per statement where it can: one
+    statement costs about as much as a row, and lets go of the GIL once."""
+    if sql not in _MANY_ROWS or len(rows) == 1:
+        connection.executemany(sql, rows)
+        return
+    at, left = 0, len(rows)
+    for size in _CHUNKS:
+        while left >= size:
+            connection.execute(_rows_statement(sql, size),
+                               [value for row in rows[at:at + size] for value in row])
+            at += size
+            left -= size
+
+
+@functools.lru_cache(maxsize=None)
+def _rows_statement(sql: str, count: int) -> str:
+    template, row = _MANY_ROWS[sql]
+    return template.format(", ".join([row] * count))
+
+
+class _Writer:
+    """One daemon thread that runs calls in order and reports back through
+    the reactor. A daemon, so a forgotten store never keeps a process alive;
+    an interrupted transaction is rolled back by SQLite."""
+
+    def __init__(self, reactor) -> None:
+        self._reactor = reactor
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="reactorapp-store", daemon=True)
+        self._thread.start()
+
+    def call(self, function, *args) -> Deferred:
+        d = Deferred()
+        self._calls.put((function, args, d))
+        return d
+
+    def stop(self) -> None:
+        self._calls.put(None)
+
+    def _run(self) -> None:
+        callFromThread = self._reactor.callFromThread
+        while True:
+            call = self._calls.get()
+            if call is None:
+                return
+            function, args, d = call
+            try:
+                result = function(*args)
+            except BaseException:
+                failure = Failure()
+                failure.cleanFailure()
+                callFromThread(d.errback, failure)
+            else:
+                callFromThread(d.callback, result)
+
+
+def _text(properties) -> str | None:
+    """MQTT 5 properties as a Python literal (str, bytes, numbers, lists)."""
+    return repr(properties) if properties else None
+
+
+def _properties(text: str | None):
+    return ast.literal_eval(text) if text else None

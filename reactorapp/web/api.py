@@ -1,0 +1,253 @@
+"""The JSON API under /api/v1: publish, retained messages, administration.
+
+Each resource asks the hub and answers; none keeps state of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from urllib.parse import unquote_to_bytes
+
+from twisted.logger import Logger
+
+from reactorapp.auth.http import read_filter, require_publish
+from reactorapp.hub.message import Message
+from reactorapp.web.errors import (
+    ApiError, Body, JSONResource, bad_request, not_found,
+)
+from reactorapp.web.messages import (
+    check_topic, message_json, parse_publish, query_bool, query_filters, query_qos,
+)
+
+log = Logger()
+
+
+def _publish(hub, traffic, topic: str, payload: bytes, qos: int, retain: bool):
+    """Hand one message to the hub; the answer waits until it is placed
+    (durably, where the storage rules ask for it) [an acknowledgement is a
+    promise, as for PUBACK]."""
+    message = Message(topic, payload, qos, retain)
+    durable = hub.publish(message)
+    traffic.received[qos] += 1
+    answer = {"id": message.id, "topic": topic, "qos": qos, "retain": retain}
+    if durable is None:
+        return answer
+    return durable.addCallbacks(lambda _: answer, _eb_not_placed, errbackArgs=(topic,))
+
+
+def _eb_not_placed(failure, topic):
+    log.failure("Could not place a message to {topic} published over HTTP", failure, topic=topic)
+    raise ApiError(503, "not stored",
+                   "The message could not be stored; it may not be delivered. Try again.")
+
+
+class Publish(JSONResource):
+    """POST /api/v1/publish with a JSON body."""
+
+    def __init__(self, hub, traffic) -> None:
+        super().__init__()
+        self.hub = hub
+        self.traffic = traffic
+
+    def json_POST(self, request):
+        topic, payload, qos, retain = parse_publish(request.content.read())
+        require_publish(request, topic)
+        return _publish(self.hub, self.traffic, topic, payload, qos, retain)
+
+
+class Topics(JSONResource):
+    """POST /api/v1/topics/{topic}: the body is the payload, as is."""
+
+    takes_subpath = True
+
+    def __init__(self, hub, traffic) -> None:
+        super().__init__()
+        self.hub = hub
+        self.traffic = traffic
+
+    def json_POST(self, request):
+        topic = self._topic(request)
+        qos = query_qos(request)
+        retain = query_bool(request, "retain", False)
+        require_publish(request, topic)
+        return _publish(self.hub, self.traffic, topic, request.content.read(), qos, retain)
+
+    def _topic(self, request) -> str:
+        # Twisted splits the path before decoding %XX, so the levels are
+        # taken from the raw path: an encoded '/' stays part of its level.
+        raw = request.path.split(b"/topics/", 1)[1] if b"/topics/" in request.path else b""
+        try:
+            topic = unquote_to_bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_request("The topic in the path is not UTF-8.", "bad topic") from None
+        if not topic:
+            raise bad_request("Give the topic in the path: /api/v1/topics/{topic}.", "bad topic")
+        return check_topic(topic)
+
+
+class Retained(JSONResource):
+    """GET /api/v1/retained?filter=...: the retained messages the filters match."""
+
+    def __init__(self, hub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def json_GET(self, request):
+        found = {}
+        may_read = read_filter(request)  # the ACL, if any
+        for topic_filter in query_filters(request):
+            for message in self.hub.retained(topic_filter):
+                if may_read is None or may_read(message.topic):
+                    found[message.topic] = message
+        return [message_json(found[topic]) for topic in sorted(found)]
+
+
+def session_json(session) -> dict:
+    """What the admin API shows of one session (and its connection, if any)."""
+    connection = session.connection
+    info = {
+        "client_id": session.client_id,
+        "connected": connection is not None,
+        "persistent": session.persistent,
+        "subscriptions": dict(session.subscriptions),
+        "inflight": len(session.inflight),
+        "queued": len(session.queue),
+    }
+    if connection is not None:
+        info["front_end"] = getattr(connection.factory, "front_end", "mqtt")
+        info["keep_alive"] = connection.keep_alive
+        transport = connection.transport
+        info["peer"] = address_text(transport.getPeer()) if transport is not None else None
+    return info
+
+
+def address_text(address) -> str:
+    """host:port for an IP address, the path or a repr for anything else."""
+    host = getattr(address, "host", None)
+    if host is not None:
+        return f"{host}:{address.port}"
+    return str(getattr(address, "name", address))
+
+
+def _connected(hub) -> list:
+    sessions = hub.sessions().values()
+    return sorted((s for s in sessions if s.connection is not None), key=lambda s: s.client_id)
+
+
+class Clients(JSONResource):
+    """GET /api/v1/clients: the connected clients; /clients/{id} below."""
+
+    isLeaf = False
+
+    def __init__(self, hub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def getChild(self, path, request):
+        if path == b"":
+            return self
+        return Client(self.hub, path)
+
+    def json_GET(self, request):
+        return [session_json(session) for session in _connected(self.hub)]
+
+
+class Client(JSONResource):
+    """GET or DELETE (disconnect) /api/v1/clients/{id}."""
+
+    def __init__(self, hub, raw_id: bytes) -> None:
+        super().__init__()
+        self.hub = hub
+        self.raw_id = raw_id
+
+    def _session(self):
+        client_id = self.raw_id.decode("utf-8", "replace")
+        session = self.hub.get_session(client_id)
+        if session is None or session.connection is None:
+            raise not_found(f"No client {client_id!r} is connected.")
+        return session
+
+    def json_GET(self, request):
+        return session_json(self._session())
+
+    def json_DELETE(self, request):
+        """Drop the connection as the server would on a protocol error: the
+        will is published, a persistent session stays [MQTT-3.1.2-8]."""
+        session = self._session()
+        log.info("Disconnecting client {client_id} as asked over HTTP by {peer}",
+                 client_id=session.client_id, peer=address_text(request.getClientAddress()))
+        session.connection.transport.abortConnection()
+        return None
+
+
+class Sessions(JSONResource):
+    """GET /api/v1/sessions: every session, connected or waiting."""
+
+    def __init__(self, hub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def json_GET(self, request):
+        sessions = sorted(self.hub.sessions().values(), key=lambda s: s.client_id)
+        return [session_json(session) for session in sessions]
+
+
+class Stats(JSONResource):
+    """GET /api/v1/stats: the hub's counters, the same numbers /metrics shows."""
+
+    def __init__(self, hub, web_stats) -> None:
+        super().__init__()
+        self.hub = hub
+        self.web_stats = web_stats
+
+    def json_GET(self, request):
+        hub, stats, web = self.hub, self.hub.stats, self.web_stats
+        traffic = {
+            name: {"received": list(t.received), "sent": list(t.sent)}
+            for name, t in sorted(stats.traffic.items())
+        }
+        return {
+            "uptime": hub.clock.seconds() - stats.started_at,
+            "clients": {"connected": stats.clients_connected,
+                        "maximum": stats.clients_maximum,
+                        "sessions": hub.session_count},
+            "subscriptions": hub.subscription_count,
+            "retained": hub.retained_count,
+            "messages": {
+                "received": sum(sum(t["received"]) for t in traffic.values()),
+                "sent": sum(sum(t["sent"]) for t in traffic.values()),
+                "dropped": stats.publish_dropped,
+            },
+            "traffic": traffic,
+            "mqtt": {"packets_received": stats.messages_received,
+                     "packets_sent": stats.messages_sent,
+                     "bytes_received": stats.bytes_received,
+                     "bytes_sent": stats.bytes_sent},
+            "sse": {"streams": web.sse_streams, "dropped": web.sse_dropped,
+                    "overflowed": web.sse_overflowed},
+            "websocket": {"connections": web.websocket_connections},
+        }
+
+
+def openapi_document(extensions=()) -> bytes:
+    """The OpenAPI 3 description shipped next to this module, with the paths
+    and component schemas of resources mounted beside ours."""
+    document = json.loads(
+        resources.files("reactorapp.web").joinpath("openapi.json").read_bytes())
+    for extension in extensions:
+        document["paths"].update(extension.get("paths", {}))
+        for kind, items in extension.get("components", {}).items():
+            document["components"].setdefault(kind, {}).update(items)
+    return json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+class OpenAPI(JSONResource):
+    """GET /api/v1/openapi.json."""
+
+    def __init__(self, extensions=()) -> None:
+        super().__init__()
+        self.document = openapi_document(extensions)
+
+    def json_GET(self, request):
+        return Body(self.document, b"application/json; charset=utf-8")

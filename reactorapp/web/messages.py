@@ -1,0 +1,134 @@
+"""Messages as JSON: what the API accepts for a publish and what it shows."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from urllib.parse import parse_qs, urlsplit
+
+from reactorapp.hub.topics import InvalidTopic, validate_filter, validate_topic
+from reactorapp.web.errors import bad_request
+
+PUBLISH_FIELDS = ("topic", "payload", "encoding", "qos", "retain")
+ENCODINGS = ("utf-8", "base64")
+
+
+def message_json(message, qos: int | None = None, retained: bool | None = None) -> dict:
+    """A message as the API shows it: text payloads as text, others in base64."""
+    try:
+        payload, encoding = message.payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        payload, encoding = base64.b64encode(message.payload).decode("ascii"), "base64"
+    return {
+        "id": message.id,
+        "topic": message.topic,
+        "payload": payload,
+        "encoding": encoding,
+        "qos": message.qos if qos is None else qos,
+        "retain": message.retain if retained is None else retained,
+        "timestamp": message.timestamp,
+    }
+
+
+def parse_publish(body: bytes) -> tuple[str, bytes, int, bool]:
+    """Read a JSON publish request: (topic, payload, qos, retain), or a 400."""
+    try:
+        document = json.loads(body)
+    except UnicodeDecodeError:
+        raise bad_request("The body is not UTF-8 text.", "invalid JSON") from None
+    except json.JSONDecodeError as e:
+        raise bad_request(f"The body is not JSON: {e}.", "invalid JSON") from None
+    if not isinstance(document, dict):
+        raise bad_request("The body must be a JSON object.", "invalid JSON")
+    unknown = sorted(set(document) - set(PUBLISH_FIELDS))
+    if unknown:
+        raise bad_request(
+            f"Unknown field {unknown[0]!r}; the fields are {', '.join(PUBLISH_FIELDS)}.")
+    if "topic" not in document:
+        raise bad_request("The field 'topic' is required.", "bad topic")
+    topic = check_topic(document["topic"])
+    encoding = document.get("encoding", "utf-8")
+    if encoding not in ENCODINGS:
+        raise bad_request(f"'encoding' must be 'utf-8' or 'base64', not {encoding!r}.")
+    payload = _payload(document.get("payload", ""), encoding)
+    qos = document.get("qos", 0)
+    if type(qos) is not int or not 0 <= qos <= 2:
+        raise bad_request(f"'qos' must be 0, 1 or 2, not {qos!r}.")
+    retain = document.get("retain", False)
+    if type(retain) is not bool:
+        raise bad_request(f"'retain' must be true or false, not {retain!r}.")
+    return topic, payload, qos, retain
+
+
+def _payload(value, encoding: str) -> bytes:
+    if not isinstance(value, str):
+        raise bad_request(f"'payload' must be a string, not {type(value).__name__}.")
+    if encoding == "base64":
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_request("'payload' is not valid base64.") from None
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request("'payload' is not valid Unicode text.") from None
+
+
+def check_topic(topic) -> str:
+    """A topic an HTTP client may publish to, or a 400."""
+    try:
+        validate_topic(topic)
+    except InvalidTopic as e:
+        raise bad_request(str(e), "bad topic") from None
+    if topic.startswith("$SYS"):
+        raise bad_request("Topics under $SYS belong to the broker.", "bad topic")
+    return topic
+
+
+def check_filter(topic_filter: str) -> str:
+    try:
+        validate_filter(topic_filter)
+    except InvalidTopic as e:
+        raise bad_request(str(e), "bad filter") from None
+    return topic_filter
+
+
+def query(request) -> dict[bytes, list[bytes]]:
+    """The URL's query parameters only (``request.args`` also holds form bodies)."""
+    return parse_qs(urlsplit(request.uri).query, keep_blank_values=True)
+
+
+def query_filters(request) -> list[str]:
+    """The repeatable ``filter`` query parameter; '#' when absent."""
+    values = query(request).get(b"filter") or [b"#"]
+    return [check_filter(_text(value, "filter")) for value in values]
+
+
+def query_qos(request, default: int = 0) -> int:
+    values = query(request).get(b"qos")
+    if not values:
+        return default
+    text = _text(values[-1], "qos")
+    if text not in ("0", "1", "2"):
+        raise bad_request(f"'qos' must be 0, 1 or 2, not {text!r}.")
+    return int(text)
+
+
+def query_bool(request, name: str, default: bool) -> bool:
+    values = query(request).get(name.encode("ascii"))
+    if not values:
+        return default
+    text = _text(values[-1], name).lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise bad_request(f"'{name}' must be true or false, not {text!r}.")
+
+
+def _text(value: bytes, name: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request(f"The query parameter '{name}' is not UTF-8.") from None

@@ -1,0 +1,207 @@
+"""GET /api/v1/stream: messages matching filters, as Server-Sent Events.
+
+Each open stream is a hub subscriber. It writes straight to the response
+while the client keeps up; when the connection's send buffer is full,
+Twisted pauses it (it is the response's push producer) and messages wait in
+a bounded buffer. When that is full a QoS 0 message is dropped and counted;
+a QoS 1 or 2 message, which may not be dropped silently, ends the stream
+instead, and the client (EventSource reconnects by itself) learns of the gap.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from reactorapp.auth.http import read_filter, require_subscribe
+from reactorapp.hub.interfaces import ISubscriber
+from reactorapp.web.errors import STREAMING, Body, JSONResource
+from reactorapp.web.messages import message_json, query_bool, query_filters, query_qos
+
+log = Logger()
+
+#: Events kept for a paused stream before messages are dropped.
+BUFFER_SIZE = 1000
+#: Seconds between comment lines that keep proxies and browsers from
+#: timing out an idle stream.
+HEARTBEAT = 15.0
+#: Milliseconds a browser waits before reconnecting a closed stream.
+RETRY = 2000
+
+HEARTBEAT_BYTES = b": heartbeat\n\n"
+
+
+def encode_event(message, qos: int, retained: bool) -> bytes:
+    """One event; encoded once per message for every stream that gets it."""
+    cache = message.encoded
+    if cache is None:
+        cache = message.encoded = {}
+    key = ("sse", qos, retained)
+    data = cache.get(key)
+    if data is None:
+        body = json.dumps(message_json(message, qos, retained), ensure_ascii=False,
+                          separators=(",", ":"))
+        data = cache[key] = b"id: %d\ndata: %s\n\n" % (message.id, body.encode("utf-8"))
+    return data
+
+
+@implementer(ISubscriber, IPushProducer)
+class EventStream:
+    """One open stream: the hub subscriber and the response's producer."""
+
+    def __init__(self, request, hub, clock, filters, qos, stats, traffic,
+                 buffer_size: int = BUFFER_SIZE, heartbeat: float = HEARTBEAT) -> None:
+        self.request = request
+        self.hub = hub
+        self.clock = clock
+        self.filters = filters
+        self.qos = qos
+        self.stats = stats
+        self.traffic = traffic
+        self.buffer_size = buffer_size
+        self.heartbeat = heartbeat
+        self.paused = False
+        self.closed = False
+        #: The reader's ACL check on topics (`reactorapp.auth.http.read_filter`), or None.
+        self.may_read = None
+        #: (event bytes, qos) waiting while the client is slow.
+        self.buffer: list[tuple[bytes, int]] = []
+        self._heartbeat_loop: LoopingCall | None = None
+
+    def __repr__(self) -> str:
+        return f"<EventStream {self.filters!r}>"
+
+    def start(self, send_retained: bool) -> None:
+        request = self.request
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Accel-Buffering", b"no")  # no buffering in nginx
+        request.registerProducer(self, True)
+        request.write(b"retry: %d\n\n" % RETRY)
+        # Unsubscribe when the client goes away or the response ends (klein's
+        # cancel-on-disconnect); the failure of a lost connection ends here.
+        request.notifyFinish().addBoth(self._finished)
+        self.stats.sse_streams += 1
+        retained = {}
+        for topic_filter in self.filters:
+            for message in self.hub.subscribe(self, topic_filter, self.qos):
+                retained[message.topic] = message
+        if send_retained:
+            for topic in sorted(retained):
+                message = retained[topic]
+                self.deliver(message, min(message.qos, self.qos), True)
+        if self.heartbeat > 0:
+            self._heartbeat_loop = LoopingCall(self._beat)
+            self._heartbeat_loop.clock = self.clock
+            self._heartbeat_loop.start(self.heartbeat, now=False).addErrback(
+                lambda f: log.failure("Heartbeats of {stream!r} stopped", f, stream=self))
+
+    # -- ISubscriber ------------------------------------------------------
+
+    def deliver(self, message, qos, retained):
+        if self.closed:
+            return
+        may_read = self.may_read
+        if may_read is not None and not may_read(message.topic):
+            return  # the ACL hides this topic from the reader, retained or not
+        data = encode_event(message, qos, retained)
+        if not self.paused and not self.buffer:
+            self.request.write(data)
+            self.traffic.sent[qos] += 1
+        elif len(self.buffer) < self.buffer_size:
+            self.buffer.append((data, qos))
+        elif qos == 0:
+            self.stats.sse_dropped += 1
+            self.hub.stats.publish_dropped += 1
+        else:
+            self._overflow(qos)
+
+    def _overflow(self, qos: int) -> None:
+        """A QoS 1/2 message cannot wait: end the stream rather than lose it silently."""
+        log.info("Closing the event stream {stream!r}: its reader is too slow for "
+                 "QoS {qos} messages ({size} waiting)",
+                 stream=self, qos=qos, size=len(self.buffer))
+        self.stats.sse_overflowed += 1
+        transport = self.request.transport
+        self.close()
+        if transport is not None:
+            transport.abortConnection()
+
+    # -- IPushProducer ----------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        buffer = self.buffer
+        sent = 0
+        write = self.request.write
+        traffic = self.traffic.sent
+        # Writing may pause us again at once: stop there, keep the rest.
+        while sent < len(buffer) and not self.paused and not self.closed:
+            data, qos = buffer[sent]
+            sent += 1
+            write(data)
+            traffic[qos] += 1
+        del buffer[:sent]
+
+    def stopProducing(self) -> None:
+        self.close()
+
+    # -- the end ----------------------------------------------------------
+
+    def _beat(self) -> None:
+        if not self.paused and not self.buffer and not self.closed:
+            self.request.write(HEARTBEAT_BYTES)
+
+    def _finished(self, _result) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unsubscribe and stop writing; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.stats.sse_streams -= 1
+        self.buffer.clear()
+        for topic_filter in self.filters:
+            self.hub.unsubscribe(self, topic_filter)
+        if self._heartbeat_loop is not None and self._heartbeat_loop.running:
+            self._heartbeat_loop.stop()
+        self._heartbeat_loop = None
+        request = self.request
+        if request.producer is self and request.channel is not None:  # still connected
+            request.unregisterProducer()
+
+
+class Stream(JSONResource):
+    """GET /api/v1/stream?filter=...&qos=...&retained=..."""
+
+    def __init__(self, hub, clock, stats, traffic,
+                 buffer_size: int = BUFFER_SIZE, heartbeat: float = HEARTBEAT) -> None:
+        super().__init__()
+        self.hub = hub
+        self.clock = clock
+        self.stats = stats
+        self.traffic = traffic
+        self.buffer_size = buffer_size
+        self.heartbeat = heartbeat
+
+    def json_GET(self, request):
+        filters = list(dict.fromkeys(query_filters(request)))
+        qos = query_qos(request)
+        send_retained = query_bool(request, "retained", True)
+        if request.method == b"HEAD":
+            return Body(b"", b"text/event-stream; charset=utf-8")
+        require_subscribe(request, filters)
+        stream = EventStream(request, self.hub, self.clock, filters, qos, self.stats,
+                             self.traffic, self.buffer_size, self.heartbeat)
+        stream.may_read = read_filter(request)
+        stream.start(send_retained)
+        return STREAMING

@@ -1,0 +1,19 @@
+"""Counters of the HTTP front end, read by /metrics and /api/v1/stats."""
+
+from __future__ import annotations
+
+
+class WebStats:
+    """Plain counters, bumped where things happen (like `HubStats`)."""
+
+    __slots__ = ("sse_streams", "sse_dropped", "sse_overflowed", "websocket_connections")
+
+    def __init__(self) -> None:
+        #: Server-Sent Events streams open now.
+        self.sse_streams = 0
+        #: QoS 0 messages not sent to a stream whose buffer was full.
+        self.sse_dropped = 0
+        #: Streams closed because a QoS 1/2 message found their buffer full.
+        self.sse_overflowed = 0
+        #: MQTT connections over WebSocket open now.
+        self.websocket_connections = 0

@@ -1,0 +1,272 @@
+"""The outbox: deliveries waiting to get through, one queue per rule.
+
+Each rule is one hub subscriber (`RuleOutbox`), subscribed to its filters at
+the rule's QoS. What it does with a message depends on the QoS it arrives at:
+
+- QoS 1 (and 2, which webhooks treat as 1): the delivery is written to the
+  store in the same turn, so the hub sees the write and acknowledges the
+  publisher only once it is durable. The row is removed after a 2xx (or
+  moved to the dead letters), so whatever was pending at a crash is sent
+  after the restart: at least once.
+- QoS 0: best effort from memory. When the rule's queue is full the message
+  is dropped and counted (``reactorapp_webhook_dropped_total``).
+
+Memory stays bounded: a rule keeps at most ``queue_size`` deliveries in
+memory. Past that, QoS 1 deliveries are only written to the store and read
+back in pages, oldest first, as the queue drains ("spilled"); while a rule is
+spilled, QoS 0 messages are dropped, so delivery order is kept. Start-up is
+the same case: every rule with pending rows starts spilled.
+
+At most ``max_concurrency`` deliveries of a rule are under way at once; a
+delivery keeps its place through its back-off, so with ``max_concurrency``
+1 a rule's deliveries arrive in publish order. (The queue is the waiting
+line; a semaphore would only add a Deferred per waiting message.)
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from reactorapp.hub.interfaces import ISubscriber
+from reactorapp.webhooks.delivery import DeadLetter, Delivery
+
+log = Logger()
+
+
+class Outbox:
+    """Every rule's queue, and what they share: store, dispatcher, ids."""
+
+    def __init__(self, hub, store, dispatcher, clock, metrics, *,
+                 queue_size: int = 1000, last_id: int = 0) -> None:
+        self.hub = hub
+        self.store = store
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.metrics = metrics
+        self.queue_size = max(1, queue_size)
+        self.rules: dict[str, RuleOutbox] = {}
+        self._last_id = last_id
+        #: Prefix of idempotency keys, unique to this process (see `Delivery`).
+        self.epoch = secrets.token_hex(6)
+
+    def next_id(self) -> int:
+        self._last_id += 1
+        return self._last_id
+
+    def add_rule(self, rule, pending: int = 0) -> RuleOutbox:
+        """Start serving ``rule``; ``pending`` deliveries of it are in the store."""
+        outbox = self.rules[rule.name] = RuleOutbox(self, rule, pending)
+        outbox.subscribe(rule.filters)
+        outbox.resume()
+        return outbox
+
+    def update_rule(self, rule) -> None:
+        self.rules[rule.name].update(rule)
+
+    def remove_rule(self, name: str) -> None:
+        """Stop serving a rule and forget what it had pending."""
+        outbox = self.rules.pop(name)
+        outbox.stop()
+        self.store.delete_rule(name)
+        self.metrics.forget(name)
+
+    def stop(self) -> None:
+        """Stop every rule where it is; durable deliveries stay in the store."""
+        for outbox in self.rules.values():
+            outbox.stop()
+
+    def send_again(self, name: str, dead_letters) -> list[Delivery]:
+        """Queue dead letters of rule ``name`` again, as new deliveries."""
+        outbox = self.rules[name]
+        now = self.clock.seconds()
+        revived = []
+        for dead in dead_letters:
+            delivery = dead.delivery.again(self.next_id(), now)
+            self.store.revive(dead.id, delivery)
+            outbox.take_durable(delivery)
+            revived.append(delivery)
+        return revived
+
+
+@implementer(ISubscriber)
+class RuleOutbox:
+    """One rule: its subscriptions, its queue and its deliveries under way."""
+
+    def __init__(self, outbox: Outbox, rule, pending: int) -> None:
+        self.outbox = outbox
+        self.rule = rule
+        self.metrics = outbox.metrics.for_rule(rule.name)
+        self.queue: deque[Delivery] = deque()
+        self.in_flight: dict[int, object] = {}
+        #: Deliveries not yet done: in the queue, under way, or only in the store.
+        self.pending = pending
+        self.dropped = 0
+        self.stopped = False
+        # Durable deliveries with an id above `_cursor` are only in the store
+        # while `_spilled`; `_spill_mark` changes with every such write.
+        self._spilled = pending > 0
+        self._cursor = 0
+        self._spill_mark = 0
+        self._paging = False
+        self._pumping = False
+        self.metrics.pending.set(pending)
+
+    def __repr__(self) -> str:
+        return f"<RuleOutbox {self.rule.name!r}>"
+
+    # -- subscriptions -----------------------------------------------------
+
+    def subscribe(self, filters) -> None:
+        for topic_filter in filters:
+            self.outbox.hub.subscribe(self, topic_filter, self.rule.qos)
+
+    def update(self, rule) -> None:
+        """Take a changed rule: new filters and QoS now, new endpoint settings
+        from each delivery's next attempt."""
+        hub = self.outbox.hub
+        for topic_filter in self.rule.filters:
+            if topic_filter not in rule.filters:
+                hub.unsubscribe(self, topic_filter)
+        self.rule = rule
+        self.subscribe(rule.filters)  # subscribing again replaces the QoS
+        self._pump()
+
+    def stop(self) -> None:
+        """Unsubscribe and stop every delivery where it is."""
+        self.stopped = True
+        hub = self.outbox.hub
+        for topic_filter in self.rule.filters:
+            hub.unsubscribe(self, topic_filter)
+        self.queue.clear()
+        for d in list(self.in_flight.values()):
+            if d is not None:
+                d.cancel()
+
+    # -- taking messages (ISubscriber) ---------------------------------------
+
+    def deliver(self, message, qos, retained):
+        """Queue ``message`` (live traffic only: retained messages sent on
+        subscription are not pushed)."""
+        if retained or self.stopped:
+            return
+        outbox = self.outbox
+        delivery = Delivery.of(outbox.next_id(), self.rule.name, message, qos,
+                               f"{outbox.epoch}-{message.id}", outbox.clock.seconds())
+        if qos:
+            outbox.store.add(delivery)  # the hub waits for it to be durable
+            self.take_durable(delivery)
+        elif self._spilled or len(self.queue) >= outbox.queue_size:
+            self.dropped += 1
+            self.metrics.dropped.inc()
+        else:
+            self.pending += 1
+            self.metrics.pending.inc()
+            self.queue.append(delivery)
+            self._pump()
+
+    def take_durable(self, delivery: Delivery) -> None:
+        """Queue a delivery that has just been written to the store."""
+        self.pending += 1
+        self.metrics.pending.inc()
+        if self._spilled or len(self.queue) >= self.outbox.queue_size:
+            self._spilled = True
+            self._spill_mark += 1
+        else:
+            self.queue.append(delivery)
+            self._cursor = delivery.id
+            self._pump()
+
+    # -- reading spilled deliveries back -----------------------------------------
+
+    def resume(self) -> None:
+        """Read back what the store holds for this rule (at start-up)."""
+        self._page_in()
+
+    def _page_in(self) -> None:
+        size = self.outbox.queue_size
+        if not self._spilled or self._paging or self.stopped or len(self.queue) > size // 2:
+            return
+        self._paging = True
+        limit = size - len(self.queue)
+        d = self.outbox.store.pending(self.rule.name, self._cursor, limit)
+        d.addCallbacks(self._cbPaged, self._ebPaged,
+                       callbackArgs=(limit, self._spill_mark))
+
+    def _cbPaged(self, deliveries, limit: int, mark: int) -> None:
+        self._paging = False
+        if self.stopped:
+            return
+        for delivery in deliveries:
+            if delivery.id > self._cursor:
+                self.queue.append(delivery)
+                self._cursor = delivery.id
+        if len(deliveries) < limit and mark == self._spill_mark:
+            # The read saw every write made before it and none came since.
+            self._spilled = False
+        self._pump()
+        self._page_in()
+
+    def _ebPaged(self, failure) -> None:
+        self._paging = False
+        log.failure("Could not read pending deliveries of webhook {rule}", failure,
+                    rule=self.rule.name)
+
+    # -- sending ------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Start deliveries while the rule allows more under way."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            queue, in_flight = self.queue, self.in_flight
+            dispatcher = self.outbox.dispatcher
+            while queue and len(in_flight) < self.rule.max_concurrency and not self.stopped:
+                delivery = queue.popleft()
+                in_flight[delivery.id] = None  # it may finish before deliver returns
+                d = dispatcher.deliver(self, delivery)
+                if delivery.id in in_flight:
+                    in_flight[delivery.id] = d
+                d.addCallbacks(self._cbDone, self._ebDone,
+                               callbackArgs=(delivery,), errbackArgs=(delivery,))
+        finally:
+            self._pumping = False
+
+    def _cbDone(self, result, delivery: Delivery) -> None:
+        self.in_flight.pop(delivery.id, None)
+        self.pending -= 1
+        self.metrics.pending.dec()
+        store = self.outbox.store
+        if result.delivered:
+            if delivery.durable:
+                store.remove(delivery.id)
+        else:
+            log.warn("Webhook {rule}: delivery {id} of {topic!r} is dead after"
+                     " {attempts} attempt(s): {reason}", rule=self.rule.name,
+                     id=delivery.id, topic=delivery.topic, attempts=result.attempts,
+                     reason=result.reason)
+            self.metrics.dead.inc()
+            store.bury(DeadLetter(delivery, result.attempts, result.reason,
+                                  self.outbox.clock.seconds()))
+        self._next()
+
+    def _ebDone(self, failure, delivery: Delivery) -> None:
+        self.in_flight.pop(delivery.id, None)
+        if failure.check(CancelledError):
+            return  # stopped; a durable delivery is still in the store
+        self.pending -= 1
+        self.metrics.pending.dec()
+        log.failure("Webhook {rule}: delivery {id} failed unexpectedly; it stays in"
+                    " the outbox until the next start", failure,
+                    rule=self.rule.name, id=delivery.id)
+        self._next()
+
+    def _next(self) -> None:
+        if not self.stopped:
+            self._pump()
+            self._page_in()

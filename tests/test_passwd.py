@@ -1,0 +1,192 @@
+"""The password file, its command, and the file-based authenticator."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from twisted.internet.defer import Deferred
+from zope.interface.verify import verifyObject
+
+from reactorapp.auth import passwd
+from reactorapp.auth.interfaces import IAuthenticator, Identity, NotAuthorized
+from reactorapp.auth.passwd import (
+    PasswordFile, PasswordFileAuthenticator, PasswordFileError, Users, add_token,
+    delete_user, hash_password, set_password, verify_password,
+)
+from tests.brokerproc import REPO, twistd_env
+
+CHEAP = {"n": 2 ** 4}  # tests need no real scrypt cost
+
+
+def result(d):
+    out = []
+    d.addBoth(out.append)
+    assert out, "Deferred has not fired"
+    return out[0]
+
+
+def test_hash_is_salted_and_verifies():
+    a, b = hash_password(b"secret", **CHEAP), hash_password(b"secret", **CHEAP)
+    assert a != b and a.startswith("$scrypt$16$8$1$")
+    assert verify_password(b"secret", a)
+    assert not verify_password(b"Secret", a)
+    assert "secret" not in a
+
+
+def test_default_cost():
+    n, r, p = hash_password(b"x").split("$")[2:5]
+    assert (int(n), int(r), int(p)) == (2 ** 14, 8, 1)
+
+
+@pytest.mark.parametrize("line", [
+    "alice", ":$scrypt$16$8$1$AAAA$AAAA", "alice:$scrypt$15$8$1$AAAA$AAAA",
+    "alice:$scrypt$16$8$1$$AAAA", "alice:plaintext", "alice:$scrypt$16$8$1$!!$AAAA",
+])
+def test_bad_lines_are_refused_with_their_number(line):
+    with pytest.raises(PasswordFileError, match="line 2"):
+        Users.parse("# users\n" + line + "\n", "f")
+
+
+def test_user_names_may_contain_colons():
+    users = Users.parse(f"a:b:{hash_password(b'p', **CHEAP)}\n", "f")
+    assert list(users.passwords) == ["a:b"]
+
+
+def test_set_password_adds_then_replaces_and_keeps_tokens(tmp_path):
+    path = str(tmp_path / "passwd")
+    set_password(path, "alice", b"one", **CHEAP)
+    token = add_token(path, "alice")
+    set_password(path, "bob", b"two", **CHEAP)
+    set_password(path, "alice", b"three", **CHEAP)
+    users = passwd.read_users(path)
+    assert sorted(users.passwords) == ["alice", "bob"]
+    assert verify_password(b"three", users.passwords["alice"])
+    assert users.tokens[passwd.hash_token(token)] == "alice"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert token not in open(path).read()
+
+
+def test_delete_user(tmp_path):
+    path = str(tmp_path / "passwd")
+    set_password(path, "alice", b"one", **CHEAP)
+    add_token(path, "alice")
+    set_password(path, "bob", b"two", **CHEAP)
+    assert delete_user(path, "alice")
+    assert not delete_user(path, "alice")
+    users = passwd.read_users(path)
+    assert list(users.passwords) == ["bob"] and not users.tokens
+
+
+def test_invalid_user_names(tmp_path):
+    for name in ["", " x", "#x", "a\nb"]:
+        with pytest.raises(PasswordFileError):
+            set_password(str(tmp_path / "p"), name, b"x", **CHEAP)
+
+
+def test_file_is_reloaded_when_it_changes(tmp_path):
+    path = str(tmp_path / "passwd")
+    set_password(path, "alice", b"one", **CHEAP)
+    pwfile = PasswordFile(path)
+    set_password(path, "bob", b"two", **CHEAP)
+    assert sorted(pwfile.users.passwords) == ["alice", "bob"]
+    with open(path, "a") as f:
+        f.write("broken line\n")
+    assert sorted(pwfile.users.passwords) == ["alice", "bob"]  # previous users kept
+
+
+def authenticator(tmp_path, **kw):
+    path = str(tmp_path / "passwd")
+    set_password(path, "alice", b"wonderland", **CHEAP)
+    return PasswordFileAuthenticator(PasswordFile(path), **kw)
+
+
+def test_authenticator_provides_the_interface(tmp_path):
+    verifyObject(IAuthenticator, authenticator(tmp_path))
+
+
+def test_right_password(tmp_path):
+    auth = authenticator(tmp_path)
+    identity = result(auth.authenticate("alice", b"wonderland", "c1", None, None))
+    assert identity == Identity("alice", "c1") and not identity.anonymous
+
+
+def test_wrong_password_and_unknown_user(tmp_path):
+    auth = authenticator(tmp_path)
+    assert result(auth.authenticate("alice", b"wrong", "c1", None, None)) is None
+    assert result(auth.authenticate("alice", None, "c1", None, None)) is None
+    assert result(auth.authenticate("mallory", b"wonderland", "c1", None, None)) is None
+
+
+def test_anonymous_refused_unless_allowed(tmp_path):
+    failure = result(authenticator(tmp_path).authenticate(None, None, "c1", None, None))
+    assert failure.check(NotAuthorized)
+    identity = result(authenticator(tmp_path, allow_anonymous=True)
+                      .authenticate(None, None, "c1", None, None))
+    assert identity == Identity(None, "c1") and identity.anonymous
+
+
+def test_scrypt_runs_where_it_is_told(tmp_path):
+    """The check is handed to ``run`` (a thread pool in the service), so the
+    reactor never computes scrypt itself."""
+    calls = []
+
+    def run(function, *args):
+        calls.append((function, args))
+        return Deferred()
+
+    auth = authenticator(tmp_path, run=run)
+    d = auth.authenticate("alice", b"wonderland", "c", None, None)
+    assert not d.called and len(calls) == 1
+    d2 = auth.authenticate("nobody", b"x", "c", None, None)
+    assert len(calls) == 2  # unknown users cost the same work
+    function, args = calls[1]
+    assert function(*args) is False
+    assert not d2.called
+
+
+def test_tokens(tmp_path):
+    auth = authenticator(tmp_path)
+    token = add_token(auth.passwords.path, "alice")
+    assert token.startswith("rat_") and len(token) > 40
+    assert result(auth.authenticate_token(token, None)) == Identity("alice")
+    assert result(auth.authenticate_token(token + "x", None)) is None
+
+
+def run_command(*args, stdin=""):
+    return subprocess.run([sys.executable, "-m", "reactorapp.passwd", *args], input=stdin,
+                          capture_output=True, text=True, cwd=REPO, env=twistd_env(),
+                          timeout=30)
+
+
+def test_command_with_password_on_stdin(tmp_path):
+    path = str(tmp_path / "passwd")
+    done = run_command(path, "alice", "--password-stdin", stdin="s3cret\n")
+    assert done.returncode == 0, done.stderr
+    users = passwd.read_users(path)
+    assert verify_password(b"s3cret", users.passwords["alice"])
+    token = run_command(path, "alice", "--token")
+    assert token.returncode == 0
+    assert passwd.read_users(path).tokens[passwd.hash_token(token.stdout.strip())] == "alice"
+    assert run_command(path, "alice", "--delete").returncode == 0
+    assert run_command(path, "alice", "--delete").returncode == 1
+
+
+def test_command_refuses_an_empty_password(tmp_path):
+    done = run_command(str(tmp_path / "p"), "alice", "--password-stdin", stdin="\n")
+    assert done.returncode == 1 and "empty" in done.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_command_prompts_twice(tmp_path, monkeypatch, capsys):
+    answers = iter(["one", "two"])
+    monkeypatch.setattr(passwd.getpass, "getpass", lambda prompt: next(answers))
+    assert passwd.main([str(tmp_path / "p"), "alice"]) == 1
+    assert "differ" in capsys.readouterr().err
+    answers = iter(["same", "same"])
+    monkeypatch.setattr(passwd.getpass, "getpass", lambda prompt: next(answers))
+    assert passwd.main([str(tmp_path / "p"), "alice"]) == 0
+    assert verify_password(b"same", passwd.read_users(str(tmp_path / "p")).passwords["alice"])
