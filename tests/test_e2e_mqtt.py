@@ -137,8 +137,8 @@ def raw(broker):
 @pytest.mark.parametrize("sub_qos", [0, 1, 2])
 @pytest.mark.parametrize("pub_qos", [0, 1, 2])
 def test_publish_at_each_qos_to_a_subscriber_at_each_qos(clients, pub_qos, sub_qos):
-    """[MQTT-3.3.4-1] [MQTT-4.3.2-1] [MQTT-4.3.2-2] [MQTT-4.3.3-1] [MQTT-4.3.3-2]
-    [MQTT-3.8.4-6] [MQTT-3.3.1-3] [MQTT-4.3.1-1] [MQTT-4.6.0-6] [MQTT-3.8.4-5]:
+    """[MQTT-7.1.1-1] (over TCP) [MQTT-3.3.4-1] [MQTT-4.3.2-1] [MQTT-4.3.2-2] [MQTT-4.3.3-1]
+    [MQTT-4.3.3-2] [MQTT-3.8.4-6] [MQTT-3.3.1-3] [MQTT-4.3.1-1] [MQTT-4.6.0-6] [MQTT-3.8.4-5]:
     the publisher's handshake completes, the subscriber gets every message
     in order at min(published, granted) QoS with DUP=0. More messages than
     the broker's in-flight window go out, so the subscriber's PUBACK or

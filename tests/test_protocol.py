@@ -104,7 +104,7 @@ def test_packets_right_after_connect_are_processed_in_order(broker):
 
 
 def test_malformed_connect_closes_without_connack(broker):
-    """[MQTT-3.1.4-1] [MQTT-3.1.2-3] reserved flag set."""
+    """[MQTT-3.1.4-1] [MQTT-3.2.2-6] [MQTT-3.1.2-3] reserved flag set."""
     client = broker.client()
     data = bytearray(connect_bytes(client_id="x"))
     flags_at = data.index(b"MQTT") + 5
@@ -153,7 +153,7 @@ def test_keepalive_zero_never_expires(broker):
 
 
 def test_qos0_publish_is_delivered_without_acknowledgement(broker):
-    """[MQTT-3.3.4-1] [MQTT-4.3.1-1] [MQTT-3.3.2-3]"""
+    """[MQTT-4.1.0-2] (a clean session serves its whole connection) [MQTT-3.3.4-1] [MQTT-4.3.1-1] [MQTT-3.3.2-3]"""
     sub = broker.connect("sub")
     sub.subscribe(("a/+", 0))
     pub = broker.connect("pub")
@@ -232,7 +232,7 @@ def test_clients_cannot_publish_to_sys(broker):
 
 
 def test_suback_codes_follow_filters_and_cap_qos(broker):
-    """[MQTT-3.8.4-1] [MQTT-3.8.4-2] [MQTT-3.8.4-4] [MQTT-3.8.4-5] [MQTT-3.9.3-1]
+    """[MQTT-3.8.4-1] [MQTT-3.8.4-2] [MQTT-2.3.1-7] [MQTT-3.8.4-4] [MQTT-3.8.4-5] [MQTT-3.9.3-1]
     [MQTT-3.9.3-2] [MQTT-4.7.1-2] invalid filters get 0x80."""
     client = broker.connect("c")
     codes, _ = client.subscribe(("a", 0), ("b/#", 1), ("c/+/d", 2), ("bad#", 1), ("a/#/b", 0))
@@ -401,7 +401,7 @@ def test_persistent_session_resumes_with_queued_and_unacked(broker):
 
 
 def test_clean_session_discards_stored_state(broker):
-    """[MQTT-3.1.2-6] [MQTT-3.2.2-1]"""
+    """[MQTT-3.1.4-3] [MQTT-3.1.2-6] [MQTT-3.2.2-1]"""
     sub = broker.connect("dev", clean=False)
     sub.subscribe(("t", 1))
     sub.drop()
@@ -521,3 +521,48 @@ def test_oversized_packet_closes_the_connection():
     dev = broker.connect("dev")
     dev.send_bytes(b"\x30\xff\xff\x03")  # PUBLISH announcing ~64 KiB
     assert dev.closed
+
+
+def test_deliveries_already_started_finish_after_unsubscribe():
+    """[MQTT-3.10.4-3] [MQTT-3.10.4-2]: in-flight QoS 1 and 2 complete; nothing new is queued."""
+    broker = Broker(max_inflight=10)
+    sub = broker.connect("sub")
+    sub.subscribe(("t/#", 2))
+    pub = broker.connect("pub")
+    pub.publish("t/1", b"one", qos=1)
+    pub.publish("t/2", b"two", qos=2)
+    first, second = sub.take()
+    sub.send(P.Unsubscribe(9, ["t/#"]))
+    assert [p.type for p in sub.take()] == ["UNSUBACK"]
+    sub.send(P.PubRec(second.packet_id))
+    assert [(p.type, p.packet_id) for p in sub.take()] == [("PUBREL", second.packet_id)]
+    sub.send(P.PubAck(first.packet_id), P.PubComp(second.packet_id))
+    pub.publish("t/3", b"after", qos=1)
+    assert sub.take() == []
+    assert sub.protocol.session.inflight == {}
+
+
+def test_pubrels_follow_the_order_pubrecs_arrived():
+    """[MQTT-4.6.0-4]"""
+    broker = Broker(max_inflight=10)
+    sub = broker.connect("sub")
+    sub.subscribe(("t", 2))
+    pub = broker.connect("pub")
+    pub.publish("t", b"a", qos=2)
+    pub.publish("t", b"b", qos=2)
+    a, b = sub.take()
+    sub.send(P.PubRec(b.packet_id), P.PubRec(a.packet_id))
+    assert [(p.type, p.packet_id) for p in sub.take()] == [
+        ("PUBREL", b.packet_id), ("PUBREL", a.packet_id)]
+
+
+def test_a_message_that_cannot_be_placed_closes_without_acknowledgement(broker):
+    """[MQTT-4.8.0-2]: a transient failure (the store refusing a write) closes
+    the connection; no PUBACK promises what was not kept."""
+    from twisted.internet.defer import fail
+
+    pub = broker.connect("pub")
+    broker.hub.publish = lambda message: fail(OSError("disk full"))
+    pub.publish("t", b"x", qos=1)
+    assert pub.take() == []
+    assert pub.closed
