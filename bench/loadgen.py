@@ -188,7 +188,7 @@ class Reader:
 class Client:
     """One non-blocking MQTT connection with its own Reader and output queue."""
 
-    __slots__ = ("sock", "reader", "out", "name", "sent", "acked", "received", "by_source")
+    __slots__ = ("sock", "reader", "out", "name", "sent", "acked", "received")
 
     def __init__(self, sock: socket.socket, name: str) -> None:
         self.sock = sock
@@ -198,7 +198,6 @@ class Client:
         self.sent = 0
         self.acked = 0
         self.received = 0
-        self.by_source: list[int] = []
 
 
 def _recv_exactly_packet(sock: socket.socket, timeout: float) -> tuple[int, bytes]:
@@ -282,22 +281,39 @@ def process_rss(pid: int | None) -> int | None:
     return None
 
 
+def machine_busy() -> float | None:
+    """CPU seconds all processes have used so far (from /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
 class Window:
-    """CPU and wall time of the generator and the broker over one interval."""
+    """CPU and wall time of the generator and the broker over one interval,
+    and how much CPU everything else on the machine took meanwhile."""
 
     def __init__(self, broker_pid: int | None) -> None:
         self.pid = broker_pid
         self.wall = time.perf_counter()
         self.cpu = cpu_seconds()
         self.broker = process_cpu(broker_pid)
+        self.busy = machine_busy()
 
     def close(self) -> dict:
         wall = time.perf_counter() - self.wall
-        result = {"seconds": round(wall, 3),
-                  "load_cpu": round((cpu_seconds() - self.cpu) / wall, 3)}
+        load = cpu_seconds() - self.cpu
+        result = {"seconds": round(wall, 3), "load_cpu": round(load / wall, 3)}
         broker = process_cpu(self.pid)
         if broker is not None and self.broker is not None:
             result["broker_cpu"] = round((broker - self.broker) / wall, 3)
+            busy = machine_busy()
+            if busy is not None and self.busy is not None:
+                other = (busy - self.busy) - load - (broker - self.broker)
+                result["other_cpu"] = round(max(0.0, other) / wall, 3)
         return result
 
 

@@ -18,14 +18,19 @@ The brokers:
 
 ``--setup`` installs the last two (apt-get needs root) and stops the Debian
 service that the package starts. A broker that is not installed is skipped.
+Scenario 5 holds 10,000 connections: the runner raises the open-file limit
+of the brokers and the generator to 20,000 (above the hard limit only as
+root). Scenarios 1-3 also report broker CPU per message, which a busy
+machine moves much less than the rates; bench/hotpath.py measures our own
+per-message cost in process.
 
 Examples:
 
     python bench/run.py --setup            # once: mosquitto + the amqtt venv
-    python bench/run.py                    # the whole comparison (~5 minutes)
-    python bench/run.py --quick            # shorter runs (~2 minutes)
+    python bench/run.py                    # the whole comparison (~7 minutes)
+    python bench/run.py --quick            # one shorter run of each (~2 minutes)
     python bench/run.py --brokers reactorapp --scenarios fanin --no-write
-    python bench/run.py --profile py-spy --scenarios fanin    # flame graph
+    python bench/run.py --profile py-spy --scenarios fanin    # sampled, cheap
     python bench/run.py --profile cprofile --scenarios fanout # pstats summary
 """
 
@@ -259,17 +264,33 @@ class Amqtt(Broker):
 
 # -- running ------------------------------------------------------------------------
 
+def wait_for_quiet(limit: float = 20.0, threshold: float = 0.25) -> float:
+    """Wait (at most ``limit`` s) until the rest of the machine uses less than
+    ``threshold`` of a CPU; return what it used in the last half second."""
+    deadline = time.monotonic() + limit
+    while True:
+        before = loadgen.machine_busy()
+        time.sleep(0.5)
+        after = loadgen.machine_busy()
+        if before is None or after is None:
+            return 0.0
+        used = (after - before) / 0.5
+        if used < threshold or time.monotonic() > deadline:
+            return used
+
+
 def run_scenario(broker: Broker, scenario: str, args) -> dict:
     """Start the broker, drive one scenario from the load CPU, stop the broker."""
     broker.current = scenario
+    wait_for_quiet()
     profiler = None
     broker.start(args.broker_cpu, args.profile if isinstance(broker, Reactorapp) else None)
     try:
         if args.profile == "py-spy" and isinstance(broker, Reactorapp):
-            svg = args.profile_dir / f"{scenario}.svg"
+            stacks = args.profile_dir / f"{scenario}.stacks"
             profiler = subprocess.Popen(
-                ["py-spy", "record", "--pid", str(broker.proc.pid), "--rate", "200",
-                 "--output", str(svg), "--format", "flamegraph"],
+                ["py-spy", "record", "--pid", str(broker.proc.pid), "--rate", "250",
+                 "--output", str(stacks), "--format", "raw", "--function"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 preexec_fn=_pinned(args.load_cpu))
             time.sleep(1.0)
@@ -318,11 +339,13 @@ def median_result(results: list[dict]) -> dict:
 
 
 def run_all(brokers: list[Broker], args) -> dict:
+    """Each scenario on each broker; repeats take turns (A B A B, not A A B B)
+    so that a noisy moment on the machine does not fall on one broker only."""
     results: dict = {b.name: {} for b in brokers}
     for scenario in args.scenarios:
-        for broker in brokers:
-            runs = []
-            for _ in range(args.repeat):
+        runs: dict[str, list] = {b.name: [] for b in brokers}
+        for _ in range(args.repeat):
+            for broker in brokers:
                 print(f"  {broker.name:>20} {scenario:<8}", end=" ", flush=True)
                 started = time.monotonic()
                 try:
@@ -330,8 +353,9 @@ def run_all(brokers: list[Broker], args) -> dict:
                 except RuntimeError as e:
                     result = {"error": str(e)}
                 print(f"{time.monotonic() - started:5.1f}s  {summary(scenario, result)}", flush=True)
-                runs.append(result)
-            results[broker.name][scenario] = median_result(runs)
+                runs[broker.name].append(result)
+        for broker in brokers:
+            results[broker.name][scenario] = median_result(runs[broker.name])
     return results
 
 
@@ -342,6 +366,9 @@ FIGURES = [
     ("fanin", "rate", "1. fan-in QoS 0, delivered", "msg/s", True),
     ("fanout", "rate", "2. fan-out QoS 0, deliveries", "msg/s", True),
     ("qos1", "rate", "3. QoS 1 end to end, delivered", "msg/s", True),
+    ("fanin", "broker_us_per_msg", "1. fan-in, broker CPU per message", "µs", False),
+    ("fanout", "broker_us_per_msg", "2. fan-out, broker CPU per delivery", "µs", False),
+    ("qos1", "broker_us_per_msg", "3. QoS 1, broker CPU per message", "µs", False),
     ("latency", "p50_us", "4. latency p50", "µs", False),
     ("latency", "p99_us", "4. latency p99", "µs", False),
     ("latency", "max_us", "4. latency max", "µs", False),
@@ -362,7 +389,8 @@ TARGETS = [
 def summary(scenario: str, result: dict) -> str:
     if "error" in result:
         return "ERROR " + result["error"].splitlines()[0]
-    cpu = f"load cpu {result.get('load_cpu', 0):.0%}, broker cpu {result.get('broker_cpu', 0):.0%}"
+    cpu = (f"load cpu {result.get('load_cpu', 0):.0%}, broker cpu {result.get('broker_cpu', 0):.0%}, "
+           f"others {result.get('other_cpu', 0):.0%}")
     if scenario == "latency":
         return f"p50 {result['p50_us']} µs, p99 {result['p99_us']} µs, max {result['max_us']} µs ({cpu})"
     if scenario == "idle":
@@ -408,9 +436,8 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
-def write_markdown(path: Path, results: dict, brokers: list[Broker], args, info: dict,
+def write_markdown(path: Path, results: dict, names: list[str], args, info: dict,
                    chart: Path | None) -> None:
-    names = [b.name for b in brokers]
     ours = names[0]
     others = [n for n in ("mosquitto", "amqtt") if n in names]
     lines = [
@@ -420,9 +447,9 @@ def write_markdown(path: Path, results: dict, brokers: list[Broker], args, info:
         "the same run by `bench/run.py`. Each broker is started fresh for each",
         "scenario on 127.0.0.1, pinned to one CPU; the load generator",
         "(`bench/loadgen.py`, raw MQTT 3.1.1, pre-encoded packets) runs pinned to",
-        "the other. Numbers move from run to run by several per cent (more for",
-        "latency, which mostly measures how fast an idle virtual CPU wakes up);",
-        "compare ratios within one run rather than figures across runs.",
+        "the other. Numbers move from run to run by several per cent (latency",
+        "more: on a virtual machine it depends much on how fast an idle CPU wakes",
+        "up); compare ratios within one run rather than figures across runs.",
         "",
         f"Run on {time.strftime('%Y-%m-%d %H:%M %Z')} with:",
         "",
@@ -437,13 +464,14 @@ def write_markdown(path: Path, results: dict, brokers: list[Broker], args, info:
         f"| memory | {info['machine']['memory']} |",
         f"| system | {info['machine']['kernel']} |",
     ]
-    for b in brokers:
-        lines.append(f"| {b.name} | {info['versions'].get(b.name, '?')} |")
+    for name in names:
+        lines.append(f"| {name} | {info['versions'].get(name, '?')} |")
     lines += [
         f"| settings | max in-flight {MAX_INFLIGHT}, max queued {MAX_QUEUED} per client "
         "(reactorapp, Mosquitto; amqtt has no such limits); no persistence; "
         f"QoS 0/1 runs {args.duration:g} s after {args.warmup:g} s of warm-up; "
-        f"latency at {args.rate} msg/s; {args.connections:,} idle connections |",
+        f"latency at {args.rate} msg/s; {args.connections:,} idle connections"
+        + (f"; each figure the median of {args.repeat} runs" if args.repeat > 1 else "") + " |",
         "",
         "## Results",
         "",
@@ -479,40 +507,60 @@ def write_markdown(path: Path, results: dict, brokers: list[Broker], args, info:
     # Sent against delivered, and who was busy.
     lines += ["", "## Sent, delivered, and CPU use", "",
               "`load cpu` is the generator's own CPU use over the measured window: near",
-              "100% would mean it, not the broker, set the pace. `lost` counts messages",
-              "sent but never delivered (for fan-out, per subscriber); QoS 1 must lose nothing.",
+              "100% would mean it, not the broker, set the pace. `others` is what the",
+              "rest of the machine used meanwhile (in CPUs; the runner waits for it to be",
+              "quiet before each run, but cannot stop it). `broker µs/msg` is broker CPU",
+              "per delivered message, the figure least moved by a busy machine. `lost`",
+              "counts messages sent but never delivered (for fan-out, per subscriber);",
+              "QoS 1 must lose nothing.",
               "",
-              "| scenario | broker | sent | delivered | lost | broker cpu | load cpu |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+              "| scenario | broker | sent | delivered | lost | broker cpu | broker µs/msg | load cpu | others |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for scenario in args.scenarios:
         for n in names:
             r = results.get(n, {}).get(scenario, {})
             if "error" in r:
-                lines.append(f"| {scenario} | {n} | error: {r['error'].splitlines()[0]} | | | | |")
+                lines.append(f"| {scenario} | {n} | error: {r['error'].splitlines()[0]} | | | | | | |")
                 continue
             if scenario == "idle":
                 sent, delivered, lost = r.get("connections"), r.get("connections"), r.get("failed")
             else:
                 sent, delivered, lost = r.get("expected", r.get("sent")), r.get("delivered"), r.get("lost")
+            per_msg = r.get("broker_us_per_msg")
             lines.append(
                 f"| {scenario} | {n} | {fmt(sent)} | {fmt(delivered)} | {fmt(lost)} | "
-                f"{r.get('broker_cpu', 0):.0%} | {r.get('load_cpu', 0):.0%} |")
+                f"{r.get('broker_cpu', 0):.0%} | {'—' if per_msg is None else f'{per_msg:.2f}'} | "
+                f"{r.get('load_cpu', 0):.0%} | {r.get('other_cpu', 0):.0%} |")
+    observed = []
+    for scenario in ("fanin", "fanout"):
+        r = results.get(ours, {}).get(scenario, {})
+        if r.get("lost") and r.get("expected"):
+            observed.append(
+                f"- In this run {ours} dropped {r['lost'] / r['expected']:.0%} of the QoS 0 "
+                f"messages of scenario {SCENARIOS[scenario][:1]} ({fmt(r['lost'])} of "
+                f"{fmt(r['expected'])}; QoS 0 may be dropped under pressure). The rate "
+                "counts only what was delivered.")
     lines += ["", "## Notes", "",
+              *observed,
               *NOTES,
               "", "## Repeating and profiling", "", *HOWTO]
     path.write_text("\n".join(lines) + "\n")
 
 
 NOTES = [
-    "- Mosquitto writes every message with its own `send()`; reactorapp writes what",
-    "  a reactor turn produced for one connection at once. That is most of the",
-    "  difference in the QoS 0 scenarios, and it shows in the load generator's CPU too.",
+    "- Mosquitto sends each message as soon as it is queued, one `send()` each;",
+    "  reactorapp writes everything one read produced for a connection at once and",
+    "  Twisted sends it on the reactor's next write pass. That is most of the",
+    "  difference in the QoS 0 scenarios. It shows in the load generator's CPU",
+    "  too: it receives Mosquitto's messages in many small segments and runs near",
+    "  100% against it in scenarios 1 and 3, as Mosquitto does, so Mosquitto's",
+    "  figures there are close to, and may slightly understate, what it can do.",
     "- Debian 12's Mosquitto 2.0.11 drops some QoS 1 messages in scenario 3 with",
     "  `max_inflight_messages 20` and `max_queued_messages 1000` although far fewer",
-    "  than 1000 are ever waiting (its in-flight quota accounting; upstream fixed",
-    "  several such bugs in 2.0.13). The generator reopens a publisher's window",
-    "  after half a second without progress, so the rate is still measured; the",
-    "  loss is shown in the table above.",
+    "  than 1000 are ever waiting (upstream lists fixes to its in-flight quota",
+    "  in 2.0.13). A lost message frees its place in the publisher's window as",
+    "  soon as a later one arrives, so the rate is still measured; the loss is",
+    "  in the table above.",
     "- Scenario 4 sends one message at a time with a timestamp in its payload; its",
     "  load CPU is high because the generator spins for the last millisecond",
     "  before each send to keep the rate exact.",
@@ -532,13 +580,15 @@ HOWTO = [
     "To see where reactorapp spends its time during a scenario:",
     "",
     "```",
-    "python bench/run.py --profile py-spy --scenarios fanin     # flame graph, low overhead",
+    "python bench/run.py --profile py-spy --scenarios fanin     # sampling, low overhead",
     "python bench/run.py --profile cprofile --scenarios fanin   # twistd --profiler cprofile",
     "```",
     "",
-    "`py-spy` (pip) samples the running broker and writes",
-    "`/tmp/reactorapp-profiles/<scenario>.svg`; open it in a browser, the widest",
-    "boxes are where the time goes. `cprofile` runs the broker under",
+    "`py-spy` (pip, in the `bench` extra) samples the running broker with little",
+    "overhead; the runner prints the functions holding the most samples, on their",
+    "own and with their callees, and keeps the collapsed stacks in",
+    "`/tmp/reactorapp-profiles/<scenario>.stacks` (speedscope.app and",
+    "flamegraph.pl read them). `cprofile` runs the broker under",
     "`twistd --profile ... --profiler cprofile --savestats`, which slows it down",
     "severalfold but counts every call; the runner prints the top functions by own",
     "time and keeps `/tmp/reactorapp-profiles/<scenario>.pstats` for",
@@ -554,7 +604,8 @@ def write_chart(path: Path, results: dict, names: list[str], args) -> bool:
     except ImportError:
         print("matplotlib is not installed (pip install -e '.[bench]'): no chart")
         return False
-    panels = [f for f in FIGURES if f[0] in args.scenarios and f[1] not in ("max_us", "connections")]
+    panels = [f for f in FIGURES if f[0] in args.scenarios
+              and f[1] not in ("max_us", "connections", "broker_us_per_msg")]
     if not panels:
         return False
     cols = 3
@@ -583,10 +634,37 @@ def write_chart(path: Path, results: dict, names: list[str], args) -> bool:
     return True
 
 
+def print_stacks(path: Path, scenario: str, top: int = 25) -> None:
+    """Summarise py-spy's collapsed stacks: where samples were, by function."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        print(f"no samples written for {scenario}")
+        return
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    print(f"\n== {scenario}: {total} samples ({path}) ==")
+    for title, table in (("own time", own), ("including callees", inclusive)):
+        print(f"-- {title}")
+        for frame, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"{100 * n / max(total, 1):5.1f}%  {frame}")
+
+
 def print_profile(args) -> None:
     if args.profile == "py-spy":
         for scenario in args.scenarios:
-            print(f"flame graph: {args.profile_dir / (scenario + '.svg')}")
+            print_stacks(args.profile_dir / f"{scenario}.stacks", scenario)
         return
     import pstats
     for scenario in args.scenarios:
@@ -625,14 +703,14 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="shorter runs (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="one shorter run of each (about 2 minutes)")
     parser.add_argument("--brokers", default=",".join(BROKERS),
                         help="comma-separated, from: " + ", ".join(BROKERS))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated, from: " + ", ".join(SCENARIOS))
     parser.add_argument("--duration", type=float, help="measured seconds per run (5; quick 2)")
     parser.add_argument("--warmup", type=float, help="seconds before measuring (1; quick 0.5)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per figure; the median is kept")
+    parser.add_argument("--repeat", type=int, help="runs per figure, the median kept (3; quick 1)")
     parser.add_argument("--rate", type=int, default=2000, help="scenario 4: messages per second")
     parser.add_argument("--connections", type=int, default=10_000, help="scenario 5: how many")
     parser.add_argument("--idle-time-limit", type=float, help="scenario 5: give up after (60; quick 30)")
@@ -647,10 +725,14 @@ def parse_args(argv=None):
     parser.add_argument("--profile-dir", type=Path, default=Path("/tmp/reactorapp-profiles"))
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print only; write no report")
+    parser.add_argument("--from-json", type=Path,
+                        help="write the report from a results file of an earlier run, running nothing")
     parser.add_argument("--keep", action="store_true", help="keep the brokers' work directories")
     parser.add_argument("--setup", action="store_true",
                         help="install mosquitto (apt-get, needs root) and amqtt (own venv), then exit")
     args = parser.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.quick or args.profile else 3
     if args.duration is None:
         args.duration = 2.0 if args.quick else 5.0
     if args.warmup is None:
@@ -674,6 +756,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.setup:
         return setup(args)
+    if args.from_json:
+        report(args.output, json.loads(args.from_json.read_text()))
+        return 0
     os.sched_setaffinity(0, {args.load_cpu})
     if args.profile:
         args.brokers = ["reactorapp"]
@@ -712,13 +797,30 @@ def main(argv=None) -> int:
         print_profile(args)
         return 0
     if not args.no_write:
-        chart = args.output.with_suffix(".png")
-        has_chart = write_chart(chart, results, [b.name for b in brokers], args)
-        write_markdown(args.output, results, brokers, args, info, chart if has_chart else None)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        saved = {"info": info, "results": results, "brokers": [b.name for b in brokers],
+                 "args": {k: getattr(args, k) for k in REPORTED_ARGS}}
         args.output.with_suffix(".json").write_text(
-            json.dumps({"info": info, "results": results}, indent=1, ensure_ascii=False) + "\n")
-        print(f"wrote {args.output}" + (f" and {chart}" if has_chart else ""))
+            json.dumps(saved, indent=1, ensure_ascii=False) + "\n")
+        report(args.output, saved)
     return 0
+
+
+#: The settings a report mentions, saved with the results.
+REPORTED_ARGS = ("scenarios", "duration", "warmup", "rate", "connections",
+                 "broker_cpu", "load_cpu", "repeat")
+
+
+def report(output: Path, saved: dict) -> None:
+    """Write the page and the chart from saved results."""
+    args = argparse.Namespace(**saved["args"])
+    names = saved["brokers"]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    chart = output.with_suffix(".png")
+    has_chart = write_chart(chart, saved["results"], names, args)
+    write_markdown(output, saved["results"], names, args, saved["info"],
+                   chart if has_chart else None)
+    print(f"wrote {output}" + (f" and {chart}" if has_chart else ""))
 
 
 if __name__ == "__main__":
