@@ -180,6 +180,12 @@ class Config:
         " past it, the client is not read from until some are acknowledged.",
         metavar="N", minimum=1,
     )
+    send_buffer: int = setting(
+        1024 * 1024,
+        "Bytes written to one MQTT connection but not yet taken by the network"
+        " before that client counts as slow and its queue takes over.",
+        metavar="BYTES", minimum=4096,
+    )
     webhooks: tuple = table(
         "Webhook rules, one [[webhooks]] table each (see the README).",
         parse=_webhook_rules,

@@ -134,6 +134,7 @@ def makeHubService(config: Config, reactor) -> HubService:
         max_spill_bytes=config.max_spill_bytes,
         spill_directory=_prepareSpillDirectory(config) if config.max_spill_bytes else None,
         max_pending_acks=config.max_pending_acks,
+        send_buffer=config.send_buffer,
     )
     guard = make_guard(config, reactor, authenticator)
     warn_if_open(guard, [("MQTT", d) for d in config.mqtt] + [("HTTP", d) for d in http]

@@ -107,6 +107,10 @@ class MQTTProtocol(Protocol):
                 self.settings.connect_timeout, self._connect_timed_out)
         # A streaming producer: the transport pauses us when its buffer is
         # full (the client stops reading) and resumes us once it drained.
+        # Twisted's default (64 KiB) is less than one busy reactor turn can
+        # write to a subscriber that keeps up, which would count it as slow.
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = self.settings.send_buffer
         self.transport.registerProducer(self, True)
         self._producing = True
 

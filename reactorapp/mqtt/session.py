@@ -48,6 +48,8 @@ class MQTTSettings:
     #: PUBLISHes from one client waiting for their PUBACK/PUBREC before
     #: the broker stops reading from it.
     max_pending_acks: int = 100
+    #: Bytes the transport may hold for one client before it pauses us.
+    send_buffer: int = 1024 * 1024
 
 
 class InFlight:
