@@ -30,6 +30,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from reactorapp.auth.files import read_text
 from reactorapp.auth.interfaces import IAuthorizer
 from reactorapp.hub.topics import is_valid_filter, parse_shared
 
@@ -211,13 +212,7 @@ def _substitute(topic: str, username: str | None, client_id: str) -> str | None:
 
 
 def read_acl(path: str) -> ACL:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = getattr(e, "strerror", None) or str(e)
-        raise ACLError(f"cannot read ACL file {path!r}: {reason}.") from None
-    return ACL.parse(text, f"ACL file {path!r}")
+    return ACL.parse(read_text(path, "ACL file", ACLError), f"ACL file {path!r}")
 
 
 @implementer(IAuthorizer)

@@ -31,6 +31,7 @@ from twisted.internet.defer import fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from reactorapp.auth.files import read_text
 from reactorapp.auth.interfaces import IAuthenticator, Identity, NotAuthorized
 
 log = Logger()
@@ -144,12 +145,7 @@ class Users:
 
 
 def read_users(path: str) -> Users:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = getattr(e, "strerror", None) or str(e)
-        raise PasswordFileError(f"cannot read password file {path!r}: {reason}.") from None
+    text = read_text(path, "password file", PasswordFileError)
     return Users.parse(text, f"password file {path!r}")
 
 
