@@ -17,7 +17,7 @@ import time
 from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.codec import encode
 from tests.brokerproc import running_broker
-from tests.wire import read_packets
+from tests.wire import complete_frames, read_packets
 
 #: Seconds any single wait may take.
 TIMEOUT = 20.0
@@ -25,26 +25,6 @@ TIMEOUT = 20.0
 N = 4000
 #: The offline queue must hold them all; its bound is another matter.
 BROKER_ARGS = ("--max-queued-messages", "100000", "--max-inflight", "100")
-
-
-def complete_frames(buffer: bytearray) -> int:
-    """Length of the whole packets at the start of ``buffer``."""
-    end, size = 0, len(buffer)
-    while end < size:
-        at, length, shift = end + 1, 0, 0
-        while True:
-            if at >= size:
-                return end
-            byte = buffer[at]
-            at += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        if at + length > size:
-            return end
-        end = at + length
-    return end
 
 
 class WireClient:

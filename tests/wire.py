@@ -75,3 +75,23 @@ def read_packets(data: bytes) -> list[Out]:
             assert length == 0
         packets.append(out)
     return packets
+
+
+def complete_frames(buffer: bytearray) -> int:
+    """Length of the whole packets at the start of ``buffer``."""
+    end, size = 0, len(buffer)
+    while end < size:
+        at, length, shift = end + 1, 0, 0
+        while True:
+            if at >= size:
+                return end
+            byte = buffer[at]
+            at += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if at + length > size:
+            return end
+        end = at + length
+    return end
