@@ -4,14 +4,15 @@ controls; each test names the statements it covers."""
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from reactorapp.hub.hub import Hub
 from reactorapp.hub.message import Message
 from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.protocol import MQTTFactory
 from reactorapp.mqtt.session import MQTTSettings, restore_sessions
+from reactorapp.store.commit import Commit
 from reactorapp.store.memory import MemoryStore
 from tests.mqtt_harness import Broker
 
@@ -22,27 +23,31 @@ class ManualStore(MemoryStore):
     def __init__(self, tables=None) -> None:
         super().__init__(tables)
         self.durable_writes = 0
-        self.waiting: list[Deferred] = []
+        self.waiting: Commit | None = None
         self.syncs = 0
 
-    def sync(self):
+    def pending_commit(self):
         self.syncs += 1
         if self.writes == self.durable_writes:
             return None
-        d = Deferred()
-        self.waiting.append(d)
-        return d
+        if self.waiting is None:
+            self.waiting = Commit()
+        return self.waiting
+
+    def sync(self):
+        commit = self.pending_commit()
+        return None if commit is None else commit.deferred()
 
     def commit(self) -> None:
         self.durable_writes = self.writes
-        waiting, self.waiting = self.waiting, []
-        for d in waiting:
-            d.callback(None)
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.fire()
 
     def fail(self, error: Exception) -> None:
-        waiting, self.waiting = self.waiting, []
-        for d in waiting:
-            d.errback(error)
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.fire(Failure(error))
 
 
 class StoredBroker(Broker):
@@ -134,6 +139,24 @@ def test_acks_keep_their_order_when_only_some_wait():
     assert pub.take() == []
     broker.store.commit()
     assert types(pub.take()) == [("PUBACK", 1), ("PUBACK", 2), ("PUBREC", 3)]
+
+
+def test_a_batch_of_acks_waits_for_one_commit_and_keeps_its_order():
+    """[MQTT-4.6.0-2] Hundreds of PUBLISHes in one batch: no PUBACK before
+    the commit, then all of them, in order; and a publish after the commit
+    waits for the next one."""
+    broker = StoredBroker(ManualStore(), max_pending_acks=1000)
+    offline_subscriber(broker)
+    pub = broker.connect("pub")
+    for _ in range(300):
+        pub.publish("t/1", b"x", qos=1)
+    assert pub.take() == []
+    broker.store.commit()
+    assert types(pub.take()) == [("PUBACK", i) for i in range(1, 301)]
+    pub.publish("t/1", b"y", qos=1)
+    assert pub.take() == []
+    broker.store.commit()
+    assert types(pub.take()) == [("PUBACK", 301)]
 
 
 def test_retained_messages_are_written_qos0_ones_without_waiting():

@@ -188,6 +188,44 @@ async def test_message_rows_go_with_the_last_session_that_owes_them(store):
     connection.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_dequeues_of_several_sessions_in_one_batch(store):
+    """Acknowledgements of interleaved sessions, many per commit: each row
+    goes, and the messages no session owes any more with them."""
+    shared = [Message("t", str(seq).encode(), 1) for seq in range(1, 301)]
+    for client_id in ("a", "b", "c"):
+        store.add_session(client_id)
+        for seq, message in enumerate(shared, 1):
+            store.enqueue(client_id, seq, message, 1, False)
+    await store.sync()
+    for seq in range(1, 301):
+        for client_id in ("a", "b", "c"):
+            if client_id != "c" or seq <= 150:
+                store.dequeue(client_id, seq)
+    await store.sync()
+    await store.close()
+    again = SQLiteStore(store.directory, reactor())
+    state = again.load()
+    owed = {s.client_id: [m.seq for m in s.messages] for s in state.sessions}
+    assert owed == {"a": [], "b": [], "c": list(range(151, 301))}
+    assert again._connection.execute("SELECT count(*) FROM messages").fetchone() == (150,)
+    await again.close()
+
+
+def test_dequeues_find_their_rows_by_key(tmp_path):
+    """A dequeue must not scan the queue: with thousands of messages queued,
+    each acknowledgement would cost a pass over all of them."""
+    connection = open_database(str(tmp_path))
+    try:
+        for size in (1, 4, 256):
+            plan = connection.execute("EXPLAIN QUERY PLAN " + sqlite_store._seqs_statement(size),
+                                      ["c", *range(size)]).fetchall()
+            details = " ".join(row[-1] for row in plan)
+            assert "SCAN queue" not in details and "PRIMARY KEY" in details, details
+    finally:
+        connection.close()
+
+
 def test_wal_synchronous_full_and_locked(tmp_path):
     connection = open_database(str(tmp_path))
     try:

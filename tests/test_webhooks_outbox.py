@@ -15,6 +15,7 @@ from zope.interface.verify import verifyObject
 from reactorapp.hub.hub import Hub
 from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.hub.message import Message
+from reactorapp.store.commit import Commit
 from reactorapp.webhooks.delivery import DeadLetter, Delivery
 from reactorapp.webhooks.dispatcher import Result
 from reactorapp.webhooks.interfaces import IWebhookStore
@@ -33,15 +34,18 @@ class HubStore:
 
     def __init__(self) -> None:
         self.writes = 0
-        self.syncs: list[Deferred] = []
+        self.syncs: list[Commit] = []
 
     def set_retained(self, message):
         self.writes += 1
 
+    def pending_commit(self):
+        commit = Commit()
+        self.syncs.append(commit)
+        return commit
+
     def sync(self):
-        d = Deferred()
-        self.syncs.append(d)
-        return d
+        return self.pending_commit().deferred()
 
 
 class Dispatcher:
@@ -99,7 +103,7 @@ def test_qos1_is_written_before_the_publisher_is_acknowledged():
     (delivery,) = t.store.tables.outbox.values()
     assert (delivery.topic, delivery.payload, delivery.qos, delivery.durable) == (
         "s/x", b"0", 1, True)
-    t.hub_store.syncs[0].callback(None)  # the batch holding the row committed
+    t.hub_store.syncs[0].fire()  # the batch holding the row committed
     assert acknowledged.called
     t.dispatcher.finish(0)
     assert t.store.tables.outbox == {}

@@ -108,6 +108,24 @@ class Hub:
         waited for. The Deferred also waits for subscribers that took the
         message over their bounds (`ISubscriber.deliver`).
         """
+        commit, full = self.route(message)
+        durable = None if commit is None else commit.deferred()
+        if full is None:
+            return durable
+        # Back-pressure: the acknowledgement also waits until every full
+        # subscriber has room again.
+        if durable is not None:
+            full.append(durable)
+        if len(full) == 1:
+            return full[0]
+        return gatherResults(full, consumeErrors=True)
+
+    def route(self, message):
+        """`publish` for front ends that acknowledge many messages a second:
+        return ``(commit, full)``, the store's `Commit` that makes the
+        message durable (or None) and the Deferreds of subscribers that took
+        it over their bounds (or None). A batch's `Commit` is shared, so
+        waiting for it costs no Deferred per message."""
         store = self.store
         writes = store.writes if store is not None else 0
         if message.retain:
@@ -136,19 +154,10 @@ class Hub:
                     if full is None:
                         full = []
                     full.append(wait)
-        durable = None
         if published_qos and store is not None and store.writes != writes:
             # Persistent sessions wrote what they owe; acknowledge once durable.
-            durable = store.sync()
-        if full is None:
-            return durable
-        # Back-pressure: the publisher's acknowledgement also waits until
-        # every full subscriber has room again.
-        if durable is not None:
-            full.append(durable)
-        if len(full) == 1:
-            return full[0]
-        return gatherResults(full, consumeErrors=True)
+            return store.pending_commit(), full
+        return None, full
 
     def restore_retained(self, messages) -> None:
         """Put back retained messages read from the store at start-up."""

@@ -34,6 +34,13 @@ class IHub(Interface):
         publisher's acknowledgement waits for that.
         """
 
+    def route(message):
+        """`publish` without a Deferred per message: return ``(commit, full)``,
+        the store's shared `reactorapp.store.commit.Commit` that makes the
+        message durable (or None) and a list of Deferreds of subscribers over
+        their bounds (or None). The acknowledgement waits for all of them.
+        """
+
     def subscribe(subscriber, topic_filter, qos):
         """Add or replace ``subscriber``'s subscription to ``topic_filter``.
 

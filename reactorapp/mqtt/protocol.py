@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections import deque
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
@@ -28,6 +28,7 @@ from reactorapp.mqtt.codec import (
 )
 from reactorapp.mqtt.session import MQTTSettings, Session
 from reactorapp.mqtt.writes import BATCH
+from reactorapp.store.commit import Commit
 
 log = Logger()
 
@@ -43,6 +44,9 @@ MAX_HELD_PACKETS = 1000
 
 #: Highest QoS this broker grants.
 MAXIMUM_QOS = 2
+
+#: An acknowledgement's wait while a Deferred (back-pressure) has not fired.
+WAITING = object()
 
 
 class MQTTProtocol(Protocol):
@@ -79,9 +83,12 @@ class MQTTProtocol(Protocol):
         self._read_pauses: set[str] = set()
         self._bucket: TokenBucket | None = None
         self._throttle_call = None
-        #: Acknowledgements waiting for earlier ones, to keep their order.
+        #: Acknowledgements not sent yet, in order: [bytes, wait], where wait
+        #: is None once it may go, a store `Commit`, or WAITING for a Deferred.
         #: (A deque once needed: an empty one costs 760 bytes per connection.)
         self._acks: deque | tuple = ()
+        #: The last store `Commit` this connection asked to be told about.
+        self._watched_commit: Commit | None = None
         #: Output held while a read is handled, or None.
         self._out: list | None = None
         self._parser = Parser(max_packet_size=factory.settings.max_packet_size)
@@ -540,51 +547,87 @@ class MQTTProtocol(Protocol):
             # Clients may not write the broker's own status [§4.7.2]; the
             # publish is acknowledged and dropped [MQTT-3.3.5-2].
             self.stats.publish_dropped += 1
-            durable = None
+            wait = None
         elif self.authorizer is not None and not self.authorizer.can_publish(
                 self.identity, publish.topic):
             # Denied by the ACL: acknowledged (3.1.1 has no way to say no)
             # and dropped, as Mosquitto does.
             self.guard.stats.publish_denied += 1
-            durable = None
+            wait = None
         else:
             message = Message(publish.topic, publish.payload, qos, publish.retain,
                               sender=self.client_id)
-            durable = self.hub.publish(message)
+            wait, full = self.hub.route(message)
+            if full is not None:
+                # Subscribers over their bounds: back-pressure (rare).
+                if wait is not None:
+                    full.append(wait.deferred())
+                wait = full[0] if len(full) == 1 else gatherResults(full, consumeErrors=True)
         if qos == 1:
-            self._acknowledge(durable, encode_puback(publish.packet_id))
+            self._acknowledge(wait, encode_puback(publish.packet_id))
         elif qos == 2:
             self.session.awaiting_pubrel.add(publish.packet_id)
-            self._acknowledge(durable, encode_pubrec(publish.packet_id))
-        elif durable is not None:
-            durable.addErrback(self._eb_store)
+            self._acknowledge(wait, encode_pubrec(publish.packet_id))
+        elif wait is not None:  # QoS 0 is never waited for; failures are logged
+            if isinstance(wait, Commit):
+                wait = wait.deferred()
+            wait.addErrback(self._eb_store)
 
-    def _acknowledge(self, durable, data: bytes) -> None:
-        """Send PUBACK/PUBREC once the message is placed, in the order the
-        PUBLISHes arrived [MQTT-4.6.0-2] [MQTT-4.6.0-3]."""
-        if durable is None and not self._acks:
+    def _acknowledge(self, wait, data: bytes) -> None:
+        """Send PUBACK/PUBREC/PUBCOMP once the message is placed, in the order
+        the packets arrived [MQTT-4.6.0-2] [MQTT-4.6.0-3].
+
+        ``wait`` is None (placed), the store's `Commit` (durable when it
+        fires: one callback per batch, not per message) or a Deferred.
+        """
+        acks = self._acks
+        if wait is None and not acks:
             self._write(data)
             return
-        entry = [data, durable is None]
-        acks = self._acks
         if not acks:
             acks = self._acks = deque()
-        acks.append(entry)
-        if durable is not None:
-            durable.addCallbacks(self._cb_placed, self._eb_not_placed,
-                                 callbackArgs=(entry,))
-        if len(self._acks) >= self.settings.max_pending_acks:
+        if wait is None:
+            acks.append([data, None])
+        elif isinstance(wait, Commit):
+            acks.append([data, wait])
+            if wait is not self._watched_commit:
+                self._watched_commit = wait
+                wait.add(self._on_commit)  # runs now if the store has failed
+        else:
+            entry = [data, WAITING]
+            acks.append(entry)
+            wait.addCallbacks(self._cb_placed, self._eb_not_placed, callbackArgs=(entry,))
+        if len(acks) >= self.settings.max_pending_acks:
             # Its messages cannot be placed as fast as it sends them (a slow
             # store or full subscribers): stop reading from this publisher.
             self._pause_reading("acks")
 
+    def _on_commit(self, failure) -> None:
+        if failure is not None:
+            self._eb_not_placed(failure)
+        else:
+            self._send_acks()
+
     def _cb_placed(self, _result, entry) -> None:
-        entry[1] = True
+        entry[1] = None
+        self._send_acks()
+
+    def _send_acks(self) -> None:
+        """Write, in one go, the acknowledgements at the head of the line
+        that may go now."""
         acks = self._acks
-        while acks and acks[0][1]:
-            data = acks.popleft()[0]
-            if self.state == CONNECTED:
-                self._write(data)
+        ready = []
+        while acks:
+            wait = acks[0][1]
+            if wait is not None and (wait is WAITING or not wait.done):
+                break
+            ready.append(acks.popleft()[0])
+        if ready and self.state == CONNECTED:
+            data = ready[0] if len(ready) == 1 else b"".join(ready)
+            self._send(data)
+            stats = self.stats
+            stats.messages_sent += len(ready)
+            stats.bytes_sent += len(data)
         if len(acks) < self.settings.max_pending_acks:
             self._resume_reading("acks")
 

@@ -269,14 +269,14 @@ class Session:
 
     def release(self, packet_id: int):
         """Forget an incoming QoS 2 id on PUBREL. For a persistent session,
-        return a Deferred fired once that is durable: PUBCOMP lets the
+        return the store's `Commit` that makes that durable: PUBCOMP lets the
         client reuse the id, and an id remembered after a crash would make
         the next message with it look like a re-send, and be dropped."""
         ids = self.awaiting_pubrel
         if packet_id not in ids:
             return None
         ids.discard(packet_id)
-        return self.store.sync() if self.store is not None else None
+        return self.store.pending_commit() if self.store is not None else None
 
     # -- connection lifecycle --------------------------------------------
 

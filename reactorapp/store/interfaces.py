@@ -113,10 +113,18 @@ class IStore(Interface):
     def remove_awaiting_pubrel(client_id, packet_id):
         """Forget an incoming QoS 2 packet id once PUBREL arrived."""
 
+    def pending_commit():
+        """Return None if every write so far is durable, else the
+        `reactorapp.store.commit.Commit` that makes them durable (or fails).
+
+        Everybody who writes during one batch gets the same `Commit`, so a
+        connection can wait once per batch instead of once per message.
+        """
+
     def sync():
         """Return None if every write so far is durable, else a Deferred
         that fires (in the reactor thread) once it is, or fails if it cannot
-        be made durable."""
+        be made durable: `pending_commit` for callers that chain."""
 
     def close():
         """Make the writes so far durable and release the store; a Deferred.

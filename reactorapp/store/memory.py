@@ -1,7 +1,7 @@
 """A store that keeps everything in this process: for tests and ``--store memory``.
 
-Nothing survives a restart, so nothing ever waits: `sync` always answers None
-and acknowledgements go out as soon as messages are placed.
+Nothing survives a restart, so nothing ever waits: `sync` and
+`pending_commit` always answer None and acknowledgements go out as soon as messages are placed.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from twisted.internet.defer import fail, succeed
 from zope.interface import implementer
 
+from reactorapp.store.commit import Commit
 from reactorapp.store.interfaces import (
     IStore, StoreClosed, StoredMessage, StoredSession, StoredState,
 )
@@ -114,6 +115,11 @@ class MemoryStore:
             session[2].discard(packet_id)
 
     # -- durability ---------------------------------------------------------
+
+    def pending_commit(self):
+        if self.closed:
+            return Commit.failed(StoreClosed("the store is closed"))
+        return None
 
     def sync(self):
         if self.closed:

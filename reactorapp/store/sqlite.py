@@ -4,11 +4,12 @@ The reactor thread only appends writes to a list. One writer thread commits
 them in batches (group commit): the writes of a reactor turn, and all writes
 that arrive while a commit is in flight, go into the next transaction. A
 batch costs one fsync however many messages it holds, and the reactor never
-waits for the disk. `sync` hands out Deferreds that fire in the reactor
-thread once the batch holding the writes so far has committed.
+waits for the disk. `pending_commit` hands out the `Commit` of the batch
+holding the writes so far, the same one to everybody who writes during that
+batch; it fires in the reactor thread once the batch has committed.
 
-A batch is committed as soon as somebody waits for it (`sync`: an
-acknowledgement depends on it). Writes nobody waits for (a delivered message
+A batch is committed as soon as somebody waits for it (`pending_commit` or
+`sync`: an acknowledgement depends on it). Writes nobody waits for (a delivered message
 forgotten, a subscription, a QoS 0 retained message) ride along with the
 next such batch, or are committed after ``lazy`` seconds. A crash can cost
 them: a re-delivery (which QoS 1 and 2 allow), or a session or subscription
@@ -27,12 +28,13 @@ import threading
 from itertools import groupby
 from operator import itemgetter
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from reactorapp.hub.message import Message
+from reactorapp.store.commit import Commit
 from reactorapp.store.interfaces import (
     IStore, StoreClosed, StoredMessage, StoredSession, StoredState, StoreError,
 )
@@ -69,10 +71,14 @@ _MANY_ROWS = {
                    "(?, ?, ?, ?, ?, ?, ?, ?)"),
     _ENQUEUE: ("INSERT OR REPLACE INTO queue (client_id, seq, message, qos, retained) VALUES {}",
                "(?, ?, ?, ?, ?)"),
-    _DEQUEUE: ("DELETE FROM queue WHERE (client_id, seq) IN (VALUES {})", "(?, ?)"),
 }
-#: Rows per statement: a run is cut into these, so few statements are cached.
-_CHUNKS = (256, 64, 16, 4, 1)
+#: Dequeues of one client are one statement per chunk. (A row-value
+#: ``(client_id, seq) IN (VALUES ...)`` would scan the whole queue.)
+_DEQUEUE_SEQS = "DELETE FROM queue WHERE client_id = ? AND seq IN ({})"
+#: Rows per statement: a run is cut into powers of two up to this, so that
+#: few statements are prepared and cached, and few are run (each lets go of
+#: the GIL, and getting it back can wait for the reactor thread).
+_MAX_CHUNK = 256
 
 
 @implementer(IStore)
@@ -99,8 +105,9 @@ class SQLiteStore:
         #: (client id, seq) -> (index in _pending, _pending_ids entry) of
         #: pending enqueues.
         self._queued: dict[tuple[str, int], tuple[int, list]] = {}
-        self._waiting: list[Deferred] = []  # fire when the pending batch commits
-        self._committing: list[Deferred] | None = None  # the batch in flight
+        #: What the pending batch's waiters wait for; None while nobody waits.
+        self._waiting: Commit | None = None
+        self._committing: Commit | None = None  # the batch in flight
         #: The call that will submit the pending batch, and whether it is
         #: the prompt one (end of this turn) or the lazy one.
         self._timer = None
@@ -230,11 +237,13 @@ class SQLiteStore:
 
     # -- group commit ----------------------------------------------------------
 
-    def sync(self):
+    def pending_commit(self) -> Commit | None:
         if self._failure is not None:
-            return fail(self._failure)
+            return Commit.failed(self._failure)
         if self._pending:
             waiting = self._waiting
+            if waiting is None:
+                waiting = self._waiting = Commit()
             if self._committing is None and not self._prompt:
                 # At the end of this reactor turn, with whatever else the turn
                 # writes (a PUBLISH and its QoS 2 packet id travel together).
@@ -242,15 +251,16 @@ class SQLiteStore:
                     self._timer.cancel()
                 self._timer = self._reactor.callLater(0, self._submit)
                 self._prompt = True
-        elif self._committing is not None:
-            waiting = self._committing
-        elif self._closed:
-            return fail(StoreClosed("the store is closed"))
-        else:
-            return None
-        d = Deferred()
-        waiting.append(d)
-        return d
+            return waiting
+        if self._committing is not None:
+            return self._committing
+        if self._closed:
+            return Commit.failed(StoreClosed("the store is closed"))
+        return None
+
+    def sync(self) -> Deferred | None:
+        commit = self.pending_commit()
+        return None if commit is None else commit.deferred()
 
     def _submit(self) -> None:
         """Hand the pending writes to the writer as one transaction."""
@@ -262,12 +272,12 @@ class SQLiteStore:
         batch = [write for write in self._pending if write is not None]
         messages = [row for row in self._messages if row is not None]
         self._pending, self._messages, self._pending_ids, self._queued = [], [], {}, {}
-        waiting, self._waiting = self._waiting, []
+        waiting, self._waiting = self._waiting, None
         if not batch and not messages:
-            for d in waiting:  # everything cancelled out: nothing to wait for
-                d.callback(None)
+            if waiting is not None:  # everything cancelled out: nothing to wait for
+                waiting.fire()
             return
-        self._committing = waiting
+        self._committing = waiting or Commit()
         if self._writer is None:
             # Started on first use, after twistd has daemonized.
             self._writer = _Writer(self._reactor)
@@ -275,13 +285,12 @@ class SQLiteStore:
             self._cbCommitted, self._ebCommitted)
 
     def _cbCommitted(self, _ignored) -> None:
-        waiting, self._committing = self._committing, None
-        if self._waiting:
+        committed, self._committing = self._committing, None
+        if self._waiting is not None:
             self._submit()  # the disk gets the next batch before callbacks run
         elif self._pending:
             self._timer = self._reactor.callLater(self.lazy, self._submit)
-        for d in waiting:
-            d.callback(None)
+        committed.fire()
 
     def _ebCommitted(self, failure: Failure) -> None:
         """A batch failed: nothing written from now on can be trusted to be
@@ -290,11 +299,12 @@ class SQLiteStore:
         log.failure("Could not write to {store}; nothing more will be stored", failure,
                     store=self)
         self._failure = failure
-        waiting = self._committing + self._waiting
-        self._committing, self._waiting = None, []
+        waiting = [self._committing, self._waiting]
+        self._committing, self._waiting = None, None
         self._pending, self._messages, self._pending_ids, self._queued = [], [], {}, {}
-        for d in waiting:
-            d.errback(failure)
+        for commit in waiting:
+            if commit is not None:
+                commit.fire(failure)
 
     # -- shutdown ------------------------------------------------------------
 
@@ -344,22 +354,43 @@ def _commit(connection: sqlite3.Connection, messages: list[tuple],
 def _execute_rows(connection: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
     """Run ``sql`` for each row, many rows per statement where it can: one
     statement costs about as much as a row, and lets go of the GIL once."""
-    if sql not in _MANY_ROWS or len(rows) == 1:
+    if sql == _DEQUEUE:
+        for client_id, run in groupby(rows, key=itemgetter(0)):
+            seqs = [seq for _, seq in run]
+            for at, size in _chunks(len(seqs)):
+                connection.execute(_seqs_statement(size), [client_id, *seqs[at:at + size]])
+    elif sql not in _MANY_ROWS or len(rows) == 1:
         connection.executemany(sql, rows)
-        return
-    at, left = 0, len(rows)
-    for size in _CHUNKS:
-        while left >= size:
+    else:
+        for at, size in _chunks(len(rows)):
             connection.execute(_rows_statement(sql, size),
                                [value for row in rows[at:at + size] for value in row])
+
+
+def _chunks(count: int):
+    """(start, size) of the chunks that cover ``count`` rows: `_MAX_CHUNK`
+    rows at a time, then one chunk per bit of what is left."""
+    at = 0
+    while count - at >= _MAX_CHUNK:
+        yield at, _MAX_CHUNK
+        at += _MAX_CHUNK
+    size = _MAX_CHUNK >> 1
+    while size:
+        if count - at >= size:
+            yield at, size
             at += size
-            left -= size
+        size >>= 1
 
 
 @functools.lru_cache(maxsize=None)
 def _rows_statement(sql: str, count: int) -> str:
     template, row = _MANY_ROWS[sql]
     return template.format(", ".join([row] * count))
+
+
+@functools.lru_cache(maxsize=None)
+def _seqs_statement(count: int) -> str:
+    return _DEQUEUE_SEQS.format(", ".join(["?"] * count))
 
 
 class _Writer:
