@@ -212,6 +212,25 @@ async def test_dequeues_of_several_sessions_in_one_batch(store):
     await again.close()
 
 
+def test_batches_are_cut_into_few_statement_sizes():
+    """Each chunk is its rows in order, then its last row again up to one of
+    a few sizes (so statements stay prepared); OR REPLACE and IN write a
+    repeated row as they would once."""
+    sizes = set()
+    for count in range(1, 1200):
+        rows = list(range(count))
+        chunks = list(sqlite_store._chunks(rows))
+        covered = []
+        for chunk, size in chunks:
+            assert len(chunk) == size <= sqlite_store._MAX_CHUNK
+            real = chunk[:len(chunk) - (len(chunk) - len(set(chunk)))]
+            assert set(chunk) == set(real) and chunk[len(real):] == [real[-1]] * (size - len(real))
+            covered += real
+            sizes.add(size)
+        assert covered == rows
+    assert len(sizes) <= 40
+
+
 def test_dequeues_find_their_rows_by_key(tmp_path):
     """A dequeue must not scan the queue: with thousands of messages queued,
     each acknowledgement would cost a pass over all of them."""

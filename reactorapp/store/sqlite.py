@@ -38,7 +38,7 @@ from reactorapp.store.commit import Commit
 from reactorapp.store.interfaces import (
     IStore, StoreClosed, StoredMessage, StoredSession, StoredState, StoreError,
 )
-from reactorapp.store.schema import open_database
+from reactorapp.store.schema import VARIABLES_NEEDED, open_database
 
 log = Logger()
 
@@ -78,10 +78,13 @@ _MANY_ROWS = {
 #: Dequeues of one client are one statement per chunk. (A row-value
 #: ``(client_id, seq) IN (VALUES ...)`` would scan the whole queue.)
 _DEQUEUE_SEQS = "DELETE FROM queue WHERE client_id = ? AND seq IN ({})"
-#: Rows per statement: a run is cut into powers of two up to this, so that
-#: few statements are prepared and cached, and few are run (each lets go of
-#: the GIL, and getting it back can wait for the reactor thread).
-_MAX_CHUNK = 256
+#: Rows per statement, at most: most batches are one statement a table.
+#: Each statement lets go of the GIL while SQLite works, and getting it back
+#: can mean waiting for the reactor thread: fewer statements, fewer waits.
+_MAX_CHUNK = VARIABLES_NEEDED // 8  # values in a row of messages
+#: Statements have a multiple of this many rows (a power of two below it):
+#: preparing a statement costs as much as running it, so few sizes are used.
+_STEP = 16
 
 
 @implementer(IStore)
@@ -360,30 +363,25 @@ def _execute_rows(connection: sqlite3.Connection, sql: str, rows: list[tuple]) -
     statement costs about as much as a row, and lets go of the GIL once."""
     if sql == _DEQUEUE:
         for client_id, run in groupby(rows, key=itemgetter(0)):
-            seqs = [seq for _, seq in run]
-            for at, size in _chunks(len(seqs)):
-                connection.execute(_seqs_statement(size), [client_id, *seqs[at:at + size]])
+            for chunk, size in _chunks([seq for _, seq in run]):
+                connection.execute(_seqs_statement(size), [client_id, *chunk])
     elif sql not in _MANY_ROWS or len(rows) == 1:
         connection.executemany(sql, rows)
     else:
-        for at, size in _chunks(len(rows)):
-            connection.execute(_rows_statement(sql, size),
-                               list(chain.from_iterable(rows[at:at + size])))
+        for chunk, size in _chunks(rows):
+            connection.execute(_rows_statement(sql, size), list(chain.from_iterable(chunk)))
 
 
-def _chunks(count: int):
-    """(start, size) of the chunks that cover ``count`` rows: `_MAX_CHUNK`
-    rows at a time, then one chunk per bit of what is left."""
-    at = 0
-    while count - at >= _MAX_CHUNK:
-        yield at, _MAX_CHUNK
-        at += _MAX_CHUNK
-    size = _MAX_CHUNK >> 1
-    while size:
-        if count - at >= size:
-            yield at, size
-            at += size
-        size >>= 1
+def _chunks(rows: list):
+    """Cut ``rows`` into chunks of at most `_MAX_CHUNK`, each padded to a
+    multiple of `_STEP` (to a power of two below that) by repeating its last
+    row, which every statement here writes again as it is (OR REPLACE, IN):
+    a batch is one statement a table, of one of few sizes, all prepared."""
+    for at in range(0, len(rows), _MAX_CHUNK):
+        chunk = rows[at:at + _MAX_CHUNK]
+        count = len(chunk)
+        size = -(-count // _STEP) * _STEP if count > _STEP else 1 << (count - 1).bit_length()
+        yield chunk + [chunk[-1]] * (size - count), size
 
 
 @functools.lru_cache(maxsize=None)
