@@ -44,6 +44,23 @@ MIGRATIONS: list[tuple[str, ...]] = [
             client_id TEXT NOT NULL, packet_id INTEGER NOT NULL,
             PRIMARY KEY (client_id, packet_id)) WITHOUT ROWID""",
     ),
+    # Webhook rules, the outbox and dead letters (reactorapp/store/webhooks_sqlite.py).
+    # IF NOT EXISTS: they were once created outside the migrations, so some
+    # databases at version 1 have them already.
+    (
+        "CREATE TABLE IF NOT EXISTS webhook_rules (name TEXT PRIMARY KEY, rule TEXT NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS webhook_outbox (
+            id INTEGER PRIMARY KEY, rule TEXT NOT NULL, topic TEXT NOT NULL,
+            payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,
+            key TEXT NOT NULL, timestamp REAL NOT NULL, queued_at REAL NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS webhook_outbox_by_rule ON webhook_outbox (rule, id)",
+        """CREATE TABLE IF NOT EXISTS webhook_dead (
+            id INTEGER PRIMARY KEY, rule TEXT NOT NULL, topic TEXT NOT NULL,
+            payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,
+            key TEXT NOT NULL, timestamp REAL NOT NULL, queued_at REAL NOT NULL,
+            attempts INTEGER NOT NULL, reason TEXT NOT NULL, died_at REAL NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS webhook_dead_by_rule ON webhook_dead (rule, id)",
+    ),
 ]
 
 VERSION = len(MIGRATIONS)

@@ -28,7 +28,7 @@ import threading
 from itertools import chain, groupby
 from operator import itemgetter
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -176,7 +176,10 @@ class SQLiteStore:
 
     # -- writes (reactor thread) -------------------------------------------
 
-    def _write(self, sql: str, parameters: tuple) -> None:
+    def write(self, sql: str, parameters: tuple) -> None:
+        """Record one statement for the next batch. Public for tables kept
+        next to the store's (the webhook outbox): a row written here is
+        durable together with everything written before it."""
         self.writes += 1
         if self._closed:
             return
@@ -185,24 +188,24 @@ class SQLiteStore:
             self._timer = self._reactor.callLater(self.lazy, self._submit)
 
     def set_retained(self, message) -> None:
-        self._write(_SET_RETAINED, (message.topic, message.payload, message.qos,
+        self.write(_SET_RETAINED, (message.topic, message.payload, message.qos,
                                     _text(message.properties), message.sender, message.timestamp))
 
     def remove_retained(self, topic) -> None:
-        self._write(_REMOVE_RETAINED, (topic,))
+        self.write(_REMOVE_RETAINED, (topic,))
 
     def add_session(self, client_id) -> None:
-        self._write(_ADD_SESSION, (client_id,))
+        self.write(_ADD_SESSION, (client_id,))
 
     def remove_session(self, client_id) -> None:
         for sql in _REMOVE_SESSION:
-            self._write(sql, (client_id,))
+            self.write(sql, (client_id,))
 
     def add_subscription(self, client_id, topic_filter, qos) -> None:
-        self._write(_ADD_SUBSCRIPTION, (client_id, topic_filter, qos))
+        self.write(_ADD_SUBSCRIPTION, (client_id, topic_filter, qos))
 
     def remove_subscription(self, client_id, topic_filter) -> None:
-        self._write(_REMOVE_SUBSCRIPTION, (client_id, topic_filter))
+        self.write(_REMOVE_SUBSCRIPTION, (client_id, topic_filter))
 
     def enqueue(self, client_id, seq, message, qos, retained) -> None:
         # A message fanned out to several sessions in one batch is one row.
@@ -217,15 +220,15 @@ class SQLiteStore:
                 message.sender, message.timestamp))
         entry[3] += 1
         self._queued[(client_id, seq)] = (len(self._pending), entry)
-        self._write(_ENQUEUE, (client_id, seq, entry[0], qos, 1 if retained else 0))
+        self.write(_ENQUEUE, (client_id, seq, entry[0], qos, 1 if retained else 0))
 
     def set_inflight(self, client_id, seq, packet_id, state) -> None:
-        self._write(_SET_INFLIGHT, (packet_id, state, client_id, seq))
+        self.write(_SET_INFLIGHT, (packet_id, state, client_id, seq))
 
     def dequeue(self, client_id, seq) -> None:
         queued = self._queued.pop((client_id, seq), None)
         if queued is None:
-            self._write(_DEQUEUE, (client_id, seq))
+            self.write(_DEQUEUE, (client_id, seq))
             return
         # Acknowledged before it reached the disk (a connected subscriber,
         # a commit in flight): neither write needs to happen.
@@ -237,10 +240,10 @@ class SQLiteStore:
             self._messages[entry[2]] = None
 
     def add_awaiting_pubrel(self, client_id, packet_id) -> None:
-        self._write(_ADD_PUBREL, (client_id, packet_id))
+        self.write(_ADD_PUBREL, (client_id, packet_id))
 
     def remove_awaiting_pubrel(self, client_id, packet_id) -> None:
-        self._write(_REMOVE_PUBREL, (client_id, packet_id))
+        self.write(_REMOVE_PUBREL, (client_id, packet_id))
 
     # -- group commit ----------------------------------------------------------
 
@@ -312,6 +315,33 @@ class SQLiteStore:
         for commit in waiting:
             if commit is not None:
                 commit.fire(failure)
+
+    # -- reads for tables kept next to the store's -----------------------------
+
+    def read_now(self, function):
+        """Return ``function(connection)``, run in this thread: only at
+        start-up, after `load` and before anything is written."""
+        if self._connection is None or self._writer is not None:
+            raise StoreError("the store can only be read from directly at start-up")
+        return function(self._connection)
+
+    def read(self, function, *args) -> Deferred:
+        """Run ``function(connection, *args)`` in the writer thread, once the
+        writes recorded so far are durable (the database is opened in
+        exclusive mode: no other connection may read it); fire with what it
+        returns."""
+        if self._connection is None:
+            return fail(StoreClosed("the store is closed"))
+        written = self.sync()
+        if written is None:
+            return self._read_in_writer(None, function, args)
+        return written.addCallback(self._read_in_writer, function, args)
+
+    def _read_in_writer(self, _ignored, function, args) -> Deferred:
+        if self._writer is None:
+            # Nothing was ever written, so no thread uses the connection.
+            return maybeDeferred(function, self._connection, *args)
+        return self._writer.call(function, self._connection, *args)
 
     # -- shutdown ------------------------------------------------------------
 

@@ -5,10 +5,7 @@ one more write in the same group commit as the rest of a publish, so the
 publisher's acknowledgement waits for one fsync however many rules and
 sessions the message went to. Reads run in the writer thread too (the
 database is opened in exclusive mode), after the writes recorded before
-them.
-
-The tables are created here, outside ``schema.MIGRATIONS``, so that the
-webhook tables can be added to a database of any schema version.
+them. The tables are part of the store's schema (``schema.MIGRATIONS``).
 """
 
 from __future__ import annotations
@@ -16,28 +13,12 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred
 from zope.interface import implementer
 
 from reactorapp.store.interfaces import StoreError
 from reactorapp.webhooks.delivery import DeadLetter, Delivery, WebhookState
 from reactorapp.webhooks.interfaces import IWebhookStore
 from reactorapp.webhooks.rules import RuleError, parse_rule
-
-TABLES = (
-    "CREATE TABLE IF NOT EXISTS webhook_rules (name TEXT PRIMARY KEY, rule TEXT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS webhook_outbox (
-        id INTEGER PRIMARY KEY, rule TEXT NOT NULL, topic TEXT NOT NULL,
-        payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,
-        key TEXT NOT NULL, timestamp REAL NOT NULL, queued_at REAL NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS webhook_outbox_by_rule ON webhook_outbox (rule, id)",
-    """CREATE TABLE IF NOT EXISTS webhook_dead (
-        id INTEGER PRIMARY KEY, rule TEXT NOT NULL, topic TEXT NOT NULL,
-        payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,
-        key TEXT NOT NULL, timestamp REAL NOT NULL, queued_at REAL NOT NULL,
-        attempts INTEGER NOT NULL, reason TEXT NOT NULL, died_at REAL NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS webhook_dead_by_rule ON webhook_dead (rule, id)",
-)
 
 _COLUMNS = "id, rule, topic, payload, qos, retain, key, timestamp, queued_at"
 _SAVE_RULE = "INSERT OR REPLACE INTO webhook_rules (name, rule) VALUES (?, ?)"
@@ -69,54 +50,36 @@ class SQLiteWebhookStore:
         self.store = store
 
     def load(self) -> WebhookState:
-        """Create the tables if needed and read the rules (at start-up, after
-        the `SQLiteStore` is loaded and before anything is written)."""
-        connection = self.store._connection
+        """Read the rules and what is pending (at start-up, after the
+        `SQLiteStore` is loaded and before anything is written)."""
         try:
-            connection.execute("BEGIN IMMEDIATE")
-            for statement in TABLES:
-                connection.execute(statement)
-            connection.execute("COMMIT")
-            rules = []
-            for name, text in connection.execute("SELECT name, rule FROM webhook_rules"):
-                try:
-                    rules.append(parse_rule(json.loads(text)))
-                except (ValueError, RuleError) as e:
-                    raise StoreError(f"the stored webhook rule {name!r} is unusable: {e}") from None
-            (last,) = connection.execute(
-                "SELECT max(id) FROM (SELECT max(id) AS id FROM webhook_outbox"
-                " UNION ALL SELECT max(id) FROM webhook_dead)").fetchone()
-            pending = dict(connection.execute(
-                "SELECT rule, count(*) FROM webhook_outbox GROUP BY rule"))
+            return self.store.read_now(_read_state)
         except sqlite3.Error as e:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
             raise StoreError(f"cannot read the webhook tables in {self.store.directory!r}: {e}.") from None
-        return WebhookState(rules, last or 0, pending)
 
     # -- writes: one more statement in the store's next batch -------------------
 
     def save_rule(self, rule) -> None:
-        self.store._write(_SAVE_RULE, (rule.name, json.dumps(rule.to_dict(with_secret=True))))
+        self.store.write(_SAVE_RULE, (rule.name, json.dumps(rule.to_dict(with_secret=True))))
 
     def delete_rule(self, name) -> None:
         for sql in _DELETE_RULE:
-            self.store._write(sql, (name,))
+            self.store.write(sql, (name,))
 
     def add(self, delivery) -> None:
-        self.store._write(_ADD, _row(delivery))
+        self.store.write(_ADD, _row(delivery))
 
     def remove(self, delivery_id) -> None:
-        self.store._write(_REMOVE, (delivery_id,))
+        self.store.write(_REMOVE, (delivery_id,))
 
     def bury(self, dead_letter) -> None:
-        self.store._write(_REMOVE, (dead_letter.id,))
-        self.store._write(_BURY, (*_row(dead_letter.delivery), dead_letter.attempts,
+        self.store.write(_REMOVE, (dead_letter.id,))
+        self.store.write(_BURY, (*_row(dead_letter.delivery), dead_letter.attempts,
                                   dead_letter.reason, dead_letter.died_at))
 
     def revive(self, dead_id, delivery) -> None:
-        self.store._write(_UNBURY, (dead_id,))
-        self.store._write(_ADD, _row(delivery))
+        self.store.write(_UNBURY, (dead_id,))
+        self.store.write(_ADD, _row(delivery))
 
     def sync(self):
         return self.store.sync()
@@ -124,31 +87,28 @@ class SQLiteWebhookStore:
     # -- reads --------------------------------------------------------------
 
     def pending(self, rule, after_id, limit):
-        return self._read(_select, _PENDING, (rule, after_id, limit), _delivery)
+        return self.store.read(_select, _PENDING, (rule, after_id, limit), _delivery)
 
     def dead_letters(self, rule, after_id, limit):
-        return self._read(_select, _DEAD, (rule, after_id, limit), _dead_letter)
+        return self.store.read(_select, _DEAD, (rule, after_id, limit), _dead_letter)
 
     def dead_letter(self, rule, dead_id):
-        d = self._read(_select, _ONE_DEAD, (rule, dead_id), _dead_letter)
+        d = self.store.read(_select, _ONE_DEAD, (rule, dead_id), _dead_letter)
         return d.addCallback(lambda found: found[0] if found else None)
 
-    def _read(self, function, *args) -> Deferred:
-        """Run ``function(connection, *args)`` after the writes recorded so far."""
-        store = self.store
-        if store._connection is None:
-            return fail(StoreError("the store is closed"))
-        written = store.sync()
-        if written is None:
-            return self._run(None, function, args)
-        return written.addCallback(self._run, function, args)
 
-    def _run(self, _ignored, function, args) -> Deferred:
-        store = self.store
-        if store._writer is None:
-            # Nothing was ever written, so no thread uses the connection.
-            return maybeDeferred(function, store._connection, *args)
-        return store._writer.call(function, store._connection, *args)
+def _read_state(connection) -> WebhookState:
+    rules = []
+    for name, text in connection.execute("SELECT name, rule FROM webhook_rules"):
+        try:
+            rules.append(parse_rule(json.loads(text)))
+        except (ValueError, RuleError) as e:
+            raise StoreError(f"the stored webhook rule {name!r} is unusable: {e}") from None
+    (last,) = connection.execute(
+        "SELECT max(id) FROM (SELECT max(id) AS id FROM webhook_outbox"
+        " UNION ALL SELECT max(id) FROM webhook_dead)").fetchone()
+    pending = dict(connection.execute("SELECT rule, count(*) FROM webhook_outbox GROUP BY rule"))
+    return WebhookState(rules, last or 0, pending)
 
 
 def _row(d: Delivery) -> tuple:
