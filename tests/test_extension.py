@@ -77,6 +77,22 @@ class PublishTests(SynchronousTestCase):
         message = self.kit.assert_published("a/b", b"x", qos=1, retain=False)
         self.assertEqual(message.sender, "dev-1")
 
+    def test_messages_from_mqtt_clients_are_recorded_too(self):
+        """The kit's hub records what MQTT connections publish (they place
+        messages through `Hub.route`, not `Hub.publish`)."""
+        from reactorapp.mqtt import packets as P
+        from reactorapp.mqtt.codec import encode
+        from reactorapp.mqtt.protocol import MQTTFactory
+
+        factory = MQTTFactory(self.kit.hub, self.kit.clock)
+        factory.guard = Guard(authenticator=Passwords(anonymous=True))
+        device = self.kit.connect(factory)
+        device.send(encode(P.Connect(client_id="sensor", clean_session=True, keep_alive=0))
+                    + encode(P.Publish("a/b", b"x", qos=1, packet_id=1)))
+        message = self.kit.assert_published("a/b", b"x", qos=1)
+        self.assertEqual(message.sender, "sensor")
+        self.assertTrue(device.received().endswith(b"\x40\x02\x00\x01"))  # PUBACK 1
+
     def test_text_payload_is_utf8(self):
         self.client.publish("a", "é")
         self.kit.assert_published("a", "é".encode("utf-8"))
