@@ -13,8 +13,11 @@ Scenarios (each broker gets a fresh data directory):
   reconnects and drains the queue.
 
 Clients are raw sockets in their own processes, with packets encoded before
-the clock starts. Each figure is the median of ``--repeat`` runs, in
-messages per second.
+the clock starts. All brokers run at once and are measured in turns, so a
+machine that slows down mid-run slows each of them. Each figure is the median
+of ``--repeat`` runs, in messages per second, next to the broker's CPU (all
+threads) per message while ingesting. ``--compare-tree DIR`` adds both
+reactorapp stores from another checkout, to measure a change in one run.
 
 Usage: ``python bench/bench_store.py [--messages 20000] [--repeat 3]``
 (needs ``mosquitto`` on PATH for the third column; see bench/README.md).
@@ -41,6 +44,8 @@ REPO = Path(__file__).resolve().parent.parent
 TOPIC = "bench/store"
 PAYLOAD = b"x" * 64
 TIMEOUT = 60.0
+#: Not a rate: the broker's CPU (all threads) per message while ingesting.
+INGEST_CPU = "ingest CPU (µs/msg)"
 
 
 # -- packets ---------------------------------------------------------------------
@@ -241,21 +246,28 @@ def run_online(port: int, count: int, args) -> dict:
     return {"online": count / (max(published, received) - start)}
 
 
-def run_offline(port: int, count: int, args) -> dict:
+def run_offline(port: int, count: int, args, cpu=None) -> dict:
+    """Ingest and drain rates; with ``cpu`` (the broker's CPU seconds so
+    far), also the broker's CPU per message while ingesting."""
     count -= count % args.publishers
     team = Team()
     try:
         run = os.urandom(4)
         sub = team.add(subscriber, port, count, run, True)
         team.expect(sub, "subscriber connection")
+        before = cpu() if cpu else None
         start, stored = publish(port, count, run, args, team)
+        after = cpu() if cpu else None
         sub.send("back")
         team.expect(sub, "subscriber reconnection")
         back = time.monotonic()
         drained = team.expect(sub, "delivery of every message")
     finally:
         team.join()
-    return {"offline ingest": count / (stored - start), "offline drain": count / (drained - back)}
+    result = {"offline ingest": count / (stored - start), "offline drain": count / (drained - back)}
+    if before is not None and after is not None:
+        result[INGEST_CPU] = (after - before) / count * 1e6
+    return result
 
 
 # -- brokers --------------------------------------------------------------------
@@ -299,6 +311,15 @@ class Broker:
     def environment(self) -> dict:
         return dict(os.environ)
 
+    def cpu(self) -> float | None:
+        """CPU seconds the broker used so far (Linux), or None."""
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -310,11 +331,14 @@ class Broker:
 
 
 class Reactorapp(Broker):
-    def __init__(self, directory: Path, max_inflight: int, store: str, extra=()) -> None:
+    def __init__(self, directory: Path, max_inflight: int, store: str, extra=(),
+                 tree: Path = REPO) -> None:
         super().__init__(directory, max_inflight)
         self.store = store
         self.extra = list(extra)
-        self.name = f"reactorapp --store {store}"
+        self.tree = tree
+        where = "" if tree == REPO else f" ({tree})"
+        self.name = f"reactorapp{where} --store {store}"
 
     def command(self) -> list[str]:
         return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
@@ -326,7 +350,7 @@ class Reactorapp(Broker):
 
     def environment(self) -> dict:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.tree), env.get("PYTHONPATH")]))
         return env
 
 
@@ -362,18 +386,24 @@ def mosquitto_version() -> str | None:
 
 # -- the run --------------------------------------------------------------------
 
-def measure(broker: Broker, args) -> dict[str, float]:
-    runs: list[dict] = []
-    broker.start()
+def measure(brokers: list[Broker], args) -> dict[str, dict[str, float]]:
+    """Run every broker at once (idle but for the one measured) and measure
+    them in turns, so that a machine that slows down mid-run slows all."""
+    runs: dict[str, list[dict]] = {broker.name: [] for broker in brokers}
     try:
-        run_online(broker.port, min(2000, args.messages), args)  # warm up
+        for broker in brokers:
+            broker.start()
+            run_online(broker.port, min(2000, args.messages), args)  # warm up
         for _ in range(args.repeat):
-            result = run_online(broker.port, args.messages, args)
-            result.update(run_offline(broker.port, args.messages, args))
-            runs.append(result)
+            for broker in brokers:
+                result = run_online(broker.port, args.messages, args)
+                result.update(run_offline(broker.port, args.messages, args, broker.cpu))
+                runs[broker.name].append(result)
     finally:
-        broker.stop()
-    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        for broker in brokers:
+            broker.stop()
+    return {name: {key: statistics.median(run[key] for run in results) for key in results[0]}
+            for name, results in runs.items()}
 
 
 def main(argv=None) -> int:
@@ -388,34 +418,40 @@ def main(argv=None) -> int:
     parser.add_argument("--no-mosquitto", action="store_true")
     parser.add_argument("--reactorapp-arg", action="append", default=[], metavar="ARG",
                         help="one more argument for reactorapp (repeat; e.g. --max-pending-acks=500)")
+    parser.add_argument("--compare-tree", type=Path, default=None, metavar="DIR",
+                        help="also run both stores from another checkout (e.g. before a change)")
     parser.add_argument("--tmp", default=None, metavar="DIR",
                         help="where the brokers' data directories go [default: the system's]")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench-store-", dir=args.tmp) as tmp:
         root = Path(tmp)
-        brokers = [Reactorapp(root / "sqlite", args.max_inflight, "sqlite", args.reactorapp_arg),
-                   Reactorapp(root / "memory", args.max_inflight, "memory", args.reactorapp_arg)]
+        trees = [REPO] + ([args.compare_tree.resolve()] if args.compare_tree else [])
+        brokers: list[Broker] = [
+            Reactorapp(root / f"{store}-{i}", args.max_inflight, store, args.reactorapp_arg, tree)
+            for i, tree in enumerate(trees) for store in ("sqlite", "memory")]
         version = mosquitto_version()
         if version and not args.no_mosquitto:
             brokers.append(Mosquitto(root / "mosquitto", args.max_inflight))
-        results = {}
-        for broker in brokers:
-            results[broker.name] = measure(broker, args)
-            print(f"{broker.name}: " + ", ".join(
-                f"{k} {v:,.0f}/s" for k, v in results[broker.name].items()), flush=True)
+        results = measure(brokers, args)
 
     print(f"\n{args.messages} QoS 1 messages of {len(PAYLOAD)} bytes from {args.publishers}"
           f" publishers (window {args.window} each) to one persistent subscriber"
           f" (max inflight {args.max_inflight}), median of {args.repeat};"
           f" {os.cpu_count()} CPUs; mosquitto {version or 'not installed'}\n")
-    keys = list(next(iter(results.values())))
-    print("| broker | " + " | ".join(f"{k} (msg/s)" for k in keys) + " |")
-    print("|---|" + "---:|" * len(keys))
+    keys = [key for key in next(iter(results.values())) if key != INGEST_CPU]
+    print("| broker | " + " | ".join(f"{k} (msg/s)" for k in keys) + f" | {INGEST_CPU} |")
+    print("|---|" + "---:|" * (len(keys) + 1))
     for name, figures in results.items():
-        print(f"| {name} | " + " | ".join(f"{figures[k]:,.0f}" for k in keys) + " |")
-    sqlite, memory = results["reactorapp --store sqlite"], results["reactorapp --store memory"]
-    print("\nsqlite / memory: " + ", ".join(f"{k} {sqlite[k] / memory[k]:.2f}" for k in keys))
+        cpu = figures.get(INGEST_CPU)
+        print(f"| {name} | " + " | ".join(f"{figures[k]:,.0f}" for k in keys)
+              + f" | {'' if cpu is None else f'{cpu:.1f}'} |")
+    for tree in trees:
+        where = "" if tree == REPO else f" ({tree})"
+        sqlite = results[f"reactorapp{where} --store sqlite"]
+        memory = results[f"reactorapp{where} --store memory"]
+        print(f"\nsqlite / memory{where}: "
+              + ", ".join(f"{k} {sqlite[k] / memory[k]:.2f}" for k in keys))
     return 0
 
 
