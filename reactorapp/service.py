@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from reactorapp import __version__
+from reactorapp.auth.acl import ACLAuthorizer, ACLFile
 from reactorapp.auth.configure import make_guard, warn_if_open
 from reactorapp.auth.http import GuardedRoot
 from reactorapp.auth.metrics import GuardCollector
@@ -30,6 +31,10 @@ from reactorapp.web.site import make_site
 from reactorapp.webhooks.api import Webhooks as WebhooksResource
 from reactorapp.webhooks.service import WebhookService
 from reactorapp.webhooks.service import store_for as webhook_store_for
+
+
+#: Seconds between looks at the ACL file for changes.
+ACL_CHECK_INTERVAL = 2.0
 
 
 class StartupError(ConfigError):
@@ -173,6 +178,11 @@ def makeHubService(config: Config, reactor) -> HubService:
         ListenerService(listener.name, listener.endpoint, endpoint, pluginFactory,
                         reactor).setServiceParent(top)
     SysTopicsService(hub, reactor, config.sys_interval, __version__).setServiceParent(top)
+    if config.acl and isinstance(guard.authorizer, ACLAuthorizer):
+        # Like the password file, the ACL file is read again when it changes.
+        watcher = TimerService(ACL_CHECK_INTERVAL, ACLFile(config.acl, guard.authorizer).check)
+        watcher.clock = reactor
+        watcher.setServiceParent(top)
     return top
 
 

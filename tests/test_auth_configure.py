@@ -136,3 +136,38 @@ def test_true_false_settings_in_the_file_and_as_flags(tmp_path):
     options = Options()
     options.parseOptions(["--allow-anonymous"])
     assert options.flags == {"allow_anonymous": True}
+
+
+def test_the_acl_file_is_read_again_when_it_changes(tmp_path):
+    """Like the password file, an ACL edit takes effect without a restart,
+    for subscriptions already made too; an edit that does not parse keeps
+    the rules in force."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from reactorapp.auth.interfaces import Identity
+    from reactorapp.service import ACL_CHECK_INTERVAL, makeHubService
+
+    acl = tmp_path / "acl"
+    acl.write_text("user alice\ntopic read a/#\n")
+    reactor = MemoryReactorClock()
+    service = makeHubService(Config(mqtt=("tcp:0",), http=(), acl=str(acl), passwd=None,
+                                    data=str(tmp_path / "data")), reactor)
+    service.privilegedStartService()
+    service.startService()
+    authorizer, alice = service.guard.authorizer, Identity("alice", "phone")
+    assert authorizer.can_read(alice, "a/1") and not authorizer.can_read(alice, "b/1")
+
+    acl.write_text("user alice\ntopic read b/#\n# moved to b\n")
+    reactor.advance(ACL_CHECK_INTERVAL)
+    assert authorizer.can_read(alice, "b/1") and not authorizer.can_read(alice, "a/1")
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        acl.write_text("user alice\ntopic read a/#/b\n")
+        reactor.advance(ACL_CHECK_INTERVAL)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert authorizer.can_read(alice, "b/1")
+    assert any("Keeping the previous rules" in formatEvent(event) for event in events)
+    service.stopService()

@@ -30,7 +30,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from reactorapp.auth.files import read_text
+from reactorapp.auth.files import file_stamp, read_text
 from reactorapp.auth.interfaces import IAuthorizer
 from reactorapp.hub.topics import is_valid_filter, parse_shared
 
@@ -230,6 +230,13 @@ class ACLAuthorizer:
         self._compiled: dict[tuple, tuple[PatternSet, ...]] = {}
         self._clients = clients
 
+    def replace(self, acl: ACL) -> None:
+        """Answer from ``acl`` from now on, for existing subscriptions too
+        (deliveries are checked one by one)."""
+        self.acl = acl
+        self._cache.clear()
+        self._compiled.clear()
+
     def _rules(self, identity) -> tuple[PatternSet, ...]:
         key = (identity.username, identity.client_id)
         rules = self._compiled.get(key)
@@ -269,3 +276,26 @@ class ACLAuthorizer:
         _group, inner = parse_shared(topic_filter)
         read, _write, deny = self._rules(identity)
         return read.covers(inner) and not deny.covers(inner)
+
+
+class ACLFile:
+    """An ACL file kept current: `check` (called every few seconds, since
+    the ACL is consulted for every delivery) re-reads it when it changed.
+    A file that no longer parses keeps the previous rules, and says why."""
+
+    def __init__(self, path: str, authorizer: ACLAuthorizer) -> None:
+        self.path = path
+        self.authorizer = authorizer
+        self._stamp = file_stamp(path)
+
+    def check(self) -> None:
+        stamp = file_stamp(self.path)
+        if stamp is None or stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self.authorizer.replace(read_acl(self.path))
+        except ACLError as e:
+            log.error("{error} Keeping the previous rules.", error=str(e).rstrip(".") + ".")
+        else:
+            log.info("ACL file {path} reloaded", path=self.path)

@@ -31,7 +31,7 @@ from twisted.internet.defer import fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from reactorapp.auth.files import read_text
+from reactorapp.auth.files import file_stamp, read_text
 from reactorapp.auth.interfaces import IAuthenticator, Identity, NotAuthorized
 
 log = Logger()
@@ -155,18 +155,11 @@ class PasswordFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._users = read_users(path)
-        self._stamp = self._stat()
-
-    def _stat(self):
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+        self._stamp = file_stamp(path)
 
     @property
     def users(self) -> Users:
-        stamp = self._stat()
+        stamp = file_stamp(self.path)
         if stamp is not None and stamp != self._stamp:
             self._stamp = stamp
             try:
