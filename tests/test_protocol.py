@@ -566,3 +566,16 @@ def test_a_message_that_cannot_be_placed_closes_without_acknowledgement(broker):
     pub.publish("t", b"x", qos=1)
     assert pub.take() == []
     assert pub.closed
+
+
+def test_a_connection_keeps_its_attributes_in_a_small_dict(broker):
+    """Memory per idle connection (at most 8 KB, docs/benchmarks.md): CPython
+    keeps an instance's attributes in a compact dict sharing its keys with
+    the class's other instances only up to about 30 of them. One attribute
+    too many made every connection 1.3 KB bigger; keep new per-connection
+    state inside existing attributes, or find one to remove."""
+    import sys
+
+    for client in (broker.connect("plain"), broker.connect("kept", clean=False)):
+        client.publish("t", b"x", qos=1)
+        assert sys.getsizeof(client.protocol.__dict__) < 512, len(client.protocol.__dict__)
