@@ -92,6 +92,12 @@ class Config:
         "Messages kept for one client beyond the inflight window.",
         metavar="N", minimum=0,
     )
+    max_dead_letters: int = setting(
+        10_000,
+        "Dead letters kept per webhook rule; past that the oldest are dropped"
+        " (counted in reactorapp_webhook_dead_letters_dropped). 0: no limit.",
+        metavar="N", minimum=0,
+    )
     max_packet_size: int = setting(
         MAX_MQTT_PACKET_SIZE,
         "Largest MQTT packet accepted, in bytes.",

@@ -156,7 +156,8 @@ def makeHubService(config: Config, reactor) -> HubService:
     StoreService(store, lambda state: _restore(hub, settings, state)).setServiceParent(top)
     # Next: the outbox is resumed from the store before clients are served.
     webhooks = WebhookService(hub, webhook_store_for(store), reactor, rules=config.webhooks,
-                              registry=top.metrics, queue_size=config.max_queued_messages)
+                              registry=top.metrics, queue_size=config.max_queued_messages,
+                              max_dead_letters=config.max_dead_letters)
     webhooks.setServiceParent(top)
     for description, endpoint in endpoints:
         ListenerService("MQTT", description, endpoint, factory, reactor).setServiceParent(top)

@@ -66,7 +66,7 @@ class Dispatcher:
         self.calls[index][2].callback(result)
 
 
-def make(queue_size=100, tables=None, **fields):
+def make(queue_size=100, tables=None, max_dead_letters=0, **fields):
     clock = Clock()
     hub_store = HubStore()
     hub = Hub(clock, store=hub_store)
@@ -74,7 +74,8 @@ def make(queue_size=100, tables=None, **fields):
     dispatcher = Dispatcher()
     registry = CollectorRegistry()
     outbox = Outbox(hub, store, dispatcher, clock, WebhookMetrics(registry),
-                    queue_size=queue_size, last_id=max([0, *(tables.outbox if tables else ())]))
+                    queue_size=queue_size, last_id=max([0, *(tables.outbox if tables else ())]),
+                    max_dead_letters=max_dead_letters)
     rule = parse_rule({"name": "r", "filters": ["s/#"], "url": "http://127.0.0.1:1/", **fields})
     return SimpleNamespace(clock=clock, hub=hub, hub_store=hub_store, store=store,
                            dispatcher=dispatcher, outbox=outbox, rule=rule, registry=registry)
@@ -185,6 +186,28 @@ def test_dead_letters_can_be_sent_again_as_new_deliveries():
     assert t.store.tables.dead == {} and list(t.store.tables.outbox) == [again.id]
     assert again.id > dead.id and again.key == dead.delivery.key and again.durable
     assert t.dispatcher.calls[1][1] is again
+
+
+def test_the_dead_letters_keep_the_newest_and_count_what_they_drop():
+    """A receiver that stays down must not fill the disk: past
+    --max-dead-letters the oldest dead letters go, counted."""
+    t = make(max_dead_letters=2)
+    t.outbox.add_rule(t.rule, dead=1)  # one left from before a restart
+    t.store.tables.dead[0] = SimpleNamespace(delivery=SimpleNamespace(rule="r"))
+    publish(t, 3)
+    for i in range(3):
+        t.dispatcher.finish(i, DEAD)
+    kept = sorted(t.store.tables.dead.values(), key=lambda dead: dead.id)
+    assert [dead.delivery.payload for dead in kept] == [b"1", b"2"]
+    assert sample(t, "dead_lettered") == 3 and sample(t, "dead_letters_dropped") == 2
+    t.outbox.send_again("r", kept[:1])  # a revived one leaves room
+    publish(t, 1)
+    t.dispatcher.finish(3, DEAD)  # the revived delivery dies again: no drop
+    assert sample(t, "dead_letters_dropped") == 2
+    t.dispatcher.finish(4, DEAD)
+    kept = sorted(t.store.tables.dead.values(), key=lambda dead: dead.id)
+    assert [dead.delivery.payload for dead in kept] == [b"1", b"0"]
+    assert sample(t, "dead_letters_dropped") == 3
 
 
 def test_retained_messages_sent_on_subscription_are_not_pushed():

@@ -147,3 +147,18 @@ async def test_a_spilled_rule_reads_its_deliveries_back_from_the_database(tmp_pa
     assert await within(webhooks.pending("r", 0, 100)) == []  # reads follow the writes
     outbox.stop()
     await within(store.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_oldest_dead_letters_of_a_rule_can_be_dropped(tmp_path):
+    store, webhooks, _ = open_stores(tmp_path)
+    for i, rule in [(1, "r"), (2, "other"), (3, "r"), (4, "r")]:
+        webhooks.bury(DeadLetter(delivery(i, rule=rule), 3, "HTTP 500", 9.0))
+    webhooks.forget_dead("r", 2)
+    assert [d.id for d in await within(webhooks.dead_letters("r", 0, 10))] == [4]
+    assert [d.id for d in await within(webhooks.dead_letters("other", 0, 10))] == [2]
+    await within(store.close())
+
+    store, webhooks, state = open_stores(tmp_path)
+    assert state.dead == {"r": 1, "other": 1}
+    await within(store.close())

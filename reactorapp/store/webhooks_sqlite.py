@@ -32,6 +32,8 @@ _REMOVE = "DELETE FROM webhook_outbox WHERE id = ?"
 _BURY = (f"INSERT OR REPLACE INTO webhook_dead ({_COLUMNS}, attempts, reason, died_at)"
          " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _UNBURY = "DELETE FROM webhook_dead WHERE id = ?"
+_FORGET_DEAD = ("DELETE FROM webhook_dead WHERE id IN"
+                " (SELECT id FROM webhook_dead WHERE rule = ? ORDER BY id LIMIT ?)")
 _PENDING = (f"SELECT {_COLUMNS} FROM webhook_outbox WHERE rule = ? AND id > ?"
             " ORDER BY id LIMIT ?")
 _DEAD = (f"SELECT {_COLUMNS}, attempts, reason, died_at FROM webhook_dead"
@@ -77,6 +79,9 @@ class SQLiteWebhookStore:
         self.store.write(_BURY, (*_row(dead_letter.delivery), dead_letter.attempts,
                                   dead_letter.reason, dead_letter.died_at))
 
+    def forget_dead(self, rule, count) -> None:
+        self.store.write(_FORGET_DEAD, (rule, count))
+
     def revive(self, dead_id, delivery) -> None:
         self.store.write(_UNBURY, (dead_id,))
         self.store.write(_ADD, _row(delivery))
@@ -108,7 +113,8 @@ def _read_state(connection) -> WebhookState:
         "SELECT max(id) FROM (SELECT max(id) AS id FROM webhook_outbox"
         " UNION ALL SELECT max(id) FROM webhook_dead)").fetchone()
     pending = dict(connection.execute("SELECT rule, count(*) FROM webhook_outbox GROUP BY rule"))
-    return WebhookState(rules, last or 0, pending)
+    dead = dict(connection.execute("SELECT rule, count(*) FROM webhook_dead GROUP BY rule"))
+    return WebhookState(rules, last or 0, pending, dead)
 
 
 def _row(d: Delivery) -> tuple:

@@ -6,7 +6,7 @@ reloaded after a restart and sent again without the hub.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from reactorapp.webhooks.payload import payload_fields
 
@@ -75,3 +75,5 @@ class WebhookState:
     rules: list
     last_id: int
     pending: dict[str, int]
+    #: Dead letters kept, by rule.
+    dead: dict[str, int] = field(default_factory=dict)

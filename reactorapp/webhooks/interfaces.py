@@ -37,6 +37,10 @@ class IWebhookStore(Interface):
         """Move a `DeadLetter`'s delivery from the outbox (if it is there) to
         the dead-letter list."""
 
+    def forget_dead(rule, count):
+        """Drop the ``count`` oldest dead letters of ``rule`` (the list is
+        bounded by --max-dead-letters)."""
+
     def revive(dead_id, delivery):
         """Replace dead letter ``dead_id`` by ``delivery`` (the same message
         under a new id) in the outbox."""

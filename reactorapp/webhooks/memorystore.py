@@ -40,8 +40,11 @@ class MemoryWebhookStore:
         counts: dict[str, int] = {}
         for delivery in tables.outbox.values():
             counts[delivery.rule] = counts.get(delivery.rule, 0) + 1
+        dead: dict[str, int] = {}
+        for letter in tables.dead.values():
+            dead[letter.delivery.rule] = dead.get(letter.delivery.rule, 0) + 1
         last = max([*tables.outbox, *tables.dead], default=0)
-        return WebhookState(list(tables.rules.values()), last, counts)
+        return WebhookState(list(tables.rules.values()), last, counts, dead)
 
     # -- writes -------------------------------------------------------------
 
@@ -70,6 +73,12 @@ class MemoryWebhookStore:
         self._wrote()
         self.tables.outbox.pop(dead_letter.id, None)
         self.tables.dead[dead_letter.id] = dead_letter
+
+    def forget_dead(self, rule, count) -> None:
+        dead = self.tables.dead
+        for key in sorted(k for k, d in dead.items() if d.delivery.rule == rule)[:count]:
+            del dead[key]
+        self._wrote()
 
     def revive(self, dead_id, delivery) -> None:
         self._wrote()

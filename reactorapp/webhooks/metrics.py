@@ -17,14 +17,15 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 class RuleMetrics:
     """The children of every webhook metric for one rule."""
 
-    __slots__ = ("delivered", "failed", "retries", "dead", "dropped", "in_flight",
-                 "pending", "latency")
+    __slots__ = ("delivered", "failed", "retries", "dead", "dead_dropped", "dropped",
+                 "in_flight", "pending", "latency")
 
     def __init__(self, parent: WebhookMetrics, rule: str) -> None:
         self.delivered = parent.delivered.labels(rule)
         self.failed = parent.failed.labels(rule)
         self.retries = parent.retries.labels(rule)
         self.dead = parent.dead.labels(rule)
+        self.dead_dropped = parent.dead_dropped.labels(rule)
         self.dropped = parent.dropped.labels(rule)
         self.in_flight = parent.in_flight.labels(rule)
         self.pending = parent.pending.labels(rule)
@@ -47,6 +48,9 @@ class WebhookMetrics:
         self.dead = Counter(
             "reactorapp_webhook_dead_lettered",
             "Deliveries moved to the dead-letter list after their last attempt.", **kw)
+        self.dead_dropped = Counter(
+            "reactorapp_webhook_dead_letters_dropped",
+            "Oldest dead letters dropped to keep the list within --max-dead-letters.", **kw)
         self.dropped = Counter(
             "reactorapp_webhook_dropped",
             "QoS 0 deliveries dropped because the rule's queue was full.", **kw)
@@ -71,5 +75,5 @@ class WebhookMetrics:
         """Drop a deleted rule's series from the scrape."""
         if self._rules.pop(rule, None) is not None:
             for collector in (self.delivered, self.failed, self.retries, self.dead,
-                              self.dropped, self.in_flight, self.pending, self.latency):
+                              self.dead_dropped, self.dropped, self.in_flight, self.pending, self.latency):
                 collector.remove(rule)

@@ -42,13 +42,15 @@ class Outbox:
     """Every rule's queue, and what they share: store, dispatcher, ids."""
 
     def __init__(self, hub, store, dispatcher, clock, metrics, *,
-                 queue_size: int = 1000, last_id: int = 0) -> None:
+                 queue_size: int = 1000, last_id: int = 0, max_dead_letters: int = 0) -> None:
         self.hub = hub
         self.store = store
         self.dispatcher = dispatcher
         self.clock = clock
         self.metrics = metrics
         self.queue_size = max(1, queue_size)
+        #: Dead letters kept per rule, the oldest dropped first; 0: no limit.
+        self.max_dead_letters = max_dead_letters
         self.rules: dict[str, RuleOutbox] = {}
         self._last_id = last_id
         #: Prefix of idempotency keys, unique to this process (see `Delivery`).
@@ -58,9 +60,11 @@ class Outbox:
         self._last_id += 1
         return self._last_id
 
-    def add_rule(self, rule, pending: int = 0) -> RuleOutbox:
-        """Start serving ``rule``; ``pending`` deliveries of it are in the store."""
+    def add_rule(self, rule, pending: int = 0, dead: int = 0) -> RuleOutbox:
+        """Start serving ``rule``; ``pending`` deliveries and ``dead`` dead
+        letters of it are in the store."""
         outbox = self.rules[rule.name] = RuleOutbox(self, rule, pending)
+        outbox.dead = dead
         outbox.subscribe(rule.filters)
         outbox.resume()
         return outbox
@@ -88,6 +92,7 @@ class Outbox:
         for dead in dead_letters:
             delivery = dead.delivery.again(self.next_id(), now)
             self.store.revive(dead.id, delivery)
+            outbox.dead -= 1
             outbox.take_durable(delivery)
             revived.append(delivery)
         return revived
@@ -106,6 +111,8 @@ class RuleOutbox:
         #: Deliveries not yet done: in the queue, under way, or only in the store.
         self.pending = pending
         self.dropped = 0
+        #: Dead letters in the store.
+        self.dead = 0
         self.stopped = False
         # Durable deliveries with an id above `_cursor` are only in the store
         # while `_spilled`; `_spill_mark` changes with every such write.
@@ -253,6 +260,12 @@ class RuleOutbox:
             self.metrics.dead.inc()
             store.bury(DeadLetter(delivery, result.attempts, result.reason,
                                   self.outbox.clock.seconds()))
+            self.dead += 1
+            excess = self.dead - self.outbox.max_dead_letters
+            if self.outbox.max_dead_letters and excess > 0:
+                store.forget_dead(self.rule.name, excess)
+                self.dead -= excess
+                self.metrics.dead_dropped.inc(excess)
         self._next()
 
     def _ebDone(self, failure, delivery: Delivery) -> None:

@@ -49,13 +49,16 @@ class WebhookService(Service):
     name = "webhooks"
 
     def __init__(self, hub, store, reactor, *, rules=(), registry=None,
-                 queue_size: int = 1000, client=None, clock=None,
-                 jitter=random.random) -> None:
+                 queue_size: int = 1000, max_dead_letters: int = 0, client=None,
+                 clock=None, jitter=random.random) -> None:
         self.hub = hub
         self.store = store
         self.config_rules = {rule.name: rule for rule in rules}
         self.metrics = WebhookMetrics(registry)
         self.queue_size = queue_size
+        self.max_dead_letters = max_dead_letters
+        #: Dead letters in the store, by rule, for rules not served yet.
+        self._dead: dict[str, int] = {}
         self.outbox: Outbox | None = None
         #: Pending deliveries in the store for rules that no longer exist.
         self._orphans: dict[str, int] = {}
@@ -73,16 +76,18 @@ class WebhookService(Service):
         dispatcher = Dispatcher(self._clock, self._client, jitter=self._jitter)
         self.outbox = outbox = Outbox(
             self.hub, self.store, dispatcher, self._clock, self.metrics,
-            queue_size=self.queue_size, last_id=state.last_id)
+            queue_size=self.queue_size, last_id=state.last_id,
+            max_dead_letters=self.max_dead_letters)
         pending = dict(state.pending)
+        self._dead = dict(state.dead)
         for rule in self.config_rules.values():
-            outbox.add_rule(rule, pending.pop(rule.name, 0))
+            outbox.add_rule(rule, pending.pop(rule.name, 0), self._dead.pop(rule.name, 0))
         for rule in state.rules:
             if rule.name in self.config_rules:
                 log.warn("Webhook {rule} is in the config file and in the store;"
                          " the config file's rule is used", rule=rule.name)
                 continue
-            outbox.add_rule(rule, pending.pop(rule.name, 0))
+            outbox.add_rule(rule, pending.pop(rule.name, 0), self._dead.pop(rule.name, 0))
         self._orphans = pending
         for name, count in pending.items():
             log.warn("{count} deliveries for webhook {rule}, which no longer exists, are"
@@ -126,7 +131,8 @@ class WebhookService(Service):
         if rule.name in self.outbox.rules:
             raise RuleConflict(f"A webhook named {rule.name!r} exists; PUT replaces it.")
         self.store.save_rule(rule)
-        self.outbox.add_rule(rule, self._orphans.pop(rule.name, 0))
+        self.outbox.add_rule(rule, self._orphans.pop(rule.name, 0),
+                             self._dead.pop(rule.name, 0))
         return self.store.sync()
 
     def replace(self, rule) -> tuple[bool, Deferred | None]:
@@ -135,7 +141,8 @@ class WebhookService(Service):
         self.store.save_rule(rule)
         created = rule.name not in self.outbox.rules
         if created:
-            self.outbox.add_rule(rule, self._orphans.pop(rule.name, 0))
+            self.outbox.add_rule(rule, self._orphans.pop(rule.name, 0),
+                                 self._dead.pop(rule.name, 0))
         else:
             self.outbox.update_rule(rule)
         return created, self.store.sync()
