@@ -589,7 +589,7 @@ class MQTTProtocol(Protocol):
         elif isinstance(wait, Commit):
             # Once per commit: the acknowledgement before this one waits for
             # the same commit if it is in the same batch. (No attribute to
-            # remember it by: one more would cost every connection 1.4 KB.)
+            # remember it by: one more would cost every connection 1.3 KB.)
             if not acks or acks[-1][1] is not wait:
                 wait.add(self._on_commit)  # runs now if the store has failed
             acks.append([data, wait])
