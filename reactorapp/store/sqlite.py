@@ -11,11 +11,11 @@ batch; it fires in the reactor thread once the batch has committed.
 A batch is committed as soon as somebody waits for it (`pending_commit` or
 `sync`: an acknowledgement depends on it). Writes nobody waits for (a
 delivered message forgotten, a subscription, a QoS 0 retained message) ride
-along with the next such batch, or are committed after ``lazy`` seconds. A crash can cost
-them: a re-delivery (which QoS 1 and 2 allow), or a session or subscription
-made just before it; never an acknowledged message, since a write somebody
-waits for commits every write made before it. It spares the disk an fsync
-for every handful of PUBACKs from subscribers.
+along with the next such batch, or are committed after ``lazy`` seconds. A
+crash can cost them: a re-delivery (which QoS 1 and 2 allow), or a session
+or subscription made just before it; never an acknowledged message, since a
+write somebody waits for commits every write made before it. It spares the
+disk an fsync for every handful of PUBACKs from subscribers.
 """
 
 from __future__ import annotations
