@@ -180,6 +180,12 @@ class Config:
         " when memory is full; past it, publishers are held back. 0: never spill.",
         metavar="BYTES", minimum=0,
     )
+    max_spill_total_bytes: int = setting(
+        1024 * 1024 * 1024,
+        "Bytes all clients' queues together may move to disk; past it, as past"
+        " --max-spill-bytes, publishers are held back. 0: no limit but theirs.",
+        metavar="BYTES", minimum=0,
+    )
     max_pending_acks: int = setting(
         100,
         "QoS 1 and 2 PUBLISHes from one client waiting for their acknowledgement;"

@@ -137,6 +137,7 @@ def makeHubService(config: Config, reactor) -> HubService:
         publish_burst=config.publish_burst,
         max_queued_bytes=config.max_queued_bytes,
         max_spill_bytes=config.max_spill_bytes,
+        max_spill_total_bytes=config.max_spill_total_bytes,
         spill_directory=_prepareSpillDirectory(config) if config.max_spill_bytes else None,
         max_pending_acks=config.max_pending_acks,
         send_buffer=config.send_buffer,

@@ -115,12 +115,14 @@ def test_metrics_name_every_counter():
     guard, hub = Guard(), Hub(MemoryReactorClock())
     guard.stats.publish_denied = 3
     hub.stats.queue_spilled = 7
+    hub.stats.spill_bytes = 4096
     registry = new_registry()
     registry.register(GuardCollector(guard, hub))
     text = generate_latest(registry).decode()
     assert "reactorapp_publish_denied_total 3.0" in text
     assert "reactorapp_queue_spilled_total 7.0" in text
     assert "reactorapp_connections_open 0.0" in text
+    assert "reactorapp_queue_spill_bytes 4096.0" in text
 
 
 def test_true_false_settings_in_the_file_and_as_flags(tmp_path):

@@ -161,6 +161,26 @@ def test_waiters_are_released_at_half_the_bound():
     assert waited == [None]
 
 
+def test_spill_files_together_stay_under_the_total(tmp_path):
+    """Many slow or absent clients must not fill the disk: past
+    max_spill_total_bytes no session spills more, and what is read back or
+    dropped makes room again."""
+    settings = MQTTSettings(spill_directory=str(tmp_path), max_queued_messages=1,
+                            max_spill_bytes=1 << 20, max_spill_total_bytes=300)
+    stats = HubStats(0)
+    first, second = Backlog(settings, stats), Backlog(settings, stats)
+    first.append(entry(0))  # in memory
+    while not first.full(entry(9)[0]):
+        first.append(entry(len(first)))
+    assert 300 <= stats.spill_bytes < 400 and stats.queue_spilled == len(first) - 1
+    second.append(entry(0))
+    assert second.full(entry(1)[0])  # no spill room left for anybody
+    first.popleft()  # reads spilled entries back: room again
+    assert stats.spill_bytes < 300 and not second.full(entry(1)[0])
+    first.clear()
+    assert stats.spill_bytes == 0
+
+
 def test_clear_releases_waiters_and_spill(tmp_path):
     queue = backlog(tmp_path, max_queued_messages=1)
     for i in range(3):

@@ -42,6 +42,9 @@ class GuardCollector:
         hub_stats = self.hub.stats
         for name, text in _QUEUE_COUNTERS:
             yield CounterMetricFamily(f"reactorapp_{name}", text, value=getattr(hub_stats, name))
+        yield GaugeMetricFamily("reactorapp_queue_spill_bytes",
+                                "Bytes in sessions' spill files on disk, not yet read back.",
+                                value=hub_stats.spill_bytes)
         yield GaugeMetricFamily("reactorapp_connections_open",
                                 "MQTT connections open now, authenticated or not.",
                                 value=self.guard.limiter.total)

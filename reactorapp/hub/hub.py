@@ -40,6 +40,7 @@ class HubStats:
         "publish_received", "publish_sent", "publish_dropped",
         "bytes_received", "bytes_sent", "traffic",
         "queue_dropped_qos0", "queue_refused", "queue_spilled", "publishers_held",
+        "spill_bytes",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -63,6 +64,8 @@ class HubStats:
         self.queue_spilled = 0
         #: Times a publisher's acknowledgement waited for a full session.
         self.publishers_held = 0
+        #: Bytes in every session's spill file, not yet read back.
+        self.spill_bytes = 0
         #: Front end name ("mqtt", "websocket", "http", "sse", ...) -> Traffic.
         self.traffic: dict[str, Traffic] = {}
 

@@ -9,8 +9,9 @@ knobs):
 - Over the bounds, the oldest waiting QoS 0 messages are dropped first
   (counted). A QoS 0 message that still does not fit is dropped itself.
 - A QoS 1/2 message that does not fit in memory goes to a spill file on disk,
-  up to ``max_spill_bytes``; from then on newer ones follow it there, so the
-  order is kept, and they are read back as memory frees up.
+  up to ``max_spill_bytes`` for the session and ``max_spill_total_bytes`` for
+  all of them; from then on newer ones follow it there, so the order is
+  kept, and they are read back as memory frees up.
 - When memory and disk are both full, a connected session still takes the
   message (it was already accepted from its publisher), and hands the hub a
   Deferred that fires when the session has drained to half its bounds: the
@@ -88,6 +89,9 @@ class Backlog:
         settings = self.settings
         if not settings.spill_directory or not settings.max_spill_bytes or self._spill_failed:
             return False
+        total = settings.max_spill_total_bytes
+        if total and self.stats.spill_bytes >= total:
+            return False
         return self._spill is None or self._spill.size < settings.max_spill_bytes
 
     def _make_room(self, extra: int) -> None:
@@ -135,7 +139,7 @@ class Backlog:
         if self._spill is None:
             self._spill = SpillFile(self.settings.spill_directory)
         try:
-            self._spill.append(entry)
+            self.stats.spill_bytes += self._spill.append(entry)
         except (OSError, ValueError) as e:
             log.error("Cannot spill to {directory} ({error}); keeping messages in memory"
                       " and holding publishers back instead",
@@ -166,15 +170,18 @@ class Backlog:
         room = max(1, settings.max_queued_messages - len(self._memory) - len(self.held0))
         limit = settings.max_queued_bytes
         room_bytes = limit - self.bytes if limit else 1 << 62
+        before = self._spill.size
         try:
             entries = self._spill.read(room, max(1, room_bytes))
         except (OSError, ValueError, EOFError, TypeError) as e:
             log.error("Cannot read back a spill file in {directory} ({error});"
                       " its messages are lost", directory=self._spill.directory, error=e)
             self.stats.publish_dropped += self._spill.count
+            self.stats.spill_bytes -= before
             self._spill.close()
             self._spill_failed = True
             return
+        self.stats.spill_bytes -= before - self._spill.size
         for entry in entries:
             self._memory.append(entry)
             self.bytes += _size(entry[0])
@@ -236,6 +243,7 @@ class Backlog:
         self.held0.clear()
         self.bytes = 0
         if self._spill is not None:
+            self.stats.spill_bytes -= self._spill.size
             self._spill.close()
             self._spill = None
         self.release()

@@ -43,6 +43,8 @@ class MQTTSettings:
     max_queued_bytes: int = 4 * 1024 * 1024
     #: Bytes of QoS 1/2 messages one session may spill to disk (0: never spill).
     max_spill_bytes: int = 64 * 1024 * 1024
+    #: Bytes all sessions together may spill to disk (0: no limit but theirs).
+    max_spill_total_bytes: int = 1024 * 1024 * 1024
     #: Where spill files go; None: nowhere (full queues hold publishers back at once).
     spill_directory: str | None = None
     #: PUBLISHes from one client waiting for their PUBACK/PUBREC before
