@@ -85,6 +85,15 @@ class HubStats:
         self.clients_connected -= 1
 
 
+def placed(commit, full):
+    """One Deferred for a message that subscribers took over their bounds
+    (``full``, their Deferreds) and, unless ``commit`` is None, that must be
+    durable: back-pressure, the acknowledgement waits for all of them."""
+    if commit is not None:
+        full.append(commit.deferred())
+    return full[0] if len(full) == 1 else gatherResults(full, consumeErrors=True)
+
+
 @implementer(IHub)
 class Hub:
     """Publish/subscribe with MQTT semantics, shared by every front end."""
@@ -112,16 +121,9 @@ class Hub:
         message over their bounds (`ISubscriber.deliver`).
         """
         commit, full = self.route(message)
-        durable = None if commit is None else commit.deferred()
         if full is None:
-            return durable
-        # Back-pressure: the acknowledgement also waits until every full
-        # subscriber has room again.
-        if durable is not None:
-            full.append(durable)
-        if len(full) == 1:
-            return full[0]
-        return gatherResults(full, consumeErrors=True)
+            return None if commit is None else commit.deferred()
+        return placed(commit, full)
 
     def route(self, message):
         """`publish` for front ends that acknowledge many messages a second:

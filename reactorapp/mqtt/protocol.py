@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections import deque
 
-from twisted.internet.defer import gatherResults, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
@@ -18,6 +18,7 @@ from reactorapp.auth.guard import Guard
 from reactorapp.auth.interfaces import Identity, NotAuthorized
 from reactorapp.auth.limits import TokenBucket
 from reactorapp.auth.tls import peer_certificate
+from reactorapp.hub.hub import placed
 from reactorapp.hub.message import Message
 from reactorapp.hub.topics import is_valid_filter
 from reactorapp.mqtt import packets as P
@@ -556,11 +557,8 @@ class MQTTProtocol(Protocol):
             message = Message(publish.topic, publish.payload, qos, publish.retain,
                               sender=self.client_id)
             wait, full = self.hub.route(message)
-            if full is not None:
-                # Subscribers over their bounds: back-pressure (rare).
-                if wait is not None:
-                    full.append(wait.deferred())
-                wait = full[0] if len(full) == 1 else gatherResults(full, consumeErrors=True)
+            if full is not None:  # subscribers over their bounds (rare)
+                wait = placed(wait, full)
         if qos == 1:
             self._acknowledge(wait, encode_puback(publish.packet_id))
         elif qos == 2:
