@@ -258,19 +258,16 @@ class ACLAuthorizer:
         cache[key] = bits
         return bits
 
-    def can_read(self, identity, topic):
+    def _bits(self, identity, topic: str) -> int:
         key = (identity.username, identity.client_id, topic)
         bits = self._cache.get(key)
-        if bits is None:
-            bits = self._decide(identity, topic, key)
-        return bits & READ != 0
+        return self._decide(identity, topic, key) if bits is None else bits
+
+    def can_read(self, identity, topic):
+        return self._bits(identity, topic) & READ != 0
 
     def can_publish(self, identity, topic):
-        key = (identity.username, identity.client_id, topic)
-        bits = self._cache.get(key)
-        if bits is None:
-            bits = self._decide(identity, topic, key)
-        return bits & WRITE != 0
+        return self._bits(identity, topic) & WRITE != 0
 
     def can_subscribe(self, identity, topic_filter):
         _group, inner = parse_shared(topic_filter)
