@@ -114,15 +114,19 @@ class Webhooks(JSONResource):
         return _when_stored(written, answer)
 
 
-class Webhook(JSONResource):
-    """GET, PUT and DELETE /api/v1/webhooks/{name}."""
-
-    isLeaf = False
+class _RuleResource(JSONResource):
+    """A resource about one rule, by name."""
 
     def __init__(self, service, name: str) -> None:
         super().__init__()
         self.service = service
         self.name = name
+
+
+class Webhook(_RuleResource):
+    """GET, PUT and DELETE /api/v1/webhooks/{name}."""
+
+    isLeaf = False
 
     def getChild(self, path, request):
         if path == b"":
@@ -147,15 +151,10 @@ class Webhook(JSONResource):
         return _when_stored(_calling(self.service.delete, self.name), None)
 
 
-class DeadLetters(JSONResource):
+class DeadLetters(_RuleResource):
     """GET /api/v1/webhooks/{name}/dead, and the retries below it."""
 
     isLeaf = False
-
-    def __init__(self, service, name: str) -> None:
-        super().__init__()
-        self.service = service
-        self.name = name
 
     def getChild(self, path, request):
         if path == b"":
@@ -180,13 +179,11 @@ class DeadLetters(JSONResource):
                 "next": dead_letters[-1].id if more else None}
 
 
-class Retry(JSONResource):
+class Retry(_RuleResource):
     """POST /api/v1/webhooks/{name}/dead/{id}/retry."""
 
     def __init__(self, service, name: str, dead_id: int) -> None:
-        super().__init__()
-        self.service = service
-        self.name = name
+        super().__init__(service, name)
         self.dead_id = dead_id
 
     def json_POST(self, request):
@@ -201,13 +198,8 @@ class Retry(JSONResource):
                     b"application/json; charset=utf-8")
 
 
-class RetryAll(JSONResource):
+class RetryAll(_RuleResource):
     """POST /api/v1/webhooks/{name}/dead/retry-all."""
-
-    def __init__(self, service, name: str) -> None:
-        super().__init__()
-        self.service = service
-        self.name = name
 
     def json_POST(self, request):
         d = _calling(self.service.retry_all_dead, self.name)
