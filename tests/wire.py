@@ -32,16 +32,7 @@ def read_packets(data: bytes) -> list[Out]:
     i = 0
     while i < len(data):
         first = data[i]
-        i += 1
-        length = 0
-        shift = 0
-        while True:
-            byte = data[i]
-            i += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        length, i = remaining_length(data, i + 1)
         body = data[i:i + length]
         assert len(body) == length, "truncated packet"
         i += length
@@ -77,20 +68,27 @@ def read_packets(data: bytes) -> list[Out]:
     return packets
 
 
+def remaining_length(data, at: int) -> tuple[int, int]:
+    """The Remaining Length encoded from ``data[at]``, and where the body
+    starts; IndexError if ``data`` ends inside it."""
+    length = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return length, at
+
+
 def complete_frames(buffer: bytearray) -> int:
     """Length of the whole packets at the start of ``buffer``."""
     end, size = 0, len(buffer)
     while end < size:
-        at, length, shift = end + 1, 0, 0
-        while True:
-            if at >= size:
-                return end
-            byte = buffer[at]
-            at += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        try:
+            length, at = remaining_length(buffer, end + 1)
+        except IndexError:
+            return end
         if at + length > size:
             return end
         end = at + length
