@@ -193,10 +193,25 @@ class Config:
         metavar="N", minimum=1,
     )
     send_buffer: int = setting(
-        1024 * 1024,
+        64 * 1024,
         "Bytes written to one MQTT connection but not yet taken by the network"
-        " before that client counts as slow and its queue takes over.",
+        " before the broker stops reading from the publishers feeding it (and"
+        " from the client itself) until it drains; also the most read from one"
+        " connection at a time.",
         metavar="BYTES", minimum=4096,
+    )
+    slow_subscriber_timeout: float = setting(
+        5.0,
+        "Seconds a client may leave its --send-buffer full without draining it"
+        " before it counts as slow: from then it holds no publisher back and its"
+        " QoS 0 messages are dropped (counted) until it drains. 0: never slow.",
+        metavar="SECONDS", minimum=0,
+    )
+    listen_backlog: int = setting(
+        1024,
+        "Connections the kernel queues for each listener before they are accepted"
+        " (the listen backlog), for endpoints that do not set backlog= themselves.",
+        metavar="N", minimum=1,
     )
     webhooks: tuple = table(
         "Webhook rules, one [[webhooks]] table each (see the README).",

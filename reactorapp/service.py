@@ -15,7 +15,7 @@ from reactorapp.auth.acl import ACLAuthorizer, ACLFile
 from reactorapp.auth.configure import make_guard, warn_if_open
 from reactorapp.auth.http import GuardedRoot
 from reactorapp.auth.metrics import GuardCollector
-from reactorapp.auth.tls import server_endpoint
+from reactorapp.auth.tls import server_endpoint, split_description
 from reactorapp.config import Config, ConfigError
 from reactorapp.hub.hub import Hub
 from reactorapp.hub.systopics import SysTopicsService
@@ -118,10 +118,11 @@ class HubService(MultiService):
 
 def makeHubService(config: Config, reactor) -> HubService:
     """Build the service tree; raise `StartupError` for what cannot work."""
-    endpoints = [(d, _parseEndpoint(reactor, d)) for d in config.mqtt]
+    backlog = config.listen_backlog
+    endpoints = [(d, _parseEndpoint(reactor, d, "MQTT", backlog)) for d in config.mqtt]
     http = () if config.http == ("none",) else config.http
-    httpEndpoints = [(d, _parseEndpoint(reactor, d, "HTTP")) for d in http]
-    pluginListeners = _parseListeners(reactor, config.listen)
+    httpEndpoints = [(d, _parseEndpoint(reactor, d, "HTTP", backlog)) for d in http]
+    pluginListeners = _parseListeners(reactor, config.listen, backlog)
     authenticator = loadAuthenticator(config.authenticator) if config.authenticator else None
     _prepareDataDirectory(config.data)
     store = make_store(config.store, config.data, reactor)
@@ -141,6 +142,7 @@ def makeHubService(config: Config, reactor) -> HubService:
         spill_directory=_prepareSpillDirectory(config) if config.max_spill_bytes else None,
         max_pending_acks=config.max_pending_acks,
         send_buffer=config.send_buffer,
+        slow_subscriber_timeout=config.slow_subscriber_timeout,
     )
     guard = make_guard(config, reactor, authenticator)
     warn_if_open(guard, [("MQTT", d) for d in config.mqtt] + [("HTTP", d) for d in http]
@@ -193,20 +195,35 @@ def _restore(hub, settings, state) -> None:
     restore_sessions(hub, state.sessions, settings)
 
 
-def _parseListeners(reactor, texts):
+def _parseListeners(reactor, texts, backlog: int):
     """Each ``--listen NAME:ENDPOINT`` with its installed protocol plugin."""
     if not texts:
         return []
     plugins = protocolPlugins()
     listeners = [parseListener(text, plugins) for text in texts]
-    return [(listener, _parseEndpoint(reactor, listener.endpoint, listener.name))
+    return [(listener, _parseEndpoint(reactor, listener.endpoint, listener.name, backlog))
             for listener in listeners]
 
 
-def _parseEndpoint(reactor, description: str, protocol: str = "MQTT"):
+#: Endpoint types whose parsers take ``backlog=``.
+BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
+
+
+def with_backlog(description: str, backlog: int) -> str:
+    """``description`` with ``backlog=`` added where its type takes one and
+    it does not set its own. Twisted's default, 50, makes a fleet that
+    reconnects at once lose SYNs, which clients retry only a second later."""
+    parts = split_description(description)
+    if parts[0].lower() not in BACKLOG_TYPES or any(p.startswith("backlog=") for p in parts[1:]):
+        return description
+    return f"{description}:backlog={backlog}"
+
+
+def _parseEndpoint(reactor, description: str, protocol: str = "MQTT", backlog: int = 0):
+    full = with_backlog(description, backlog) if backlog else description
     try:
         # ssl: with caCerts= (client certificates) is ours; the rest Twisted's.
-        return server_endpoint(reactor, description) or serverFromString(reactor, description)
+        return server_endpoint(reactor, full) or serverFromString(reactor, full)
     except Exception as e:  # each endpoint parser raises its own kinds of error
         reason = re.sub(r"^\w+\(\) ", "", _reason(e))  # "_parseTCP() missing ..."
         raise StartupError(f"invalid {protocol} endpoint {description!r}: {reason}.") from None

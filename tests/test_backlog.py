@@ -1,7 +1,10 @@
 """Slow and absent subscribers: bounded queues, spill files, back-pressure.
 
 The transport's buffer filling up is simulated by calling the protocol's
-``pauseProducing``/``resumeProducing``, as Twisted's transports do.
+``pauseProducing``/``resumeProducing``, as Twisted's transports do. A paused
+client is congested; one that stays paused for ``slow_subscriber_timeout``
+is stuck (`stuck` below), and only then do its queue's bounds apply
+(tests/test_flow.py has the congested case).
 """
 
 from __future__ import annotations
@@ -200,17 +203,24 @@ def broker(tmp_path):
                   spill_directory=str(tmp_path), max_pending_acks=3)
 
 
+def stuck(client) -> None:
+    """The client's transport is full and drains nothing for the slow
+    subscriber timeout: from then it is slow."""
+    client.protocol.pauseProducing()
+    client.advance(client.broker.factory.settings.slow_subscriber_timeout)
+
+
 def test_producer_is_registered(broker):
     client = broker.connect("c")
     assert client.transport.producer is client.protocol and client.transport.streaming
 
 
-def test_paused_subscriber_gets_qos0_in_order_after_resuming(broker):
-    """Nothing is written while the transport is full; held messages go out
-    in order when it drained."""
+def test_stuck_subscriber_gets_qos0_in_order_after_resuming(broker):
+    """Nothing is written to a stuck client; held messages go out in order
+    when it drained."""
     sub = broker.connect("sub")
     sub.subscribe(("t/#", 0))
-    sub.protocol.pauseProducing()
+    stuck(sub)
     pub = broker.connect("pub")
     for i in range(3):
         pub.publish(f"t/{i}", b"x")
@@ -219,10 +229,10 @@ def test_paused_subscriber_gets_qos0_in_order_after_resuming(broker):
     assert [p.topic for p in sub.take()] == ["t/0", "t/1", "t/2"]
 
 
-def test_paused_subscriber_loses_oldest_qos0_only(broker):
+def test_stuck_subscriber_loses_oldest_qos0_only(broker):
     sub = broker.connect("sub")
     sub.subscribe(("t/#", 0))
-    sub.protocol.pauseProducing()
+    stuck(sub)
     pub = broker.connect("pub")
     for i in range(10):
         pub.publish(f"t/{i}", b"x")
@@ -231,16 +241,17 @@ def test_paused_subscriber_loses_oldest_qos0_only(broker):
     assert broker.hub.stats.queue_dropped_qos0 == 6
 
 
-def test_a_paused_subscriber_does_not_slow_another(broker):
+def test_a_stuck_subscriber_does_not_slow_another(broker):
     slow, fast = broker.connect("slow"), broker.connect("fast")
     slow.subscribe(("t", 0))
     fast.subscribe(("t", 0))
-    slow.protocol.pauseProducing()
+    stuck(slow)
     pub = broker.connect("pub")
     for i in range(100):
         pub.publish("t", str(i).encode())
     assert [p.payload for p in fast.take()] == [str(i).encode() for i in range(100)]
     assert len(slow.protocol.session.queue.held0) == 4
+    assert pub.transport.producerState == "producing"
 
 
 def test_full_subscriber_holds_the_publishers_ack_back(broker):
@@ -248,7 +259,7 @@ def test_full_subscriber_holds_the_publishers_ack_back(broker):
     subscriber with no room left holds it back instead of losing a message."""
     sub = broker.connect("sub")
     sub.subscribe(("t", 1))
-    sub.protocol.pauseProducing()
+    stuck(sub)
     pub = broker.connect("pub")
     for i in range(4):
         pub.publish("t", str(i).encode(), qos=1)
@@ -268,7 +279,7 @@ def test_full_subscriber_holds_the_publishers_ack_back(broker):
 def test_publisher_is_not_read_from_past_max_pending_acks(broker):
     sub = broker.connect("sub")
     sub.subscribe(("t", 1))
-    sub.protocol.pauseProducing()
+    stuck(sub)
     pub = broker.connect("pub")
     for i in range(6):
         pub.publish("t", str(i).encode(), qos=1)
@@ -299,7 +310,7 @@ def test_spilled_messages_all_arrive_in_order(tmp_path):
     broker = Broker(max_inflight=5, max_queued_messages=10, spill_directory=str(tmp_path))
     sub = broker.connect("sub")
     sub.subscribe(("t", 1))
-    sub.protocol.pauseProducing()
+    stuck(sub)
     pub = broker.connect("pub")
     for i in range(500):
         pub.publish("t", str(i).encode(), qos=1)

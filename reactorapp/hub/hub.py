@@ -7,6 +7,7 @@ from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from reactorapp.hub.flow import Flow
 from reactorapp.hub.interfaces import IHub
 from reactorapp.hub.topics import RetainedTree, TopicTree, validate_filter
 
@@ -40,7 +41,7 @@ class HubStats:
         "publish_received", "publish_sent", "publish_dropped",
         "bytes_received", "bytes_sent", "traffic",
         "queue_dropped_qos0", "queue_refused", "queue_spilled", "publishers_held",
-        "spill_bytes",
+        "spill_bytes", "inputs_held", "slow_subscribers",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -66,6 +67,12 @@ class HubStats:
         self.publishers_held = 0
         #: Bytes in every session's spill file, not yet read back.
         self.spill_bytes = 0
+        # Flow control (see reactorapp/hub/flow.py).
+        #: Times an input (a publisher) was held back by a congested subscriber.
+        self.inputs_held = 0
+        #: Times a subscriber drained nothing for --slow-subscriber-timeout
+        #: and was marked slow (its QoS 0 messages dropped from then on).
+        self.slow_subscribers = 0
         #: Front end name ("mqtt", "websocket", "http", "sse", ...) -> Traffic.
         self.traffic: dict[str, Traffic] = {}
 
@@ -104,6 +111,8 @@ class Hub:
         #: The `IStore` keeping retained messages and persistent sessions, or None.
         self.store = store
         self.stats = HubStats(clock.seconds())
+        #: The input being routed now, for subscribers that must hold it back.
+        self.flow = Flow()
         self._subscriptions = TopicTree()
         self._retained = RetainedTree()
         self._sessions: dict[str, object] = {}

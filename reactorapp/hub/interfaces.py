@@ -18,6 +18,10 @@ class ISubscriber(Interface):
         is over its bounds (a slow client whose queue and spill file are
         full) may return a Deferred instead, fired when it has room again:
         the publisher's acknowledgement waits for it (back-pressure).
+
+        A subscriber whose output is congested but draining keeps taking
+        messages and holds back the hub's ``flow.current`` input instead
+        (see `reactorapp.hub.flow`).
         """
 
 
@@ -25,6 +29,9 @@ class IHub(Interface):
     """What front ends may ask of the hub."""
 
     retained_count = Attribute("How many retained messages are stored.")
+    flow = Attribute(
+        "The `reactorapp.hub.flow.Flow`: front ends set its ``current`` input "
+        "around the calls that publish, so congested subscribers can hold it back.")
 
     def publish(message):
         """Route ``message`` to matching subscribers and update retained state.

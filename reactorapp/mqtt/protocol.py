@@ -13,11 +13,13 @@ from collections import deque
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from reactorapp.auth.guard import Guard
 from reactorapp.auth.interfaces import Identity, NotAuthorized
 from reactorapp.auth.limits import TokenBucket
 from reactorapp.auth.tls import peer_certificate
+from reactorapp.hub.flow import Congestion, IInput
 from reactorapp.hub.hub import placed
 from reactorapp.hub.message import Message
 from reactorapp.hub.topics import is_valid_filter
@@ -50,8 +52,13 @@ MAXIMUM_QOS = 2
 WAITING = object()
 
 
+@implementer(IInput)
 class MQTTProtocol(Protocol):
-    """One MQTT connection, server side."""
+    """One MQTT connection, server side.
+
+    As an output it is its transport's streaming producer; as an input it
+    can be held back by the subscribers its messages congest (`IInput`).
+    """
 
     def __init__(self, factory: MQTTFactory) -> None:
         self.factory = factory
@@ -60,13 +67,15 @@ class MQTTProtocol(Protocol):
         self.settings = factory.settings
         self.stats = factory.hub.stats
         self.traffic = factory.traffic
-        self.guard = factory.guard
         #: The ACL, or None: the only per-message cost when there is none.
         self.authorizer = factory.guard.authorizer
         self.identity: Identity | None = None
-        #: False while the transport's buffer is full (the client is not
-        #: reading): the session then holds messages instead of writing.
+        #: False while the transport's buffer is over --send-buffer: the
+        #: session then asks `hold_input` whether to write anyway.
         self.writable = True
+        #: While not writable: the inputs held back, and whether the client
+        #: is stuck (see `reactorapp.hub.flow`).
+        self._congestion: Congestion | None = None
         self._producing = False
         self.state = AWAITING_CONNECT
         self.client_id: str | None = None
@@ -80,8 +89,9 @@ class MQTTProtocol(Protocol):
         self._connect_call = None
         #: Packets (and a protocol error) received while authenticating.
         self._held: list | None = None
-        #: Why reading from the client is paused now (empty: reading).
-        self._read_pauses: set[str] = set()
+        #: Why reading from the client is paused now (empty: reading): a
+        #: name, or the `Congestion` of a subscriber holding it back.
+        self._read_pauses: set = set()
         self._bucket: TokenBucket | None = None
         self._throttle_call = None
         #: Acknowledgements not sent yet, in order: [bytes, wait], where wait
@@ -94,6 +104,11 @@ class MQTTProtocol(Protocol):
 
     def __repr__(self) -> str:
         return f"<MQTTProtocol client_id={self.client_id!r}>"
+
+    @property
+    def guard(self) -> Guard:
+        """The factory's (not an attribute: a connection stays small)."""
+        return self.factory.guard
 
     # -- Twisted callbacks ---------------------------------------------
 
@@ -112,9 +127,9 @@ class MQTTProtocol(Protocol):
             self._connect_call = self.clock.callLater(
                 self.settings.connect_timeout, self._connect_timed_out)
         # A streaming producer: the transport pauses us when its buffer is
-        # full (the client stops reading) and resumes us once it drained.
-        # Twisted's default (64 KiB) is less than one busy reactor turn can
-        # write to a subscriber that keeps up, which would count it as slow.
+        # over --send-buffer and resumes us once it has drained. Twisted's
+        # TCP transport also reads at most that much per event, so it is
+        # kept small: one busy publisher's read is one fair turn.
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = self.settings.send_buffer
         self.transport.registerProducer(self, True)
@@ -123,15 +138,54 @@ class MQTTProtocol(Protocol):
     # -- IPushProducer: the transport tells us when to stop writing ---------
 
     def pauseProducing(self) -> None:
+        """Our output is over its high-water mark: congested until it
+        drains, stuck after --slow-subscriber-timeout without draining.
+        Meanwhile nothing more is read from this client either, so that
+        answering it (acknowledgements, SUBACKs, PINGRESPs) cannot grow the
+        buffer of a client that sends but does not read."""
         self.writable = False
+        if self._congestion is None and self.state != CLOSED:
+            self._congestion = Congestion(self.clock, self.settings.slow_subscriber_timeout,
+                                          self._on_stuck)
+            self._pause_reading("output")
 
     def resumeProducing(self) -> None:
         self.writable = True
+        self._end_congestion()
+        self._resume_reading("output")
         if self.session is not None and self.state == CONNECTED:
             self.session.resume()
 
     def stopProducing(self) -> None:
         self.writable = False
+        self._end_congestion()
+
+    def hold_input(self) -> bool:
+        """A message for this client arrives while its output is congested:
+        hold back the input it came from and return True (write it anyway),
+        or return False when the client is stuck (keep or drop it)."""
+        congestion = self._congestion
+        return congestion is not None and congestion.hold(self.hub.flow, self)
+
+    def _end_congestion(self) -> None:
+        congestion, self._congestion = self._congestion, None
+        if congestion is not None:
+            congestion.end()
+
+    def _on_stuck(self) -> None:
+        self.stats.slow_subscribers += 1
+        log.info("Client {client_id} drained nothing for {timeout:g}s: marked slow, it holds"
+                 " no publisher back and its QoS 0 messages are dropped until it reads",
+                 client_id=self.client_id, timeout=self.settings.slow_subscriber_timeout)
+
+    # -- IInput: subscribers this client's messages congest hold it back ---
+
+    def hold(self, by) -> None:
+        self.stats.inputs_held += 1
+        self._pause_reading(by)
+
+    def release(self, by) -> None:
+        self._resume_reading(by)
 
     def _connect_timed_out(self) -> None:
         self._connect_call = None
@@ -151,9 +205,12 @@ class MQTTProtocol(Protocol):
         once per connection at the end (see `reactorapp.mqtt.writes`)."""
         batch = BATCH
         batch.depth += 1
+        flow = self.hub.flow
+        outer, flow.current = flow.current, self
         try:
             self._handle_read(data)
         finally:
+            flow.current = outer
             batch.depth -= 1
             if not batch.depth and batch.pending:
                 batch.flush()
@@ -192,6 +249,7 @@ class MQTTProtocol(Protocol):
 
     def connectionLost(self, reason) -> None:
         self.state = CLOSED
+        self._end_congestion()
         self._stop_keepalive()
         self._cancel_connect_timeout()
         self._cancel_throttle()
@@ -291,6 +349,7 @@ class MQTTProtocol(Protocol):
         self._stop_keepalive()
         self._cancel_connect_timeout()
         self._cancel_throttle()
+        self._end_congestion()
         self.flush_writes()  # what was sent before the close goes out first
         if self._producing:
             # A registered producer would keep a TLS connection from closing.
@@ -383,8 +442,10 @@ class MQTTProtocol(Protocol):
         every packet, which keeps the read path cheap."""
         self._keepalive_call = None
         grace = 1.5 * self.keep_alive
-        if self._read_pauses:
+        pauses = self._read_pauses
+        if pauses and (len(pauses) > 1 or "output" not in pauses):
             # We are not reading: the client's PINGREQs wait in the socket.
+            # (Not when only its own output is stuck: it is not reading us.)
             self._last_packet_at = self.clock.seconds()
         idle = self.clock.seconds() - self._last_packet_at
         if idle >= grace:

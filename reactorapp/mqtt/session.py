@@ -50,8 +50,12 @@ class MQTTSettings:
     #: PUBLISHes from one client waiting for their PUBACK/PUBREC before
     #: the broker stops reading from it.
     max_pending_acks: int = 100
-    #: Bytes the transport may hold for one client before it pauses us.
-    send_buffer: int = 1024 * 1024
+    #: Bytes the transport may hold for one client before it pauses us
+    #: (and, for Twisted's TCP transport, the most it reads at a time).
+    send_buffer: int = 64 * 1024
+    #: Seconds a paused connection may drain nothing before it is slow
+    #: (see reactorapp/hub/flow.py); 0: never.
+    slow_subscriber_timeout: float = 5.0
 
 
 class InFlight:
@@ -145,16 +149,18 @@ class Session:
         connection = self.connection
         if qos == 0:
             if connection is not None:
-                if connection.writable:
+                if connection.writable or connection.hold_input():
+                    # Congested but draining: written all the same, and the
+                    # publisher is held back (reactorapp/hub/flow.py).
                     connection.send_publish0(message, retained)
                 else:
-                    self.queue.hold0(message, retained)  # the client is not reading
+                    self.queue.hold0(message, retained)  # stuck: bounded, oldest dropped
             # QoS 0 is not queued for an absent client (like Mosquitto's
             # default queue_qos0_messages false) [MQTT-3.1.2-5].
             return None
         queue = self.queue
-        if (connection is not None and connection.writable and not queue
-                and len(self.inflight) < self.settings.max_inflight):
+        if (connection is not None and (connection.writable or connection.hold_input())
+                and not queue and len(self.inflight) < self.settings.max_inflight):
             self._send_new(connection, message, qos, retained, self._keep(message, qos, retained))
             return None
         if connection is None and queue.full(message):

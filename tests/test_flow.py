@@ -1,0 +1,242 @@
+"""Flow control: a congested subscriber holds its publishers back instead
+of dropping; a stuck one is told apart after the slow subscriber timeout.
+
+Twisted pauses a connection's producer when its buffer passes
+--send-buffer; the tests do the same by calling ``pauseProducing`` and
+``resumeProducing``. ``producerState`` of a StringTransport shows whether
+the broker reads from that client.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from reactorapp.hub.flow import Congestion, Flow, IInput
+from reactorapp.mqtt import packets as P
+from tests.mqtt_harness import Broker
+
+TIMEOUT = 5.0
+
+
+class Source:
+    """An input that records its holds."""
+
+    def __init__(self):
+        self.holds = []
+
+    def hold(self, by):
+        self.holds.append(by)
+
+    def release(self, by):
+        self.holds.remove(by)
+
+
+# -- Congestion on its own ---------------------------------------------------------
+
+
+def test_congestion_holds_each_input_once_and_releases_it_when_drained():
+    clock, flow, source = Clock(), Flow(), Source()
+    congestion = Congestion(clock, TIMEOUT)
+    flow.current = source
+    assert congestion.hold(flow) and congestion.hold(flow)
+    assert source.holds == [congestion]
+    congestion.end()
+    assert source.holds == []
+    assert not clock.getDelayedCalls()
+
+
+def test_congestion_never_holds_its_owner_nor_nothing():
+    clock, flow = Clock(), Flow()
+    congestion = Congestion(clock, TIMEOUT)
+    assert congestion.hold(flow)  # no input routing now: nothing to hold
+    owner = Source()
+    flow.current = owner
+    assert congestion.hold(flow, owner)
+    assert owner.holds == []
+
+
+def test_a_congestion_that_drains_nothing_turns_slow_and_lets_go():
+    clock, flow, source = Clock(), Flow(), Source()
+    stuck = []
+    congestion = Congestion(clock, TIMEOUT, lambda: stuck.append(True))
+    flow.current = source
+    congestion.hold(flow)
+    clock.advance(TIMEOUT)
+    assert congestion.slow and stuck == [True]
+    assert source.holds == []
+    assert not congestion.hold(flow)  # slow: write nothing, hold nobody
+    assert source.holds == []
+
+
+def test_a_zero_timeout_never_calls_anyone_slow():
+    clock = Clock()
+    congestion = Congestion(clock, 0)
+    assert not clock.getDelayedCalls()
+    clock.advance(3600)
+    assert not congestion.slow
+
+
+# -- through the MQTT protocol -------------------------------------------------------
+
+
+def broker(**settings):
+    settings.setdefault("slow_subscriber_timeout", TIMEOUT)
+    return Broker(**settings)
+
+
+def test_an_mqtt_connection_is_an_input():
+    b = broker()
+    verifyObject(IInput, b.connect("c").protocol)
+
+
+def test_a_congested_subscriber_gets_every_qos0_message_and_holds_the_publisher():
+    """[MQTT-4.6.0-6]: everything, in order; the publisher waits instead."""
+    b = broker(max_queued_messages=4)
+    sub = b.connect("sub")
+    sub.subscribe(("t", 0))
+    pub = b.connect("pub")
+    sub.protocol.pauseProducing()  # its buffer passed --send-buffer
+    for i in range(100):
+        pub.publish("t", str(i).encode())
+    assert [p.payload for p in sub.take()] == [str(i).encode() for i in range(100)]
+    assert pub.transport.producerState == "paused"
+    assert b.hub.stats.publish_dropped == 0 and b.hub.stats.inputs_held == 1
+    sub.protocol.resumeProducing()  # drained
+    assert pub.transport.producerState == "producing"
+
+
+def test_a_publisher_goes_on_once_every_subscriber_it_congested_drained():
+    b = broker()
+    one, two = b.connect("one"), b.connect("two")
+    one.subscribe(("t", 0))
+    two.subscribe(("t", 0))
+    pub = b.connect("pub")
+    one.protocol.pauseProducing()
+    two.protocol.pauseProducing()
+    pub.publish("t", b"x")
+    one.protocol.resumeProducing()
+    assert pub.transport.producerState == "paused"
+    two.protocol.resumeProducing()
+    assert pub.transport.producerState == "producing"
+
+
+def test_publishers_to_other_topics_are_not_held():
+    b = broker()
+    sub = b.connect("sub")
+    sub.subscribe(("busy", 0))
+    other_sub = b.connect("other-sub")
+    other_sub.subscribe(("quiet", 0))
+    busy, quiet = b.connect("busy"), b.connect("quiet")
+    sub.protocol.pauseProducing()
+    busy.publish("busy", b"x")
+    quiet.publish("quiet", b"y")
+    assert busy.transport.producerState == "paused"
+    assert quiet.transport.producerState == "producing"
+    assert [p.payload for p in other_sub.take()] == [b"y"]
+
+
+def test_a_stuck_subscriber_holds_publishers_for_the_timeout_only():
+    """After the timeout it is slow: the publisher goes on, the stuck
+    client's QoS 0 messages are held within its bounds (oldest dropped,
+    counted), and a subscriber that reads gets everything."""
+    b = broker(max_queued_messages=4)
+    stuck, reader = b.connect("stuck"), b.connect("reader")
+    stuck.subscribe(("t", 0))
+    reader.subscribe(("t", 0))
+    pub = b.connect("pub")
+    stuck.protocol.pauseProducing()
+    pub.publish("t", b"0")
+    assert pub.transport.producerState == "paused"
+    b.clock.advance(TIMEOUT)
+    assert pub.transport.producerState == "producing"
+    assert b.hub.stats.slow_subscribers == 1
+    for i in range(1, 20):
+        pub.publish("t", str(i).encode())
+    assert pub.transport.producerState == "producing"
+    assert [p.payload for p in reader.take()] == [str(i).encode() for i in range(20)]
+    assert b.hub.stats.queue_dropped_qos0 == 15
+    stuck.take()
+    stuck.protocol.resumeProducing()  # it read after all: no longer slow
+    assert [p.payload for p in stuck.take()] == [b"16", b"17", b"18", b"19"]
+    stuck.protocol.pauseProducing()
+    pub.publish("t", b"20")
+    assert [p.payload for p in stuck.take()] == [b"20"]  # written again
+    assert pub.transport.producerState == "paused"
+
+
+def test_a_congested_subscriber_that_leaves_releases_its_publishers():
+    b = broker()
+    sub = b.connect("sub")
+    sub.subscribe(("t", 0))
+    pub = b.connect("pub")
+    sub.protocol.pauseProducing()
+    pub.publish("t", b"x")
+    sub.drop()
+    assert pub.transport.producerState == "producing"
+    assert not b.clock.getDelayedCalls()
+
+
+def test_qos1_to_a_congested_subscriber_is_sent_in_its_window():
+    b = broker(max_inflight=3)
+    sub = b.connect("sub")
+    sub.subscribe(("t", 1))
+    pub = b.connect("pub")
+    sub.protocol.pauseProducing()
+    for i in range(5):
+        pub.publish("t", str(i).encode(), qos=1)
+    assert [p.payload for p in sub.take()] == [b"0", b"1", b"2"]
+    assert [p.type for p in pub.take()] == ["PUBACK"] * 5
+    assert pub.transport.producerState == "paused"
+    sub.protocol.resumeProducing()
+    assert pub.transport.producerState == "producing"
+
+
+def test_a_client_that_does_not_read_is_not_read_from():
+    """What the broker answers (PUBACK, SUBACK, PINGRESP) cannot grow the
+    buffer of a client that sends but never reads: once its output is over
+    --send-buffer, nothing more is read from it until it drains."""
+    b = broker()
+    client = b.connect("c")
+    client.protocol.pauseProducing()
+    assert client.transport.producerState == "paused"
+    client.protocol.resumeProducing()
+    assert client.transport.producerState == "producing"
+
+
+def test_a_client_whose_own_output_is_stuck_still_meets_its_keep_alive():
+    """[MQTT-3.1.2-24]: not reading our answers for 1.5 x Keep Alive is
+    not being there."""
+    b = broker(slow_subscriber_timeout=0)
+    client = b.connect("c", keep_alive=10)
+    client.protocol.pauseProducing()
+    client.advance(15)
+    assert client.closed
+
+
+def test_a_publisher_held_back_by_a_subscriber_keeps_its_keep_alive():
+    """Its PINGREQs wait in the socket because we stopped reading: not its fault."""
+    b = broker(slow_subscriber_timeout=0)
+    sub = b.connect("sub")
+    sub.subscribe(("t", 0))
+    pub = b.connect("pub", keep_alive=10)
+    sub.protocol.pauseProducing()
+    pub.publish("t", b"x")
+    pub.advance(30)
+    assert not pub.closed
+    sub.protocol.resumeProducing()
+    pub.send(P.PingReq())
+    assert [p.type for p in pub.take()] == ["PINGRESP"]
+
+
+def test_the_subscriber_own_publishes_do_not_hold_it_twice():
+    """A client publishing to its own subscription while its output is
+    congested is already not read from; it is not held by itself."""
+    b = broker()
+    client = b.connect("c")
+    client.subscribe(("t", 0))
+    client.protocol.pauseProducing()
+    client.publish("t", b"x")
+    assert [p.payload for p in client.take()] == [b"x"]
+    client.protocol.resumeProducing()
+    assert client.transport.producerState == "producing"
