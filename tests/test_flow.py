@@ -10,9 +10,11 @@ the broker reads from that client.
 from __future__ import annotations
 
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
 from reactorapp.hub.flow import Congestion, Flow, IInput
+from reactorapp.hub.message import Message
 from reactorapp.mqtt import packets as P
 from tests.mqtt_harness import Broker
 
@@ -240,3 +242,76 @@ def test_the_subscriber_own_publishes_do_not_hold_it_twice():
     assert [p.payload for p in client.take()] == [b"x"]
     client.protocol.resumeProducing()
     assert client.transport.producerState == "producing"
+
+
+# -- callers with no socket: HTTP, plugins ---------------------------------------------
+
+
+def test_a_caller_of_publish_waits_for_the_subscribers_it_congested():
+    """An HTTP publish or a plugin's call: the hub answers later, after the
+    congested subscriber drained, and drops nothing."""
+    b = broker()
+    sub = b.connect("sub")
+    sub.subscribe(("t", 0))
+    sub.protocol.pauseProducing()
+    answered = []
+    d = b.hub.publish(Message("t", b"x", 0, False))
+    d.addCallback(answered.append)
+    assert [p.payload for p in sub.take()] == [b"x"]
+    assert answered == []
+    sub.protocol.resumeProducing()
+    assert answered == [None]
+
+
+def test_a_caller_is_answered_at_once_when_nobody_is_congested():
+    b = broker()
+    b.connect("sub").subscribe(("t", 0))
+    assert b.hub.publish(Message("t", b"x", 0, False)) is None
+    assert b.hub.flow.current is None
+
+
+def test_a_caller_is_answered_once_a_stuck_subscriber_turns_slow():
+    b = broker()
+    sub = b.connect("sub")
+    sub.subscribe(("t", 0))
+    sub.protocol.pauseProducing()
+    answered = []
+    b.hub.publish(Message("t", b"x", 0, False)).addCallback(answered.append)
+    b.clock.advance(TIMEOUT)
+    assert answered == [None]
+
+
+def test_an_http_publish_is_answered_once_the_subscriber_drained():
+    """The HTTP front end has no socket of its own to stop reading: a busy
+    hub answers later instead, and drops nothing."""
+    from tests.test_web_api import Response, Web
+
+    web = Web()
+    sub = web.broker.connect("sub")
+    sub.subscribe(("t", 0))
+    sub.protocol.pauseProducing()
+    _, transport = web.send(
+        b"POST /api/v1/publish HTTP/1.1\r\nHost: h\r\nContent-Length: 27\r\n\r\n"
+        b'{"topic": "t", "qos": 0}   ')
+    assert [p.payload for p in sub.take()] == [b""]
+    assert transport.value() == b""
+    sub.protocol.resumeProducing()
+    assert Response(transport.value()).status == 200
+
+
+def test_send_buffer_applies_to_mqtt_over_websocket():
+    """--send-buffer sets the TCP connection's buffer under the WebSocket."""
+    from reactorapp.web.websocket import WebSocketTransport
+
+    class TCP(StringTransport):
+        bufferSize = 65536
+
+    class WebSocket:
+        transport = TCP()
+
+    b = broker(send_buffer=8192)
+    protocol = b.factory.buildProtocol(None)
+    transport = WebSocketTransport(WebSocket())
+    transport.registerProducer = lambda producer, streaming: None
+    protocol.makeConnection(transport)
+    assert WebSocket.transport.bufferSize == 8192

@@ -5,9 +5,12 @@ drop, or stop reading. reactorapp stops reading, as Mosquitto does (and as
 RabbitMQ's credit flow and Twisted's producers do): the pause travels back
 through TCP to the publishers.
 
-- A front end that takes input (an MQTT connection, an HTTP publish, a
-  plugin protocol) sets ``Flow.current`` to itself while it hands messages
-  to the hub, and provides `IInput`: ``hold(by)`` and ``release(by)``.
+- A front end that reads from a socket (an MQTT connection, over TCP or
+  WebSocket) sets ``Flow.current`` to itself while it hands messages to the
+  hub, and provides `IInput`: ``hold(by)`` and ``release(by)`` pause and
+  resume its reading. A caller of `reactorapp.hub.hub.Hub.publish` with no
+  socket of its own (an HTTP publish, a plugin through ``HubClient``) is a
+  `Caller`: it is held back by waiting, since the hub answers it later.
 - A subscriber whose transport is over its high-water mark (Twisted paused
   it) keeps writing, and opens a `Congestion`. Each message it takes while
   congested holds back ``Flow.current``, once per input. When its transport
@@ -25,7 +28,8 @@ publishers back for at most ``timeout`` seconds.
 
 from __future__ import annotations
 
-from zope.interface import Interface
+from twisted.internet.defer import Deferred
+from zope.interface import Interface, implementer
 
 
 class IInput(Interface):
@@ -95,3 +99,34 @@ class Congestion:
         held, self.held = self.held, set()
         for source in held:
             source.release(self)
+
+
+@implementer(IInput)
+class Caller:
+    """An input with nothing to pause: one call of ``Hub.publish``. Held
+    back, it hands its caller a Deferred that fires once every output it
+    congested has drained (or turned slow, or gone)."""
+
+    __slots__ = ("_holds", "_drained")
+
+    def __init__(self) -> None:
+        self._holds: set = set()
+        self._drained: Deferred | None = None
+
+    def hold(self, by) -> None:
+        self._holds.add(by)
+
+    def release(self, by) -> None:
+        holds = self._holds
+        holds.discard(by)
+        if not holds and self._drained is not None:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    def drained(self) -> Deferred | None:
+        """None when nothing holds this call back, else a Deferred."""
+        if not self._holds:
+            return None
+        if self._drained is None:
+            self._drained = Deferred()
+        return self._drained

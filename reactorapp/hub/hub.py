@@ -7,7 +7,7 @@ from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from reactorapp.hub.flow import Flow
+from reactorapp.hub.flow import Caller, Flow
 from reactorapp.hub.interfaces import IHub
 from reactorapp.hub.topics import RetainedTree, TopicTree, validate_filter
 
@@ -125,11 +125,25 @@ class Hub:
 
         Returns a Deferred when the message was written to the store (for
         the retained store or a persistent session), fired once that write
-        is durable; None otherwise, and always for QoS 0, which is never
-        waited for. The Deferred also waits for subscribers that took the
-        message over their bounds (`ISubscriber.deliver`).
+        is durable; None otherwise (QoS 0 is never waited for to be stored).
+        The Deferred also waits for subscribers that took the
+        message over their bounds (`ISubscriber.deliver`), and, called by
+        someone with no socket the hub could stop reading (HTTP, plugins),
+        for congested subscribers to drain (`reactorapp.hub.flow`): a busy
+        hub answers later, it does not drop.
         """
-        commit, full = self.route(message)
+        flow = self.flow
+        if flow.current is not None:  # an input that is held back by itself
+            commit, full = self.route(message)
+        else:
+            caller = flow.current = Caller()
+            try:
+                commit, full = self.route(message)
+            finally:
+                flow.current = None
+            drained = caller.drained()
+            if drained is not None:
+                full = [drained] if full is None else [*full, drained]
         if full is None:
             return None if commit is None else commit.deferred()
         return placed(commit, full)

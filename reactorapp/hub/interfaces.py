@@ -37,8 +37,9 @@ class IHub(Interface):
         """Route ``message`` to matching subscribers and update retained state.
 
         Returns None when the message is fully placed, or a Deferred that
-        fires once it is durable wherever it must be delivered later; the
-        publisher's acknowledgement waits for that.
+        fires once it is durable wherever it must be delivered later and,
+        when ``flow.current`` is None, once the subscribers it congested
+        have drained; the publisher's acknowledgement waits for that.
         """
 
     def route(message):

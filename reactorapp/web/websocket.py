@@ -42,6 +42,18 @@ class WebSocketTransport:
     def __init__(self, websocket: MQTTWebSocketProtocol) -> None:
         self._websocket = websocket
 
+    @property
+    def bufferSize(self) -> int:
+        """The TCP connection's: where --send-buffer applies (an
+        AttributeError, as for a transport without one, when it has none)."""
+        return self._websocket.transport.bufferSize
+
+    @bufferSize.setter
+    def bufferSize(self, size: int) -> None:
+        transport = self._websocket.transport
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = size
+
     def write(self, data: bytes) -> None:
         websocket = self._websocket
         if websocket.state == WebSocketProtocol.STATE_OPEN:
