@@ -315,3 +315,24 @@ def test_send_buffer_applies_to_mqtt_over_websocket():
     transport.registerProducer = lambda producer, streaming: None
     protocol.makeConnection(transport)
     assert WebSocket.transport.bufferSize == 8192
+
+
+def test_holds_and_slow_subscribers_are_on_metrics():
+    from prometheus_client import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from reactorapp.auth.guard import Guard
+    from reactorapp.auth.metrics import GuardCollector
+
+    b = broker()
+    sub = b.connect("sub")
+    sub.subscribe(("t", 0))
+    pub = b.connect("pub")
+    sub.protocol.pauseProducing()
+    pub.publish("t", b"x")
+    b.clock.advance(TIMEOUT)
+    registry = CollectorRegistry()
+    registry.register(GuardCollector(Guard(), b.hub))
+    text = generate_latest(registry).decode()
+    assert "reactorapp_inputs_held_total 1.0" in text
+    assert "reactorapp_slow_subscribers_total 1.0" in text

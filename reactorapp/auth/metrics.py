@@ -27,6 +27,11 @@ _QUEUE_COUNTERS = (
                       " (also in reactorapp_messages_dropped)."),
     ("queue_spilled", "QoS 1 and 2 messages moved to a session's spill file on disk."),
     ("publishers_held", "Times a publisher's acknowledgement waited for a full subscriber."),
+    ("inputs_held", "Times the broker stopped reading from a publisher (or answering an HTTP"
+                    " publish) until a subscriber over --send-buffer drained."),
+    ("slow_subscribers", "Times a client drained nothing for --slow-subscriber-timeout and was"
+                         " marked slow: it holds no publisher back, its QoS 0 messages are"
+                         " dropped past its queue bounds."),
 )
 
 

@@ -132,6 +132,8 @@ class MQTTProtocol(Protocol):
         # kept small: one busy publisher's read is one fair turn.
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = self.settings.send_buffer
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
         self.transport.registerProducer(self, True)
         self._producing = True
 
