@@ -354,3 +354,36 @@ def test_max_queued_messages_0_goes_straight_to_disk(tmp_path):
         queue.append(entry(i))
     assert queue.stats.queue_spilled == 5
     assert [queue.popleft()[3] for _ in range(5)] == list(range(5))
+
+
+def test_spilling_writes_64_kib_at_a_time(tmp_path, monkeypatch):
+    """The reactor thread pays a system call per 64 KiB spilled, not per
+    message."""
+    import reactorapp.mqtt.spill as spill_module
+
+    writes = []
+    real = os.pwrite
+    monkeypatch.setattr(spill_module.os, "pwrite",
+                        lambda fd, data, at: writes.append(len(data)) or real(fd, data, at))
+    spill = SpillFile(str(tmp_path))
+    entries = [entry(i) for i in range(2000)]
+    for e in entries:
+        spill.append(e)
+    assert len(writes) < 2000 // 500 and all(size >= 65536 for size in writes)
+    got = spill.read(10_000, 1 << 30)
+    assert [m.properties["n"] for m, *_ in got] == list(range(2000))
+
+
+def test_an_entry_that_cannot_be_written_is_not_kept(tmp_path, monkeypatch):
+    import reactorapp.mqtt.spill as spill_module
+
+    spill = SpillFile(str(tmp_path))
+    spill.append(entry(0))
+
+    def full(fd, data, at):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spill_module.os, "pwrite", full)
+    with pytest.raises(OSError):
+        spill.append(entry(1, payload=b"x" * 70_000))
+    assert spill.count == 1

@@ -163,14 +163,17 @@ class Session:
                 and not queue and len(self.inflight) < self.settings.max_inflight):
             self._send_new(connection, message, qos, retained, self._keep(message, qos, retained))
             return None
-        if connection is None and queue.full(message):
-            # Offline with no room in memory nor on disk: refused, counted.
+        if (connection is None or retained) and queue.full(message):
+            # No room in memory nor on disk, and no publisher to hold back:
+            # the client is offline, or these are retained messages sent
+            # for a SUBSCRIBE (a client repeating it cannot grow the queue
+            # past its bounds). Refused, counted.
             self.dropped += 1
             self.hub.stats.queue_refused += 1
             self.hub.stats.publish_dropped += 1
             return None
         queue.append((message, qos, retained, self._keep(message, qos, retained)))
-        if connection is not None and queue.full():
+        if connection is not None and not retained and queue.full():
             return queue.wait()  # back-pressure: the publisher's ack waits
         return None
 

@@ -4,9 +4,10 @@ back in order.
 This is about memory, not durability (persistent sessions are made durable
 by the store): nothing is synced, and the files are anonymous temporary
 files, gone when closed or when the process ends, so nothing is ever left
-behind. Writes go to the page cache with one ``pwrite`` per entry; reads take
-64 KiB at a time. When everything written has been read, the file is
-truncated.
+behind. Entries are written to the page cache 64 KiB at a time (a larger
+entry alone), and read back 64 KiB at a time, so that spilling costs the
+reactor thread one system call per 64 KiB and never waits for a disk. When
+everything written has been read, the file is truncated.
 """
 
 from __future__ import annotations
@@ -47,18 +48,31 @@ class SpillFile:
         self._fd: int | None = None
         self._write_at = 0
         self._read_at = 0
+        #: Entries appended but not written yet (less than a chunk).
+        self._pending = bytearray()
         #: Entries written and not yet read back.
         self.count = 0
 
     @property
     def size(self) -> int:
-        """Bytes on disk not yet read back."""
-        return self._write_at - self._read_at
+        """Bytes spilled and not yet read back."""
+        return self._write_at + len(self._pending) - self._read_at
 
     def append(self, entry) -> int:
-        """Write one entry; return its size. Raises OSError (disk full) or
-        ValueError (properties that cannot be written)."""
+        """Keep one entry; return its size. Raises OSError (disk full) or
+        ValueError (properties that cannot be written), and then the entry
+        is not kept."""
         data = _encode(entry)
+        pending = self._pending
+        if len(pending) + len(data) >= _CHUNK:
+            self._write(bytes(pending) + data if pending else data)
+            pending.clear()
+        else:
+            pending += data
+        self.count += 1
+        return len(data)
+
+    def _write(self, data: bytes) -> None:
         if self._fd is None:
             self._file = tempfile.TemporaryFile(dir=self.directory, prefix="spill-")
             self._fd = self._file.fileno()
@@ -66,12 +80,16 @@ class SpillFile:
         if written != len(data):
             raise OSError(f"short write to a spill file in {self.directory}")
         self._write_at += written
-        self.count += 1
-        return written
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._write(bytes(self._pending))
+            self._pending.clear()
 
     def read(self, max_count: int, max_bytes: int) -> list:
         """Up to ``max_count`` entries (at least one if any) totalling about
         ``max_bytes``, oldest first."""
+        self._flush()
         entries = []
         taken = 0
         fd = self._fd
@@ -110,6 +128,7 @@ class SpillFile:
         """Forget every entry and remove the file."""
         self.count = 0
         self._write_at = self._read_at = 0
+        self._pending.clear()
         if self._file is not None:
             self._file.close()
             self._file = self._fd = None
