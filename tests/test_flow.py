@@ -336,3 +336,23 @@ def test_holds_and_slow_subscribers_are_on_metrics():
     text = generate_latest(registry).decode()
     assert "reactorapp_inputs_held_total 1.0" in text
     assert "reactorapp_slow_subscribers_total 1.0" in text
+
+
+def test_a_read_is_one_fair_turn_and_small_writes_are_not_delayed():
+    """Twisted's TCP transport reads at most ``bufferSize`` bytes per event:
+    the default --send-buffer keeps one publisher's read to 64 KiB, half of
+    what one write event sends (SEND_LIMIT). Output is one write per read
+    already, so Nagle's algorithm would only add latency."""
+
+    class TCP(StringTransport):
+        bufferSize = 2 ** 16 * 16
+        nodelay = False
+
+        def setTcpNoDelay(self, enabled):
+            self.nodelay = enabled
+
+    b = broker()
+    protocol = b.factory.buildProtocol(None)
+    transport = TCP()
+    protocol.makeConnection(transport)
+    assert transport.bufferSize == 64 * 1024 and transport.nodelay
