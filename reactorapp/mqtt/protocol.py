@@ -30,6 +30,7 @@ from reactorapp.mqtt.codec import (
     encode_pubrec, encode_pubrel,
 )
 from reactorapp.mqtt.session import MQTTSettings, Session
+from reactorapp.mqtt.timeouts import Timeouts
 from reactorapp.mqtt.writes import BATCH
 from reactorapp.store.commit import Commit
 
@@ -124,8 +125,8 @@ class MQTTProtocol(Protocol):
         self._address = address
         if self.settings.connect_timeout:
             # Slowloris: a connection that never sends CONNECT holds a slot.
-            self._connect_call = self.clock.callLater(
-                self.settings.connect_timeout, self._connect_timed_out)
+            self._connect_call = self.factory.connect_timeouts.add(
+                self.settings.connect_timeout, self, self._connect_timed_out)
         # A streaming producer: the transport pauses us when its buffer is
         # over --send-buffer and resumes us once it has drained. Twisted's
         # TCP transport also reads at most that much per event, so it is
@@ -198,8 +199,7 @@ class MQTTProtocol(Protocol):
 
     def _cancel_connect_timeout(self) -> None:
         if self._connect_call is not None:
-            if self._connect_call.active():
-                self._connect_call.cancel()
+            self.factory.connect_timeouts.remove(self._connect_call, self)
             self._connect_call = None
 
     def dataReceived(self, data: bytes) -> None:
@@ -436,7 +436,8 @@ class MQTTProtocol(Protocol):
 
     def _start_keepalive(self) -> None:
         if self.keep_alive:
-            self._keepalive_call = self.clock.callLater(1.5 * self.keep_alive, self._check_keepalive)
+            self._keepalive_call = self.factory.keepalives.add(
+                1.5 * self.keep_alive, self, self._check_keepalive)
 
     def _check_keepalive(self) -> None:
         """[MQTT-3.1.2-24]: silent for 1.5 x Keep Alive means gone. The
@@ -455,12 +456,12 @@ class MQTTProtocol(Protocol):
                      client_id=self.client_id, idle=idle, keep_alive=self.keep_alive)
             self._close(abort=True)
         else:
-            self._keepalive_call = self.clock.callLater(grace - idle, self._check_keepalive)
+            self._keepalive_call = self.factory.keepalives.add(
+                grace - idle, self, self._check_keepalive)
 
     def _stop_keepalive(self) -> None:
         if self._keepalive_call is not None:
-            if self._keepalive_call.active():
-                self._keepalive_call.cancel()
+            self.factory.keepalives.remove(self._keepalive_call, self)
             self._keepalive_call = None
 
     # -- CONNECT ---------------------------------------------------------
@@ -810,6 +811,10 @@ class MQTTFactory(Factory):
         #: ("mqtt" for TCP, TLS and Unix sockets, "websocket" over HTTP).
         self.front_end = front_end
         self.traffic = hub.stats.traffic_for(front_end)
+        #: CONNECT timeouts and keep-alives of all its connections, on two
+        #: shared timers rather than a DelayedCall each.
+        self.connect_timeouts = Timeouts(clock)
+        self.keepalives = Timeouts(clock)
 
     def buildProtocol(self, addr):
         return self.protocol(self)
