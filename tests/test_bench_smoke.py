@@ -1,9 +1,11 @@
-"""The benchmark load generator still speaks to the broker correctly.
+"""The benchmark harness still speaks to the broker correctly, and counts right.
 
-bench/ is not part of the test suite; this runs its scenario 1 (fan-in, 4
-publishers -> 1 subscriber) for about a second at QoS 1 against a real
-broker, so that a change to either side that breaks the benchmarks shows up
-here. Bounded in time by the generator itself; no timing assertions.
+bench/ is not part of the test suite; these run its scenarios briefly against
+a real broker (scenario 1 at QoS 1, the unpaced ones with a few thousand
+messages, a small connect storm), so that a change to either side that breaks
+the benchmarks shows up here, and check the unpaced scenarios' accounting of
+lost, reordered and repeated messages on streams made up for it. Bounded in
+time by the generator itself; no timing assertions.
 """
 
 from __future__ import annotations
@@ -28,3 +30,84 @@ def test_fanin_qos1_delivers_everything_it_sent(tmp_path):
     assert result["acked"] == result["sent"]
     assert result["delivered"] == result["sent"]
     assert result["lost"] == 0
+
+
+def _blast_checks(result: dict, publishers: int, subscribers: int, messages: int) -> None:
+    """What every unpaced run must report, whatever the broker dropped."""
+    assert result["sent"] == publishers * messages
+    assert result["unsent"] == 0
+    assert result["expected"] == publishers * messages * subscribers
+    assert result["delivered"] > 0
+    assert result["delivered"] + result["lost"] == result["expected"]
+    # [MQTT-4.6.0-6] a broker keeps each publisher's QoS 0 messages in order.
+    assert result["out_of_order"] == 0
+    assert result["duplicates"] == 0
+    assert result["broker_peak_rss"] > 0
+
+
+def test_unpaced_scenarios_count_what_the_broker_delivered(tmp_path):
+    """blast-fanin, blast-fanout and blast-stuck run against twistd: every
+    message is written, and delivered plus lost adds up to what was sent."""
+    with running_broker(tmp_path, "--sys-interval", "0", "--http", "none") as broker:
+        runs = {scenario: loadgen.run(scenario, "127.0.0.1", broker.port, messages=3000,
+                                      quiet=1.0, time_limit=30.0, broker_pid=broker.proc.pid)
+                for scenario in ("blast-fanin", "blast-fanout", "blast-stuck")}
+    _blast_checks(runs["blast-fanin"], 4, 1, 3000)
+    _blast_checks(runs["blast-fanout"], 1, 16, 3000)
+    _blast_checks(runs["blast-stuck"], 4, 1, 3000)
+    assert runs["blast-stuck"]["stuck"] == 1
+
+
+def test_connect_storm_every_client_gets_its_connack(tmp_path):
+    """[MQTT-3.2.0-1] [MQTT-3.2.2-1] 300 clients connecting at once are each answered with
+    a CONNACK that accepts them."""
+    with running_broker(tmp_path, "--sys-interval", "0", "--http", "none") as broker:
+        result = loadgen.run("storm", "127.0.0.1", broker.port, connections=300,
+                             time_limit=30.0, broker_pid=broker.proc.pid)
+    assert result["connacked"] == 300
+    assert result["failed"] == 0
+    assert result["unanswered"] == 0
+    assert result["handshake_max_ms"] >= result["connack_max_ms"]
+
+
+def _subscriber(count: int, sources: str = "0"):
+    """A blast subscriber's Reader and Ledger over made-up streams."""
+    built = [loadgen.numbered_publishes(f"bench/t/{s}", count) for s in sources]
+    streams = [data for data, _ in built]
+    size = built[0][1]
+    client = loadgen.Client(None, "subscriber")
+    ledger = loadgen.Ledger(len(sources), count)
+    reader = loadgen._blast_reader(client, ledger, streams, size,
+                                   [s.encode() for s in sources])
+    return reader, ledger, streams, size
+
+
+def test_ledger_counts_gaps_reordering_and_repeats():
+    """A missing message counts as lost, one that comes after a later one as
+    out of order, one that comes twice as a duplicate, whether it arrives
+    in a long run or split across reads."""
+    reader, ledger, streams, size = _subscriber(10)
+    stream = streams[0]
+
+    def msg(i: int) -> bytes:
+        return stream[i * size:(i + 1) * size]
+
+    data = stream[:5 * size] + msg(6) + msg(5) + msg(7) + msg(3)
+    reader.feed(data[:7])
+    reader.feed(data[7:])
+    assert ledger.distinct == 8  # 8 and 9 never came
+    assert ledger.out_of_order == 2  # 5 after 6, 3 after 7
+    assert ledger.duplicates == 1  # 3 twice
+
+
+def test_ledger_splits_interleaved_publishers():
+    """Deliveries from two publishers interleaved in one read are told apart
+    by topic: each publisher's messages are counted in order."""
+    reader, ledger, streams, size = _subscriber(4, "01")
+    a, b = streams
+    data = a[:2 * size] + b[:3 * size] + a[2 * size:] + b[3 * size:]
+    reader.feed(data)
+    assert ledger.distinct == 8
+    assert ledger.out_of_order == 0
+    assert ledger.duplicates == 0
+
