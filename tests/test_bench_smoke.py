@@ -10,6 +10,7 @@ time by the generator itself; no timing assertions.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from brokerproc import running_broker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import loadgen  # noqa: E402
+import run as bench_run  # noqa: E402
 
 
 def test_fanin_qos1_delivers_everything_it_sent(tmp_path):
@@ -111,3 +113,41 @@ def test_ledger_splits_interleaved_publishers():
     assert ledger.out_of_order == 0
     assert ledger.duplicates == 0
 
+
+def test_report_states_the_targets(tmp_path):
+    """The report marks each target met or not from the figures of one run."""
+    blast = {"rate": 400_000, "lost_pct": 0.0, "lost": 0, "expected": 800_000,
+             "delivered": 800_000, "sent": 800_000, "unsent": 0, "out_of_order": 0}
+    mosquitto_blast = dict(blast, rate=300_000)
+    saved = {
+        "info": {"command": "python bench/run.py", "versions": {},
+                 "machine": {"cpu": "x", "cores": 2, "memory": "1 GiB", "kernel": "k"}},
+        "brokers": ["reactorapp", "mosquitto"],
+        "args": {"scenarios": ["blast-fanin", "blast-fanout", "storm"], "duration": 5,
+                 "warmup": 1, "rate": 2000, "connections": 10_000, "broker_cpu": 0,
+                 "load_cpu": 1, "repeat": 1, "messages": 200_000,
+                 "storm_connections": 10_000, "storm_concurrency": 0},
+        "results": {
+            "reactorapp": {
+                "blast-fanin": blast,
+                "blast-fanout": dict(blast, rate=500_000, lost_pct=5.0),
+                "storm": {"connections": 10_000, "connacked": 10_000, "connect_rate": 30_000,
+                          "handshake_max_ms": 20.0},
+            },
+            "mosquitto": {
+                "blast-fanin": mosquitto_blast,
+                "blast-fanout": mosquitto_blast,
+                "storm": {"connections": 10_000, "connacked": 10_000, "connect_rate": 40_000,
+                          "handshake_max_ms": 2.0},
+            },
+        },
+    }
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(saved))
+    output = tmp_path / "benchmarks.md"
+    assert bench_run.main(["--from-json", str(path), "--output", str(output)]) == 0
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in output.read_text().splitlines()
+            if "| ≥" in line}
+    assert rows[bench_run.SCENARIOS["blast-fanin"]].endswith("| yes |")
+    assert rows[bench_run.SCENARIOS["blast-fanout"]].endswith("| no |")  # 5% lost
+    assert rows[bench_run.SCENARIOS["storm"]].endswith("| yes |")
