@@ -1149,7 +1149,7 @@ BLASTS = {"blast-fanin": (4, 1, 0), "blast-fanout": (1, 16, 0), "blast-stuck": (
 def run(scenario: str, host: str, port: int, *, duration: float = 5.0, warmup: float = 1.0,
         broker_pid: int | None = None, window: int | None = None, rate: int = 2000,
         connections: int = 10_000, time_limit: float = 60.0, qos: int | None = None,
-        messages: int = 200_000, quiet: float = 3.0, concurrency: int = 0) -> dict:
+        messages: int = 200_000, quiet: float = 10.0, concurrency: int = 0) -> dict:
     """Run one scenario and return its figures (a JSON-able dict)."""
     if scenario == "fanin":
         result = streaming(host, port, publishers=4, subscribers=1, qos=qos or 0,
@@ -1199,8 +1199,9 @@ def main(argv=None) -> int:
                         help="idle, storm, blast-*: give up after")
     parser.add_argument("--messages", type=int, default=200_000,
                         help="blast-*: messages per publisher")
-    parser.add_argument("--quiet", type=float, default=3.0,
-                        help="blast-*: stop after this long with nothing delivered")
+    parser.add_argument("--quiet", type=float, default=10.0,
+                        help="blast-*: stop after this long with nothing moving (longer than"
+                             " the broker's time to give up on a stuck subscriber)")
     parser.add_argument("--concurrency", type=int, default=0,
                         help="storm: at most this many handshakes under way (0: all at once)")
     parser.add_argument("--broker-pid", type=int, help="report this process's CPU and RSS")

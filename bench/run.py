@@ -323,7 +323,7 @@ def run_scenario(broker: Broker, scenario: str, args) -> dict:
         if scenario == "latency":
             command += ["--rate", str(args.rate)]
         if scenario in BLASTS:
-            command += ["--messages", str(args.messages),
+            command += ["--messages", str(args.messages), "--quiet", str(args.blast_quiet),
                         "--time-limit", str(args.blast_time_limit)]
         if scenario == "storm":
             command += ["--connections", str(args.storm_connections),
@@ -743,8 +743,12 @@ NOTES = [
     "- Scenario 5's RSS per connection is the broker's resident memory after the",
     "  connections were opened, minus before, divided by the connections held.",
     "- Scenarios 6-8 end when every reading subscriber has every message, or",
-    "  when nothing was delivered and no publisher's bytes were taken for 3",
-    "  seconds: a QoS 0 message a broker dropped never comes.",
+    "  when nothing was delivered and no publisher's bytes were taken for",
+    "  `--blast-quiet` seconds (10): a QoS 0 message a broker dropped never",
+    "  comes. In scenario 8 a broker may hold the publishers back until it",
+    "  gives up on the subscriber that does not read (reactorapp's",
+    "  `--slow-subscriber-timeout`); that pause is part of the rate, and",
+    "  `unsent` counts what the publishers could not write by the end.",
     "- Scenario 9 opens every connection at once, so the listen queue decides",
     "  much of it: Mosquitto 2.0 listens with a backlog of 100, and a SYN that",
     "  finds the queue full is sent again after a second.",
@@ -911,6 +915,9 @@ def parse_args(argv=None):
                         help="scenarios 6-8: messages per publisher (200,000; quick 50,000)")
     parser.add_argument("--blast-time-limit", type=float,
                         help="scenarios 6-8: give up after (60; quick 30)")
+    parser.add_argument("--blast-quiet", type=float, default=10.0,
+                        help="scenarios 6-8: stop after this long with nothing moving; longer"
+                             " than reactorapp's --slow-subscriber-timeout (default %(default)s)")
     parser.add_argument("--storm-connections", type=int, default=10_000,
                         help="scenario 9: how many clients connect at once")
     parser.add_argument("--storm-concurrency", type=int, default=0,
@@ -1018,7 +1025,7 @@ def main(argv=None) -> int:
 #: The settings a report mentions, saved with the results.
 REPORTED_ARGS = ("scenarios", "duration", "warmup", "rate", "connections",
                  "broker_cpu", "load_cpu", "repeat", "messages", "storm_connections",
-                 "storm_concurrency")
+                 "storm_concurrency", "blast_quiet")
 
 
 def previous_report(path: Path) -> dict | None:

@@ -35,10 +35,12 @@ def test_fanin_qos1_delivers_everything_it_sent(tmp_path):
 
 
 def _blast_checks(result: dict, publishers: int, subscribers: int, messages: int) -> None:
-    """What every unpaced run must report, whatever the broker dropped."""
-    assert result["sent"] == publishers * messages
-    assert result["unsent"] == 0
-    assert result["expected"] == publishers * messages * subscribers
+    """What every unpaced run must report, whatever the broker dropped or
+    held back (a broker may hold publishers back for a subscriber that does
+    not read, longer than this short run waits)."""
+    assert result["sent"] + result["unsent"] == publishers * messages
+    assert result["sent"] > 0
+    assert result["expected"] == result["sent"] * subscribers
     assert result["delivered"] > 0
     assert result["delivered"] + result["lost"] == result["expected"]
     # [MQTT-4.6.0-6] a broker keeps each publisher's QoS 0 messages in order.
@@ -56,6 +58,7 @@ def test_unpaced_scenarios_count_what_the_broker_delivered(tmp_path):
                 for scenario in ("blast-fanin", "blast-fanout", "blast-stuck")}
     _blast_checks(runs["blast-fanin"], 4, 1, 3000)
     _blast_checks(runs["blast-fanout"], 1, 16, 3000)
+    assert runs["blast-fanin"]["unsent"] == runs["blast-fanout"]["unsent"] == 0
     _blast_checks(runs["blast-stuck"], 4, 1, 3000)
     assert runs["blast-stuck"]["stuck"] == 1
 
