@@ -22,10 +22,24 @@ Scenarios (each bounded in time):
 - ``latency`` QoS 0, 1 publisher -> 1 subscriber at a fixed rate;
 - ``idle``    open idle connections; connect rate and broker RSS per connection.
 
-Publishers are held back by a window of messages sent but not yet received,
-so a run measures the rate a broker sustains rather than how much it can
-buffer. Every scenario reports sent against delivered; QoS 1 must lose
-nothing.
+In those, publishers are held back by a window of messages sent but not yet
+received, so a run measures the rate a broker sustains rather than how much
+it can buffer. Every scenario reports sent against delivered; QoS 1 must
+lose nothing.
+
+The unpaced ("blast") scenarios are what publishers that wait for nothing
+(sensors, a burst after an outage, a replay job) do to a broker: each
+publisher writes ``--messages`` numbered QoS 0 PUBLISHes as fast as TCP
+takes them, and every reading subscriber checks what it got against what
+was sent (loss, order, duplicates):
+
+- ``blast-fanin``  4 publishers -> 1 reading subscriber;
+- ``blast-fanout`` 1 publisher -> 16 reading subscribers;
+- ``blast-stuck``  as blast-fanin, plus a second subscriber to the same
+  topics that never reads; the figures are the reading one's;
+- ``storm``        ``--connections`` clients connect at once; connections per
+  second, the slowest TCP connect and CONNECT-to-CONNACK, and whether every
+  one got its CONNACK.
 
 Usage: ``python bench/loadgen.py --port 1883 --scenario fanin --duration 5``
 (prints one JSON object).
@@ -50,7 +64,8 @@ RECV_SIZE = 1 << 20
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 
-SCENARIOS = ("fanin", "fanout", "qos1", "latency", "idle")
+SCENARIOS = ("fanin", "fanout", "qos1", "latency", "idle",
+             "blast-fanin", "blast-fanout", "blast-stuck", "storm")
 
 
 class BenchError(Exception):
@@ -760,6 +775,359 @@ def idle(host: str, port: int, *, connections: int, concurrency: int, time_limit
         sel.close()
 
 
+# -- unpaced scenarios -----------------------------------------------------------------
+
+def numbered_publishes(topic: str, count: int) -> tuple[bytes, int]:
+    """``count`` QoS 0 PUBLISHes back to back, payload bytes 0-3 numbering
+    them 0..count-1 (big-endian), and the length of one.
+
+    A subscriber of a broker that forwards in order receives slices of
+    exactly these bytes, so a whole read is checked with one comparison.
+    """
+    one = encode_publish(topic, b"x" * PAYLOAD_SIZE)
+    size = len(one)
+    data = bytearray(one * count)
+    numbers = struct.pack(f">{count}I", *range(count))
+    seq_at = size - PAYLOAD_SIZE
+    for offset in range(4):
+        data[seq_at + offset::size] = numbers[offset::4]
+    return bytes(data), size
+
+
+class Ledger:
+    """Which numbered messages one subscriber got from each publisher.
+
+    A bitmap per publisher counts each message once; ``out_of_order``
+    counts messages numbered below one already received from the same
+    publisher, ``duplicates`` those received twice.
+    """
+
+    __slots__ = ("seen", "next", "distinct", "out_of_order", "duplicates", "count")
+
+    def __init__(self, sources: int, count: int) -> None:
+        self.count = count
+        self.seen = [bytearray(count) for _ in range(sources)]
+        self.next = [0] * sources
+        self.distinct = 0
+        self.out_of_order = 0
+        self.duplicates = 0
+
+    def add(self, source: int, first: int, n: int) -> None:
+        """Messages ``first`` .. ``first + n - 1`` of ``source`` arrived, in that order."""
+        if first < 0 or first + n > self.count:
+            raise BenchError(f"message number {first} out of range")
+        seen = self.seen[source]
+        again = seen.count(1, first, first + n)
+        seen[first:first + n] = b"\x01" * n
+        self.distinct += n - again
+        self.duplicates += again
+        behind = self.next[source] - first
+        if behind > 0:
+            self.out_of_order += min(n, behind)
+        self.next[source] = max(self.next[source], first + n)
+
+
+def _blast_reader(client: Client, ledger: Ledger, streams: list[bytes], size: int,
+                  source_bytes: list[bytes]) -> Reader:
+    """A Reader that checks every delivery against what its publisher sent.
+
+    A run of packets is cut where the publisher changes (the topic's last
+    character); each piece whose bytes equal the publisher's own from the
+    first message's number on is in order and complete, checked in C. Only
+    a piece with a gap or a reordering is walked message by message.
+    """
+    seq_at = size - PAYLOAD_SIZE
+    source_at = seq_at - 1
+    index = {b[0]: i for i, b in enumerate(source_bytes)}
+    others = {b[0]: [o for o in source_bytes if o != b] for b in source_bytes}
+    count = ledger.count
+
+    def piece(run: bytes, source: int, start: int, end: int) -> None:
+        first = _seq(run, start * size + seq_at)[0]
+        n = end - start
+        if first + n <= count and (
+                run[start * size:end * size] == streams[source][first * size:(first + n) * size]):
+            ledger.add(source, first, n)
+            return
+        for j in range(start, end):
+            at = j * size
+            if run[at:at + seq_at] != streams[source][:seq_at]:
+                raise BenchError(f"{client.name} got a message it did not expect")
+            ledger.add(source, _seq(run, at + seq_at)[0], 1)
+
+    def on_run(run: bytes, k: int) -> None:
+        client.received += k
+        column = run[source_at::size]
+        pos = 0
+        while pos < k:
+            byte = column[pos]
+            source = index.get(byte)
+            if source is None:
+                raise BenchError(f"{client.name} got a message on an unknown topic")
+            end = k
+            for other in others[byte]:
+                at = column.find(other, pos, end)
+                if at >= 0:
+                    end = at
+            piece(run, source, pos, end)
+            pos = end
+
+    def on_packet(first: int, body: bytes) -> None:
+        if first != 0x30:
+            return _unexpected(client)(first, body)
+        packet = bytes((first,)) + _varint(len(body)) + body
+        if len(packet) != size:
+            raise BenchError(f"{client.name} got a message it did not expect")
+        on_run(packet, 1)
+
+    return Reader(size, streams[0][:2], on_run, on_packet)
+
+
+def peak_rss(pid: int | None) -> int | None:
+    """The most resident memory ``pid`` has used (VmHWM), in bytes."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+CHUNK = 1 << 18  # bytes per write of an unpaced publisher
+
+
+def blast(host: str, port: int, *, publishers: int, subscribers: int, stuck: int,
+          messages: int, quiet: float, time_limit: float, broker_pid: int | None,
+          tag: str) -> dict:
+    """Publishers write ``messages`` numbered QoS 0 PUBLISHes each as fast as
+    TCP takes them; ``subscribers`` read everything, ``stuck`` more subscribe
+    to the same topics and never read.
+
+    Ends when every reading subscriber has every message, when nothing moved
+    (no delivery, no byte taken from a publisher) for ``quiet`` seconds, or
+    after ``time_limit``. The rate is deliveries to reading subscribers from
+    the first write to the last delivery. The CPU shares (``broker_cpu``,
+    ``load_cpu``) are over the time something moved, the quiet wait left
+    out; ``broker_us_per_msg`` is all the broker's CPU over the whole run
+    (the work of dropping messages included) per delivery.
+    """
+    sources = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"[:publishers]
+    base = f"bench/{tag}/"
+    topic_filter = base + ("+" if publishers > 1 else sources[0])
+    built = [numbered_publishes(base + s, messages) for s in sources]
+    streams = [data for data, _ in built]
+    size = built[0][1]
+    per_write = max(1, CHUNK // size) * size
+    engine = Engine()
+    subs: list[Client] = []
+    ledgers: list[Ledger] = []
+    idle_socks: list[socket.socket] = []
+    pubs: list[Client] = []
+    source_bytes = [s.encode() for s in sources]
+    try:
+        for i in range(subscribers):
+            sock = connect(host, port, f"bench-{tag}-sub-{i}")
+            subscribe(sock, topic_filter, 0)
+            client = Client(sock, f"subscriber {i}")
+            ledger = Ledger(publishers, messages)
+            client.reader = _blast_reader(client, ledger, streams, size, source_bytes)
+            ledgers.append(ledger)
+            subs.append(client)
+            engine.add(client)
+        for i in range(stuck):
+            sock = connect(host, port, f"bench-{tag}-stuck-{i}")
+            subscribe(sock, topic_filter, 0)
+            idle_socks.append(sock)  # never read again
+        for i in range(publishers):
+            client = Client(connect(host, port, f"bench-{tag}-pub-{i}"), f"publisher {i}")
+            client.reader = Reader(2, b"\xd0\x00", lambda run, k: None, _unexpected(client))
+            pubs.append(client)
+            engine.add(client)
+        total = len(streams[0])
+        offsets = [0] * publishers
+        complete = publishers * messages
+
+        def delivered() -> int:
+            return sum(ledger.distinct for ledger in ledgers)
+
+        window = Window(broker_pid)
+        started = last_move = last_delivery = mark_at = time.perf_counter()
+        deadline = started + time_limit
+        moved = (0, 0)
+        mark = None  # the CPU shares up to the latest movement (sampled: /proc costs)
+        while True:
+            writable = False
+            for i, pub in enumerate(pubs):
+                # A few writes per turn, so that reading keeps up with writing.
+                for _ in range(4):
+                    if pub.out is not None or offsets[i] >= total:
+                        break
+                    end = min(total, offsets[i] + per_write)
+                    engine.write(pub, memoryview(streams[i])[offsets[i]:end])
+                    offsets[i] = end
+                writable = writable or (pub.out is None and offsets[i] < total)
+            engine.poll(0 if writable else 0.05)
+            now = time.perf_counter()
+            got = delivered()
+            taken = sum(offsets) - sum(len(p.out) for p in pubs if p.out is not None)
+            if got != moved[0]:
+                last_delivery = now
+            if (got, taken) != moved:
+                moved = (got, taken)
+                last_move = now
+                if mark is None or now - mark_at > 0.05:
+                    mark, mark_at = window.close(), now
+            if all(ledger.distinct == complete for ledger in ledgers):
+                mark = None
+                break
+            if now - last_move > quiet or now > deadline:
+                break
+        whole = window.close()
+        result = dict(mark or whole)
+        seconds = last_delivery - started
+        sent = [(offsets[i] - (len(p.out) if p.out is not None else 0)) // size
+                for i, p in enumerate(pubs)]
+        expected = sum(sent) * subscribers
+        got = delivered()
+        broker_cpu = whole.get("broker_cpu")
+        result.update(
+            scenario_seconds=whole["seconds"], seconds=round(seconds, 3),
+            publishers=publishers, subscribers=subscribers, stuck=stuck,
+            messages=messages, sent=sum(sent), unsent=publishers * messages - sum(sent),
+            expected=expected, delivered=got, lost=expected - got,
+            lost_pct=round(100 * (expected - got) / expected, 3) if expected else None,
+            out_of_order=sum(ledger.out_of_order for ledger in ledgers),
+            duplicates=sum(ledger.duplicates for ledger in ledgers),
+            complete=sum(ledger.distinct == complete for ledger in ledgers),
+            rate=round(got / seconds) if seconds > 0 else 0,
+            timed_out=time.perf_counter() > deadline)
+        if broker_cpu is not None:
+            cpu_seconds_used = broker_cpu * whole["seconds"]
+            result["broker_cpu_seconds"] = round(cpu_seconds_used, 3)
+            if got:
+                result["broker_us_per_msg"] = round(cpu_seconds_used * 1e6 / got, 3)
+        if broker_pid is not None:
+            result["broker_rss"] = process_rss(broker_pid)
+            result["broker_peak_rss"] = peak_rss(broker_pid)
+        return result
+    finally:
+        engine.close()
+        for sock in idle_socks:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+
+def storm(host: str, port: int, *, connections: int, time_limit: float,
+          broker_pid: int | None, concurrency: int = 0, batch: int = 200) -> dict:
+    """Open ``connections`` MQTT connections at once and time each handshake.
+
+    Non-blocking sockets in one loop: ``batch`` new connects, then whatever
+    events are ready, until all are opened; each socket sends its CONNECT
+    as soon as TCP says it is connected. Per client it times the TCP
+    connect (connect() to writable), CONNECT to CONNACK, and the whole
+    handshake (connect() to CONNACK). The rate is CONNACKs per second from
+    the first connect() to the last CONNACK. ``concurrency`` > 0 keeps at
+    most that many handshakes under way instead (a gentler fleet).
+    """
+    raise_fd_limit(connections + 100)
+    sel = selectors.DefaultSelector()
+    # socket -> [connect() time, connected time, bytes received or None]
+    pending: dict[socket.socket, list] = {}
+    done: list[socket.socket] = []
+    tcp_times: list[float] = []
+    connack_times: list[float] = []
+    handshake_times: list[float] = []
+    failed = 0
+    connack = b"\x20\x02\x00\x00"
+    clock = time.perf_counter
+    window = Window(broker_pid)
+    started = last = clock()
+    deadline = started + time_limit
+    opened = 0
+    ids = itertools.count()
+    try:
+        while len(done) + failed < connections and clock() < deadline:
+            room = connections - opened
+            if concurrency:
+                room = min(room, concurrency - len(pending))
+            for _ in range(min(batch, room)):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                pending[sock] = [clock(), None, None]
+                sock.connect_ex((host, port))
+                sel.register(sock, EVENT_WRITE)
+                opened += 1
+            for key, mask in sel.select(0 if room > batch else 0.1):
+                sock = key.fileobj
+                state = pending[sock]
+                now = clock()
+                if state[1] is None:  # connected, or failed
+                    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                        failed += 1
+                        sel.unregister(sock)
+                        del pending[sock]
+                        sock.close()
+                        continue
+                    state[1] = now
+                    sock.send(encode_connect(f"bench-storm-{next(ids):05d}"))
+                    state[2] = b""
+                    sel.modify(sock, EVENT_READ)
+                    continue
+                try:
+                    data = state[2] + sock.recv(64)
+                except OSError:
+                    data = b""
+                if data and len(data) < len(connack):
+                    state[2] = data
+                    continue
+                sel.unregister(sock)
+                del pending[sock]
+                if data != connack:
+                    failed += 1
+                    sock.close()
+                    continue
+                done.append(sock)
+                last = now
+                tcp_times.append(state[1] - state[0])
+                connack_times.append(now - state[1])
+                handshake_times.append(now - state[0])
+        result = window.close()
+        seconds = last - started
+        result.update(
+            seconds=round(seconds, 3), connections=connections, connacked=len(done),
+            failed=failed, unanswered=connections - len(done) - failed,
+            connect_rate=round(len(done) / seconds) if seconds > 0 else 0)
+
+        def ms(values: list[float], p: float) -> float | None:
+            if not values:
+                return None
+            values = sorted(values)
+            return round(values[min(len(values) - 1, int(p * len(values)))] * 1000, 2)
+
+        result.update(
+            tcp_max_ms=ms(tcp_times, 1.0), tcp_p99_ms=ms(tcp_times, 0.99),
+            connack_max_ms=ms(connack_times, 1.0), connack_p99_ms=ms(connack_times, 0.99),
+            handshake_max_ms=ms(handshake_times, 1.0),
+            handshake_p99_ms=ms(handshake_times, 0.99),
+            handshake_p50_ms=ms(handshake_times, 0.5))
+        if broker_pid is not None:
+            result["broker_peak_rss"] = peak_rss(broker_pid)
+        return result
+    finally:
+        linger = struct.pack("ii", 1, 0)  # reset: no TIME_WAIT pile-up between runs
+        for sock in list(pending) + done:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            except OSError:
+                pass
+            sock.close()
+        sel.close()
+
+
 def raise_fd_limit(wanted: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= wanted:
@@ -774,9 +1142,14 @@ def raise_fd_limit(wanted: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+#: publishers, reading subscribers, subscribers that never read
+BLASTS = {"blast-fanin": (4, 1, 0), "blast-fanout": (1, 16, 0), "blast-stuck": (4, 1, 1)}
+
+
 def run(scenario: str, host: str, port: int, *, duration: float = 5.0, warmup: float = 1.0,
         broker_pid: int | None = None, window: int | None = None, rate: int = 2000,
-        connections: int = 10_000, time_limit: float = 60.0, qos: int | None = None) -> dict:
+        connections: int = 10_000, time_limit: float = 60.0, qos: int | None = None,
+        messages: int = 200_000, quiet: float = 10.0, concurrency: int = 0) -> dict:
     """Run one scenario and return its figures (a JSON-able dict)."""
     if scenario == "fanin":
         result = streaming(host, port, publishers=4, subscribers=1, qos=qos or 0,
@@ -796,6 +1169,14 @@ def run(scenario: str, host: str, port: int, *, duration: float = 5.0, warmup: f
     elif scenario == "idle":
         result = idle(host, port, connections=connections, concurrency=32,
                       time_limit=time_limit, broker_pid=broker_pid)
+    elif scenario in BLASTS:
+        publishers, subscribers, stuck = BLASTS[scenario]
+        result = blast(host, port, publishers=publishers, subscribers=subscribers, stuck=stuck,
+                       messages=messages, quiet=quiet, time_limit=time_limit,
+                       broker_pid=broker_pid, tag=scenario)
+    elif scenario == "storm":
+        result = storm(host, port, connections=connections, time_limit=time_limit,
+                       broker_pid=broker_pid, concurrency=concurrency)
     else:
         raise ValueError(f"unknown scenario {scenario!r}")
     result["scenario"] = scenario
@@ -812,8 +1193,17 @@ def main(argv=None) -> int:
     parser.add_argument("--qos", type=int, choices=(0, 1), help="override the scenario's QoS")
     parser.add_argument("--window", type=int, help="messages in flight per publisher")
     parser.add_argument("--rate", type=int, default=2000, help="latency: messages per second")
-    parser.add_argument("--connections", type=int, default=10_000, help="idle: how many")
-    parser.add_argument("--time-limit", type=float, default=60.0, help="idle: give up after")
+    parser.add_argument("--connections", type=int, default=10_000,
+                        help="idle, storm: how many")
+    parser.add_argument("--time-limit", type=float, default=60.0,
+                        help="idle, storm, blast-*: give up after")
+    parser.add_argument("--messages", type=int, default=200_000,
+                        help="blast-*: messages per publisher")
+    parser.add_argument("--quiet", type=float, default=10.0,
+                        help="blast-*: stop after this long with nothing moving (longer than"
+                             " the broker's time to give up on a stuck subscriber)")
+    parser.add_argument("--concurrency", type=int, default=0,
+                        help="storm: at most this many handshakes under way (0: all at once)")
     parser.add_argument("--broker-pid", type=int, help="report this process's CPU and RSS")
     parser.add_argument("--cpu", type=int, help="pin the generator to this CPU")
     args = parser.parse_args(argv)
@@ -823,7 +1213,8 @@ def main(argv=None) -> int:
         result = run(args.scenario, args.host, args.port, duration=args.duration,
                      warmup=args.warmup, broker_pid=args.broker_pid, window=args.window,
                      rate=args.rate, connections=args.connections,
-                     time_limit=args.time_limit, qos=args.qos)
+                     time_limit=args.time_limit, qos=args.qos, messages=args.messages,
+                     quiet=args.quiet, concurrency=args.concurrency)
     except (BenchError, OSError) as e:
         json.dump({"scenario": args.scenario, "error": str(e)}, sys.stdout)
         print()
