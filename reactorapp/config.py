@@ -208,7 +208,7 @@ class Config:
         metavar="SECONDS", minimum=0,
     )
     listen_backlog: int = setting(
-        1024,
+        4096,
         "Connections the kernel queues for each listener before they are accepted"
         " (the listen backlog), for endpoints that do not set backlog= themselves.",
         metavar="N", minimum=1,

@@ -37,7 +37,7 @@ def listening(tmp_path, **settings):
 def test_every_listener_gets_the_default_backlog(tmp_path):
     ports = listening(tmp_path, mqtt=("tcp:18830", "tcp:18831:backlog=7"),
                       http=("tcp:18880",), listen=("line:tcp:18870",))
-    assert ports == {18830: 1024, 18831: 7, 18880: 1024, 18870: 1024}
+    assert ports == {18830: 4096, 18831: 7, 18880: 4096, 18870: 4096}
 
 
 def test_the_backlog_is_a_setting(tmp_path):
