@@ -39,7 +39,7 @@ def make_guard(config, reactor, authenticator=None, authorizer=None) -> Guard:
     if config.tls_cert_auth:
         authenticator = CertificateAuthenticator(authenticator)
     limiter = ConnectionLimiter(config.max_connections, config.max_connections_per_address)
-    return Guard(authenticator, authorizer, limiter)
+    return Guard(authenticator, authorizer, limiter, config.max_subscriptions)
 
 
 def _on_thread(reactor, function, *args):
