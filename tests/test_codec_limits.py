@@ -65,3 +65,36 @@ def test_a_parser_without_the_connect_rule_buffers_any_first_packet():
     parser = Parser()
     assert parser.feed(b"\x30\x80\xda\xc4\x5f") == []
     assert parser.buffered == 5
+
+
+# -- the topic caches -----------------------------------------------------------
+
+def _cached_sizes():
+    from reactorapp.mqtt import codec
+    names = sum(len(raw) + len(topic) for raw, topic in codec._TOPIC_NAMES.items())
+    fields = sum(len(topic) + len(field) for topic, field in codec._TOPIC_FIELDS.items())
+    return names, fields
+
+
+@pytest.mark.parametrize("topic_size", [60_000, 1000])
+def test_topic_caches_are_bounded_by_size(topic_size):
+    """The issue's case: 1,000 PUBLISHes to distinct 60 KB topics once left
+    120 MB in the caches. Now neither holds more than about 2 MiB."""
+    from reactorapp.mqtt.codec import encode_publish
+    parser = Parser()
+    for n in range(1000):
+        topic = f"{n:06d}/" + "t" * (topic_size - 7)
+        (publish,) = parser.feed(encode(Publish(topic, b"x")))
+        assert publish.topic == topic
+        encode_publish(topic, b"x", 0, False)
+    names, fields = _cached_sizes()
+    assert names <= 2 * 1024 * 1024 + 2 * 1024
+    assert fields <= 2 * 1024 * 1024 + 2 * 1024
+
+
+def test_long_topics_still_parse_and_encode_the_same():
+    from reactorapp.mqtt.codec import encode_publish
+    topic = "a/" + "b" * 5000
+    wire = encode_publish(topic, b"p", 1, False, packet_id=7)
+    assert Parser().feed(wire) == [Publish(topic, b"p", 1, packet_id=7)]
+    assert Parser().feed(wire) == [Publish(topic, b"p", 1, packet_id=7)]

@@ -466,8 +466,16 @@ def _first_byte_rules(server_side: bool, level: int) -> tuple:
 
 #: PUBLISH topic names seen lately, as bytes -> checked str: most traffic
 #: goes to a few topics, and a dict hit is cheaper than decoding and checking.
+#: Shared by every connection, so bounded by count and by size: only names
+#: up to _TOPIC_CACHED_MAX bytes are kept (as the topic tree's match cache
+#: does), and the cache starts afresh past _TOPIC_NAMES_MAX names or
+#: _TOPIC_CACHE_BYTES bytes of names.
 _TOPIC_NAMES: dict[bytes, str] = {}
 _TOPIC_NAMES_MAX = 4096
+_TOPIC_CACHED_MAX = 1024
+_TOPIC_CACHE_BYTES = 1024 * 1024
+#: Bytes of names in each cache: [_TOPIC_NAMES, _TOPIC_FIELDS].
+_cached_bytes = [0, 0]
 
 
 def _valid_topic(raw: bytes) -> str | None:
@@ -479,9 +487,14 @@ def _valid_topic(raw: bytes) -> str | None:
         return None
     if not topic or "+" in topic or "#" in topic or "\x00" in topic:
         return None
-    if len(_TOPIC_NAMES) >= _TOPIC_NAMES_MAX:
-        _TOPIC_NAMES.clear()
-    _TOPIC_NAMES[raw] = topic
+    size = len(raw)
+    if size <= _TOPIC_CACHED_MAX:
+        if (len(_TOPIC_NAMES) >= _TOPIC_NAMES_MAX
+                or _cached_bytes[0] + size > _TOPIC_CACHE_BYTES):
+            _TOPIC_NAMES.clear()
+            _cached_bytes[0] = 0
+        _TOPIC_NAMES[raw] = topic
+        _cached_bytes[0] += size
     return topic
 
 
@@ -707,7 +720,8 @@ def _publish_first(qos: int, retain: bool, dup: bool) -> int:
     return first
 
 
-#: Topic name -> its wire form (length prefix + UTF-8), for the encoders.
+#: Topic name -> its wire form (length prefix + UTF-8), for the encoders;
+#: bounded like _TOPIC_NAMES.
 _TOPIC_FIELDS: dict[str, bytes] = {}
 
 
@@ -718,9 +732,14 @@ def _topic_field(topic: str) -> bytes:
         if len(encoded) > 0xFFFF:
             raise ValueError("The topic is longer than 65535 bytes.")
         field = _pack_h(len(encoded)) + encoded
-        if len(_TOPIC_FIELDS) >= _TOPIC_NAMES_MAX:
-            _TOPIC_FIELDS.clear()
-        _TOPIC_FIELDS[topic] = field
+        size = len(encoded)
+        if size <= _TOPIC_CACHED_MAX:  # bounded as _TOPIC_NAMES is
+            if (len(_TOPIC_FIELDS) >= _TOPIC_NAMES_MAX
+                    or _cached_bytes[1] + size > _TOPIC_CACHE_BYTES):
+                _TOPIC_FIELDS.clear()
+                _cached_bytes[1] = 0
+            _TOPIC_FIELDS[topic] = field
+            _cached_bytes[1] += size
     return field
 
 
