@@ -14,6 +14,7 @@ from reactorapp import __version__
 from reactorapp.auth.acl import ACLAuthorizer, ACLFile
 from reactorapp.auth.configure import make_guard, warn_if_open
 from reactorapp.auth.http import GuardedRoot
+from reactorapp.auth.limits import ConnectionLimiter
 from reactorapp.auth.metrics import GuardCollector
 from reactorapp.auth.tls import server_endpoint, split_description
 from reactorapp.config import Config, ConfigError
@@ -170,7 +171,9 @@ def makeHubService(config: Config, reactor) -> HubService:
         websocketFactory.guard = guard
         site = make_site(hub, reactor, websocketFactory, max_body_size=config.max_body_size,
                          readiness=top.readiness, registry=top.metrics,
-                         api={b"webhooks": WebhooksResource(webhooks)})
+                         api={b"webhooks": WebhooksResource(webhooks)},
+                         limiter=ConnectionLimiter(config.max_http_connections,
+                                                   config.max_connections_per_address))
         # The same users and ACLs as MQTT (Basic auth or bearer tokens).
         site.resource = GuardedRoot(site.resource, guard, reactor)
         for description, endpoint in httpEndpoints:
