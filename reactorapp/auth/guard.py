@@ -12,7 +12,7 @@ class GuardStats:
     __slots__ = (
         "connections_refused", "connect_timeouts", "bad_credentials", "not_authorized",
         "publish_denied", "subscribe_denied", "deliveries_denied",
-        "subscriptions_over_limit", "publish_throttled",
+        "subscriptions_over_limit", "publish_throttled", "logins_busy",
     )
 
     def __init__(self) -> None:
@@ -34,6 +34,8 @@ class GuardStats:
         self.subscriptions_over_limit = 0
         #: Times a client was paused for publishing faster than --publish-rate.
         self.publish_throttled = 0
+        #: HTTP Basic log-ins answered 503 because MAX_BASIC_CHECKS were being checked.
+        self.logins_busy = 0
 
 
 class Guard:
