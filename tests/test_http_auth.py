@@ -83,6 +83,7 @@ def test_basic_auth(passwd):
 def test_bearer_tokens(passwd):
     web = guarded(passwd)
     token = add_token(passwd, "alice")
+    web.guard.authenticator.passwords.check()  # the service does it every 2 s
     assert publish(web, "home/a", headers={"Authorization": f"Bearer {token}"}).status == 200
     assert publish(web, "home/a", headers={"Authorization": "Bearer rat_nope"}).status == 401
 

@@ -389,3 +389,12 @@ def test_load_refuses_with_one_sentence(tmp_path):
         SQLiteStore(str(tmp_path), reactor()).load()
     sentence = str(caught.value)
     assert sentence.endswith(".") and "\n" not in sentence
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_before_any_write_runs_off_the_reactor_thread(store):
+    """A webhook API request may be the first to use the store: its SQL runs
+    in the writer thread, never on the reactor's."""
+    reactor_thread = threading.get_ident()
+    ran_in = await store.read(lambda connection: threading.get_ident())
+    assert ran_in != reactor_thread
