@@ -225,7 +225,7 @@ def test_a_body_json_cannot_read_is_a_400(raw):
     assert code == 400 and answer["error"] == "invalid JSON"
 
 
-def test_retry_after_with_a_digit_int_refuses_is_retried_not_lost():
+def test_a_retry_after_of_superscript_two_is_retried_not_lost():
     """A 429 with 'Retry-After: ²' is a retry after the rule's back-off: the
     delivery is neither dropped nor left stuck."""
     t = start()
