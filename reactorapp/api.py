@@ -22,8 +22,8 @@ from reactorapp.hub.message import Message
 from reactorapp.hub.topics import InvalidTopic, validate_filter, validate_topic
 
 __all__ = [
-    "HubClient", "Subscription", "Forbidden", "ClientClosed", "InvalidTopic",
-    "NotAuthorized", "Identity", "Message",
+    "HubClient", "Subscription", "Forbidden", "TooManySubscriptions", "ClientClosed",
+    "InvalidTopic", "NotAuthorized", "Identity", "Message",
 ]
 
 #: Seconds an authenticator may take to answer.
@@ -32,6 +32,11 @@ AUTHENTICATION_TIMEOUT = 60.0
 
 class Forbidden(Exception):
     """The connection's identity may not publish or subscribe there."""
+
+
+class TooManySubscriptions(Forbidden):
+    """The connection holds as many subscriptions as the hub allows one
+    connection (``--max-subscriptions``, as for MQTT)."""
 
 
 class ClientClosed(Exception):
@@ -45,8 +50,9 @@ class Subscription:
     ``deliver(message)`` is called for every matching message, on the hot
     path: it must not block. ``retained`` holds the retained messages the
     filter matched when the subscription was made, for the protocol to send
-    after its own acknowledgement. Each subscription is delivered to on its
-    own, so two overlapping filters see a message twice.
+    after its own acknowledgement with `deliverRetained`. Each subscription
+    is delivered to on its own, so two overlapping filters see a message
+    twice.
     """
 
     __slots__ = ("topic_filter", "qos", "retained", "_deliver", "_client", "__weakref__")
@@ -72,11 +78,34 @@ class Subscription:
         client = self._client
         if client is None or not client._may_read(message.topic):
             return
-        if client.paused:
+        if client._paused:
             client._stats.publish_dropped += 1
             return
         self._deliver(message)
         client._count_sent(qos)
+
+    def deliverRetained(self) -> Deferred:
+        """Hand ``retained`` to the callback, in order, pausing whenever the
+        peer stops reading (none is dropped, and no more than the
+        transport's buffer is written ahead of the peer). The Deferred fires
+        once all are delivered, or the subscription was cancelled."""
+        done = Deferred()
+        self._sendRetained(None, 0, done)
+        return done
+
+    def _sendRetained(self, _ignored, start: int, done: Deferred) -> None:
+        retained = self.retained
+        for index in range(start, len(retained)):
+            client = self._client
+            if client is None:
+                break
+            if client._paused:
+                d = client.whenWritable().addCallback(self._sendRetained, index, done)
+                d.addErrback(done.errback)
+                return
+            self._deliver(retained[index])
+            client._count_sent(self.qos)
+        done.callback(None)
 
     def cancel(self) -> None:
         """Stop deliveries; calling it again does nothing."""
@@ -105,9 +134,9 @@ class HubClient:
         self._authorizer = self.guard.authorizer
         #: Whether the connection may use the hub (see `authenticate`).
         self.authenticated = self.guard.authenticator is None
-        #: While true (the peer is not reading), deliveries are dropped and
-        #: counted instead of piling up in memory.
-        self.paused = False
+        self._paused = False
+        #: Deferreds `whenWritable` handed out, fired when the peer reads again.
+        self._writable: list[Deferred] = []
         self._stats = hub.stats
         self._traffic = hub.stats.traffic_for(front_end)
         self._subscriptions: list[Subscription] = []
@@ -120,6 +149,33 @@ class HubClient:
     def clock(self):
         """The hub's clock (an IReactorTime), for timeouts and timestamps."""
         return self._hub.clock
+
+    @property
+    def paused(self) -> bool:
+        """True while the peer is not reading (the protocol, as its
+        transport's producer, says so): live deliveries are then dropped
+        and counted instead of piling up in memory."""
+        return self._paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self._paused = value
+        if not value:
+            self._wake()
+
+    def whenWritable(self) -> Deferred:
+        """A Deferred that fires once the peer reads again (at once if it
+        does), or when the client is closed."""
+        if not self._paused or self.closed:
+            return succeed(None)
+        d = Deferred()
+        self._writable.append(d)
+        return d
+
+    def _wake(self) -> None:
+        waiting, self._writable = self._writable, []
+        for d in waiting:
+            d.callback(None)
 
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:
@@ -182,6 +238,7 @@ class HubClient:
                     self.identity, topic_filter):
                 self.guard.stats.subscribe_denied += 1
                 raise Forbidden(f"{self._who()} may not subscribe to {topic_filter!r}.")
+            self._check_subscription_limit(topic_filter)
         except Exception:
             return fail()
         subscription = Subscription(self, topic_filter, qos, deliver)
@@ -206,6 +263,7 @@ class HubClient:
         self.closed = True
         for subscription in list(self._subscriptions):
             subscription.cancel()
+        self._wake()
 
     # -- for Subscription ------------------------------------------------
 
@@ -225,6 +283,20 @@ class HubClient:
         return False
 
     # -- checks -----------------------------------------------------------
+
+    def _check_subscription_limit(self, topic_filter: str) -> None:
+        """At most ``guard.max_subscriptions``; one more is let in when it
+        repeats a filter held, so that a protocol can put the new
+        subscription in place before it cancels the old one."""
+        limit = self.guard.max_subscriptions
+        held = len(self._subscriptions)
+        if not limit or held < limit:
+            return
+        if held == limit and any(s.topic_filter == topic_filter for s in self._subscriptions):
+            return
+        self.guard.stats.subscriptions_over_limit += 1
+        raise TooManySubscriptions(
+            f"A connection may hold at most {limit} subscriptions.")
 
     def _check_authenticated(self) -> None:
         if not self.authenticated:

@@ -152,6 +152,12 @@ class Config:
         "Open MQTT connections allowed from one IP address; 0 means no limit.",
         metavar="N", minimum=0,
     )
+    max_http_connections: int = setting(
+        1000,
+        "Open HTTP connections allowed in total (a WebSocket counts as MQTT once"
+        " upgraded); 0 means no limit. --max-connections-per-address applies too.",
+        metavar="N", minimum=0,
+    )
     max_subscriptions: int = setting(
         1000,
         "Subscriptions one client may hold; 0 means no limit.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import partial
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
@@ -12,8 +13,10 @@ from twisted.logger import Logger
 
 from reactorapp import __version__
 from reactorapp.auth.acl import ACLAuthorizer, ACLFile
-from reactorapp.auth.configure import make_guard, warn_if_open
+from reactorapp.auth.configure import make_guard, on_thread, warn_if_open
 from reactorapp.auth.http import GuardedRoot
+from reactorapp.auth.limits import ConnectionLimiter
+from reactorapp.auth.passwd import PasswordFile
 from reactorapp.auth.metrics import GuardCollector
 from reactorapp.auth.tls import server_endpoint, split_description
 from reactorapp.config import Config, ConfigError
@@ -34,6 +37,7 @@ from reactorapp.webhooks.service import store_for as webhook_store_for
 
 
 #: Seconds between looks at the ACL file for changes.
+#: Seconds between looks at the ACL and password files (off the reactor).
 ACL_CHECK_INTERVAL = 2.0
 
 
@@ -170,7 +174,9 @@ def makeHubService(config: Config, reactor) -> HubService:
         websocketFactory.guard = guard
         site = make_site(hub, reactor, websocketFactory, max_body_size=config.max_body_size,
                          readiness=top.readiness, registry=top.metrics,
-                         api={b"webhooks": WebhooksResource(webhooks)})
+                         api={b"webhooks": WebhooksResource(webhooks)},
+                         limiter=ConnectionLimiter(config.max_http_connections,
+                                                   config.max_connections_per_address))
         # The same users and ACLs as MQTT (Basic auth or bearer tokens).
         site.resource = GuardedRoot(site.resource, guard, reactor)
         for description, endpoint in httpEndpoints:
@@ -182,9 +188,16 @@ def makeHubService(config: Config, reactor) -> HubService:
         ListenerService(listener.name, listener.endpoint, endpoint, pluginFactory,
                         reactor).setServiceParent(top)
     SysTopicsService(hub, reactor, config.sys_interval, __version__).setServiceParent(top)
+    watched = []
     if config.acl and isinstance(guard.authorizer, ACLAuthorizer):
-        # Like the password file, the ACL file is read again when it changes.
-        watcher = TimerService(ACL_CHECK_INTERVAL, ACLFile(config.acl, guard.authorizer).check)
+        watched.append(ACLFile(config.acl, guard.authorizer, partial(on_thread, reactor)))
+    passwords = getattr(getattr(guard.authenticator, "fallback", guard.authenticator),
+                        "passwords", None)
+    if isinstance(passwords, PasswordFile):
+        watched.append(passwords)
+    for watch in watched:
+        # The ACL and password files are read again when they change.
+        watcher = TimerService(ACL_CHECK_INTERVAL, watch.check)
         watcher.clock = reactor
         watcher.setServiceParent(top)
     return top

@@ -34,7 +34,7 @@ from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.hub.message import Message
 from reactorapp.plugins import parseListener
 
-__all__ = ["MemoryHub", "RecordingHub", "Inbox", "Connection", "Pump"]
+__all__ = ["MemoryHub", "RecordingHub", "Inbox", "Connection", "BufferedTransport", "Pump"]
 
 CLIENT_ADDRESS = IPv4Address("TCP", "192.0.2.7", 50123)
 SERVER_ADDRESS = IPv4Address("TCP", "192.0.2.1", 7000)
@@ -112,10 +112,21 @@ class MemoryHub:
 
     # -- connections ---------------------------------------------------
 
-    def connect(self, factory_or_protocol, peer=CLIENT_ADDRESS) -> Connection:
-        """Connect a protocol (or one built by a factory) to a `StringTransport`."""
-        return Connection(_build(factory_or_protocol, peer), StringTransport(
-            hostAddress=SERVER_ADDRESS, peerAddress=peer))
+    def connect(self, factory_or_protocol, peer=CLIENT_ADDRESS, *,
+                bufferSize: int | None = None) -> Connection:
+        """Connect a protocol (or one built by a factory) to a `StringTransport`.
+
+        With ``bufferSize``, the transport behaves like a TCP connection to a
+        peer that reads only when the test calls `Connection.received`: it
+        pauses its producer once more than ``bufferSize`` bytes are unread,
+        and resumes it when they are taken.
+        """
+        if bufferSize is None:
+            transport = StringTransport(hostAddress=SERVER_ADDRESS, peerAddress=peer)
+        else:
+            transport = BufferedTransport(bufferSize, hostAddress=SERVER_ADDRESS,
+                                          peerAddress=peer)
+        return Connection(_build(factory_or_protocol, peer), transport)
 
     def pair(self, server, client) -> Pump:
         """Connect a server protocol (or factory) to a client protocol in memory."""
@@ -148,6 +159,37 @@ class MemoryHub:
     def assert_nothing_published(self) -> None:
         if self.published:
             raise AssertionError(f"expected no messages; published: {self.published!r}")
+
+
+class BufferedTransport(StringTransport):
+    """A `StringTransport` with a write buffer of ``bufferSize`` bytes: past
+    it the registered producer is paused, as a TCP transport does."""
+
+    def __init__(self, bufferSize: int, **kwargs) -> None:
+        self.producerPaused = False
+        super().__init__(**kwargs)
+        self.bufferSize = bufferSize
+
+    def write(self, data) -> None:
+        super().write(data)
+        self._check()
+
+    def writeSequence(self, data) -> None:
+        super().writeSequence(data)
+        self._check()
+
+    def _check(self) -> None:
+        if (self.producer is not None and not self.producerPaused
+                and len(self.io.getvalue()) > self.bufferSize):
+            self.producerPaused = True
+            self.producer.pauseProducing()
+
+    def clear(self) -> None:
+        """The peer read everything: a paused producer is resumed."""
+        super().clear()
+        if self.producerPaused and self.producer is not None:
+            self.producerPaused = False
+            self.producer.resumeProducing()
 
 
 class Connection:

@@ -156,3 +156,35 @@ def test_covering_implies_matching(patterns, topic_filter, sample):
         for topic in sample:
             if topic_matches(topic_filter, topic):
                 assert PatternSet(patterns).matches(topic)
+
+
+def test_the_acl_file_is_looked_at_where_check_sends_it(tmp_path):
+    """Every 2 s the service calls `check`: the stat, the read and the
+    parsing go to ``run`` (the reactor's thread pool), and the new rules
+    are applied on the caller's thread when it answers; a broken file
+    keeps the old rules."""
+    from twisted.internet.defer import Deferred
+
+    from reactorapp.auth.acl import ACLFile
+
+    path = tmp_path / "acl"
+    path.write_text("topic read a/#\n")
+    authorizer = ACLAuthorizer(read_acl(str(path)))
+    sent = []
+
+    def run(function, *args):
+        sent.append(Deferred())
+        sent[-1].addCallback(lambda _: function(*args))
+        return sent[-1]
+
+    watch = ACLFile(str(path), authorizer, run)
+    path.write_text("topic read b/#\n# a longer file: a new stamp\n")
+    watch.check()
+    anyone = Identity(None, "c")
+    assert authorizer.can_read(anyone, "a/x")  # nothing applied yet
+    sent[-1].callback(None)
+    assert authorizer.can_read(anyone, "b/x") and not authorizer.can_read(anyone, "a/x")
+    path.write_text("topic read a/#/b\n")
+    watch.check()
+    sent[-1].callback(None)
+    assert authorizer.can_read(anyone, "b/x")

@@ -152,6 +152,9 @@ def test_the_acl_file_is_read_again_when_it_changes(tmp_path):
     acl = tmp_path / "acl"
     acl.write_text("user alice\ntopic read a/#\n")
     reactor = MemoryReactorClock()
+    # The file is looked at on the thread pool; here, a pool that runs at once.
+    reactor.getThreadPool = lambda: InlinePool()
+    reactor.callFromThread = lambda f, *args, **kwargs: f(*args, **kwargs)
     service = makeHubService(Config(mqtt=("tcp:0",), http=(), acl=str(acl), passwd=None,
                                     data=str(tmp_path / "data")), reactor)
     service.privilegedStartService()
@@ -172,4 +175,48 @@ def test_the_acl_file_is_read_again_when_it_changes(tmp_path):
         globalLogPublisher.removeObserver(events.append)
     assert authorizer.can_read(alice, "b/1")
     assert any("Keeping the previous rules" in formatEvent(event) for event in events)
+    service.stopService()
+
+
+class InlinePool:
+    """A thread pool that runs each call at once, in the caller's thread."""
+
+    def callInThreadWithCallback(self, onResult, function, *args, **kwargs):
+        try:
+            result = function(*args, **kwargs)
+        except Exception:  # handed to the Deferred, as the real pool does
+            from twisted.python.failure import Failure
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+def test_the_password_file_is_read_again_on_a_timer_off_the_reactor(tmp_path):
+    """Log-ins read the users in memory; the service looks at the file every
+    ACL_CHECK_INTERVAL seconds, on the thread pool."""
+    from reactorapp.auth.passwd import set_password
+    from reactorapp.service import ACL_CHECK_INTERVAL, makeHubService
+
+    passwd = tmp_path / "passwd"
+    set_password(str(passwd), "alice", b"one", n=2 ** 4)
+    reactor = MemoryReactorClock()
+    calls = []
+
+    class CountingPool(InlinePool):
+        def callInThreadWithCallback(self, onResult, function, *args, **kwargs):
+            calls.append(function.__name__)
+            return super().callInThreadWithCallback(onResult, function, *args, **kwargs)
+
+    reactor.getThreadPool = lambda: CountingPool()
+    reactor.callFromThread = lambda f, *args, **kwargs: f(*args, **kwargs)
+    service = makeHubService(Config(mqtt=("tcp:0",), http=(), passwd=str(passwd),
+                                    data=str(tmp_path / "data")), reactor)
+    service.privilegedStartService()
+    service.startService()
+    passwords = service.guard.authenticator.passwords
+    set_password(str(passwd), "bob", b"two", n=2 ** 4)
+    assert sorted(passwords.users.passwords) == ["alice"]
+    reactor.advance(ACL_CHECK_INTERVAL)
+    assert sorted(passwords.users.passwords) == ["alice", "bob"]
+    assert "reread" in calls
     service.stopService()

@@ -83,6 +83,7 @@ def test_basic_auth(passwd):
 def test_bearer_tokens(passwd):
     web = guarded(passwd)
     token = add_token(passwd, "alice")
+    web.guard.authenticator.passwords.check()  # the service does it every 2 s
     assert publish(web, "home/a", headers={"Authorization": f"Bearer {token}"}).status == 200
     assert publish(web, "home/a", headers={"Authorization": "Bearer rat_nope"}).status == 401
 
@@ -157,3 +158,42 @@ def test_administration_needs_admin_topics(passwd):
                        headers=basic("ops", "pw-ops")).status == 403
     assert web.request("DELETE", "/api/v1/clients/victim",
                        headers=basic("root", "pw-root")).status == 204
+
+
+def test_basic_logins_checked_at_once_are_bounded(passwd):
+    """Each Basic log-in not remembered is an scrypt on the thread pool MQTT
+    log-ins share: past MAX_BASIC_CHECKS under way, the next is a 503 at once
+    (counted), so a flood of bad log-ins cannot queue work without end."""
+    from twisted.internet.defer import Deferred
+
+    from reactorapp.auth.http import MAX_BASIC_CHECKS
+    from tests.test_web_api import Response
+
+    pool = []
+
+    def on_the_pool(function, *args):
+        d = Deferred()
+        pool.append((d, function, args))
+        return d
+
+    web = Web()
+    web.guard = Guard(PasswordFileAuthenticator(PasswordFile(passwd), run=on_the_pool))
+    web.site.resource = GuardedRoot(web.site.resource, web.guard, web.broker.clock)
+
+    def send(password):
+        head = ("GET /api/v1/stats HTTP/1.1\r\nHost: hub.test\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in basic("alice", password).items()) + "\r\n")
+        return web.send(head.encode("latin-1"))[1]
+
+    waiting = [send(f"guess-{n}") for n in range(MAX_BASIC_CHECKS)]
+    busy = Response(send("one-more").value())
+    assert busy.status == 503 and busy.error() == "busy"
+    assert busy.headers["retry-after"] == "1"
+    assert len(pool) == MAX_BASIC_CHECKS and web.guard.stats.logins_busy == 1
+    for d, function, args in pool:
+        d.callback(function(*args))
+    assert [Response(t.value()).status for t in waiting] == [401] * MAX_BASIC_CHECKS
+    good = send("pw-alice")  # room again
+    d, function, args = pool[-1]
+    d.callback(function(*args))
+    assert Response(good.value()).status == 200

@@ -147,3 +147,11 @@ def test_twistd_finds_plugin_after_editable_compat_install(source, tmp_path):
     pip("--python", str(python), "install", "--no-deps", "-e", str(source),
         "--config-settings", "editable_mode=compat", cwd=tmp_path)
     assert_plugin_found(python, cwd=tmp_path, installed_under=source)
+
+
+def test_no_built_packages_are_kept_in_the_repository():
+    """Wheels and archives are built, not committed: a stray one (an
+    unrelated wheel once sat at the root) only misleads."""
+    stray = sorted(p.name for p in REPO.glob("*") if p.suffix in (".whl", ".egg")
+                   or p.name.endswith(".tar.gz"))
+    assert stray == []

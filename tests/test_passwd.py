@@ -92,10 +92,32 @@ def test_file_is_reloaded_when_it_changes(tmp_path):
     set_password(path, "alice", b"one", **CHEAP)
     pwfile = PasswordFile(path)
     set_password(path, "bob", b"two", **CHEAP)
+    pwfile.check()
     assert sorted(pwfile.users.passwords) == ["alice", "bob"]
     with open(path, "a") as f:
         f.write("broken line\n")
+    pwfile.check()
     assert sorted(pwfile.users.passwords) == ["alice", "bob"]  # previous users kept
+
+
+def test_log_ins_cost_no_system_call_and_checks_run_where_they_are_sent(tmp_path, monkeypatch):
+    """A CONNECT or a bearer token reads ``users`` only; looking at the file
+    (stat, read, parse) is `check`'s, run by the service on a thread pool."""
+    path = str(tmp_path / "passwd")
+    set_password(path, "alice", b"one", **CHEAP)
+    sent = []
+    pwfile = PasswordFile(path, run=lambda f, *args: sent.append((f, args)) or Deferred())
+    authenticator = PasswordFileAuthenticator(pwfile)
+
+    def no_stat(*args, **kwargs):
+        raise AssertionError("os.stat on a log-in")
+
+    monkeypatch.setattr(os, "stat", no_stat)
+    assert authenticator.authenticate("alice", b"one", "c", None, None) is not None
+    authenticator.authenticate_token("rat_nope", None)
+    monkeypatch.undo()
+    pwfile.check()
+    assert len(sent) == 1 and sent[0][1][0] == path
 
 
 def authenticator(tmp_path, **kw):
@@ -151,6 +173,7 @@ def test_scrypt_runs_where_it_is_told(tmp_path):
 def test_tokens(tmp_path):
     auth = authenticator(tmp_path)
     token = add_token(auth.passwords.path, "alice")
+    auth.passwords.check()  # the service does it every 2 s
     assert token.startswith("rat_") and len(token) > 40
     assert result(auth.authenticate_token(token, None)) == Identity("alice")
     assert result(auth.authenticate_token(token + "x", None)) is None

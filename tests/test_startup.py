@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import errno
-import importlib
 import signal
 import socket
 
@@ -18,19 +17,6 @@ from tests.brokerproc import LISTENING, BrokerProcess, run_twistd, running_broke
 
 # twistd shuts down cleanly on SIGTERM, then ends itself with that signal.
 STOPPED = -signal.SIGTERM
-
-
-def _why_not_importable(module: str) -> str | None:
-    try:
-        importlib.import_module(module)
-    except ImportError as e:
-        return f"{module} cannot be imported yet ({e})"
-    return None
-
-
-# Building the service needs the hub and the MQTT factory.
-_NO_SERVICE = _why_not_importable("reactorapp.service")
-needs_service = pytest.mark.skipif(_NO_SERVICE is not None, reason=str(_NO_SERVICE))
 
 
 def assert_one_sentence(result, *words: str) -> str:
@@ -50,13 +36,11 @@ def reactorapp(tmp_path, *args: str):
     return run_twistd(tmp_path, "-n", "reactorapp", *args)
 
 
-@needs_service
 def test_bad_endpoint(tmp_path):
     result = reactorapp(tmp_path, "--mqtt", "bogus:1883", "--data", str(tmp_path / "d"))
     assert_one_sentence(result, "invalid MQTT endpoint", "'bogus:1883'")
 
 
-@needs_service
 def test_endpoint_missing_port(tmp_path):
     result = reactorapp(tmp_path, "--mqtt", "tcp", "--data", str(tmp_path / "d"))
     assert_one_sentence(result, "invalid MQTT endpoint 'tcp'", "port")
@@ -88,7 +72,6 @@ def test_unknown_key_in_config(tmp_path):
     assert_one_sentence(result, "unknown setting 'max_inflight'", "'max-inflight'")
 
 
-@needs_service
 def test_data_directory_is_a_file(tmp_path):
     (tmp_path / "data").write_text("")
     result = reactorapp(tmp_path, "--mqtt", "tcp:0:interface=127.0.0.1",
@@ -96,7 +79,6 @@ def test_data_directory_is_a_file(tmp_path):
     assert_one_sentence(result, "data directory", "is not a directory")
 
 
-@needs_service
 def test_port_in_use(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -116,7 +98,6 @@ def test_bad_flag_value_is_a_usage_error(tmp_path):
     assert "--max-inflight must be a whole number from 1 to 65535, not 'lots'." in result.stdout
 
 
-@needs_service
 def test_starts_logs_its_port_and_stops_cleanly(tmp_path):
     with running_broker(tmp_path) as broker:
         assert broker.host == "127.0.0.1"
@@ -130,7 +111,6 @@ def test_starts_logs_its_port_and_stops_cleanly(tmp_path):
     assert not (tmp_path / "twistd.pid").exists()
 
 
-@needs_service
 def test_the_garbage_collector_is_tuned_once_started(tmp_path):
     """Start-up objects are frozen out of collections and young collections
     are rarer: with the defaults, collections cost a fifth of a publish."""
@@ -142,7 +122,6 @@ def test_the_garbage_collector_is_tuned_once_started(tmp_path):
     assert "young collections every 20000 allocations" in line
 
 
-@needs_service
 def test_listeners_from_config_file_and_data_from_flag(tmp_path):
     config = tmp_path / "reactorapp.toml"
     config.write_text(
@@ -161,7 +140,6 @@ def test_listeners_from_config_file_and_data_from_flag(tmp_path):
     assert not (tmp_path / "from-file").exists()
 
 
-@needs_service
 def test_default_data_directory_is_in_the_working_directory(tmp_path):
     broker = BrokerProcess(["-n", "reactorapp", "--mqtt", "tcp:0:interface=127.0.0.1"],
                            cwd=tmp_path)
@@ -203,7 +181,6 @@ def build(tmp_path, reactor, *endpoints):
     return makeHubService(Config(mqtt=endpoints, http=(), data=str(tmp_path / "data")), reactor)
 
 
-@needs_service
 def test_listening_is_logged_once_the_reactor_runs(tmp_path, logged):
     reactor = Reactor()
     service = build(tmp_path, reactor, "tcp:18830:interface=127.0.0.1", "tcp:18831")
@@ -219,7 +196,6 @@ def test_listening_is_logged_once_the_reactor_runs(tmp_path, logged):
     assert said() == ["MQTT listening on 0.0.0.0:18830", "MQTT listening on 0.0.0.0:18831"]
 
 
-@needs_service
 def test_a_failed_bind_releases_the_listeners_already_bound(tmp_path):
     from reactorapp.service import StartupError
 
@@ -232,7 +208,6 @@ def test_a_failed_bind_releases_the_listeners_already_bound(tmp_path):
     assert [port for port, *_ in reactor.tcpServers] == [18830]
 
 
-@needs_service
 def test_data_directory_is_created(tmp_path):
     build(tmp_path, Reactor(), "tcp:18830")
     assert (tmp_path / "data").is_dir()

@@ -239,6 +239,9 @@ def test_bad_raw_publishes(web, path, error):
     "/api/v1/stream?filter=a/%23/b",
     "/api/v1/stream?qos=9",
     "/api/v1/stream?retained=maybe",
+    "/api/v1/retained?filter=%FF",
+    "/api/v1/stream?qos=%C2%B2",
+    "/api/v1/stream?qos=%B2",
 ])
 def test_bad_filters_and_query_values(web, path):
     answer = web.get(path)

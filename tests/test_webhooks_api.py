@@ -198,3 +198,43 @@ def test_a_rule_made_again_takes_up_what_its_namesake_left_pending():
     t.deliveries.flush()
     assert [json.loads(r.body)["payload"] for r in t.receiver.requests] == ["left behind"]
     assert tables.outbox == {}
+
+
+@pytest.mark.parametrize("value", ["%B2", "%C2%B2", "1" * 5000, "-1", "+3", " 4", "1e3"])
+def test_numbers_in_the_query_are_parsed_strictly(value):
+    """'²' passes str.isdigit and breaks int(); 5000 digits break int() too:
+    each is a 400 with a JSON body, never a 500."""
+    t = start(status=404)
+    call(t, "POST", body=RULE)
+    code, _, answer = call(t, "GET", f"/api-rule/dead?limit={value}")
+    assert code == 400 and "limit" in answer["detail"]
+
+
+@pytest.mark.parametrize("segment", ["%C2%B2", "1" * 5000])
+def test_a_dead_letter_id_that_is_not_a_number_is_not_found(segment):
+    t = start(status=404)
+    call(t, "POST", body=RULE)
+    assert call(t, "POST", f"/api-rule/dead/{segment}/retry")[0] == 404
+
+
+@pytest.mark.parametrize("raw", [b'{"name": ' + b"1" * 5000 + b"}", b"[" * 100_000])
+def test_a_body_json_cannot_read_is_a_400(raw):
+    """Too many digits for an int, nesting too deep for the decoder."""
+    t = start()
+    code, _, answer = call(t, "POST", raw=raw)
+    assert code == 400 and answer["error"] == "invalid JSON"
+
+
+def test_a_retry_after_of_superscript_two_is_retried_not_lost():
+    """A 429 with 'Retry-After: ²' is a retry after the rule's back-off: the
+    delivery is neither dropped nor left stuck."""
+    t = start()
+    t.receiver.answer = lambda number, received: (
+        (429, {b"Retry-After": "\u00b2".encode("latin-1")}) if number == 1 else 200)
+    call(t, "POST", body=RULE)
+    publish(t, b"one")
+    assert len(t.receiver.requests) == 1
+    t.clock.advance(1)
+    t.deliveries.flush()
+    assert len(t.receiver.requests) == 2
+    assert t.tables.outbox == {}

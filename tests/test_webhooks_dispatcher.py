@@ -300,3 +300,11 @@ async def test_concurrency_one_keeps_publish_order_through_a_retry(http, receive
     await within(receiver.received(7))
     assert delivered == ["0", "1", "2", "3", "4", "5"]
     assert receiver.max_open == 1
+
+
+def test_retry_after_is_parsed_strictly():
+    """Only ASCII digits are seconds: '²' and other digits float() refuses
+    are no value at all, and a long run of digits is the cap."""
+    assert retry_after_seconds("\u00b2".encode("latin-1"), 0) is None
+    assert retry_after_seconds("\u0663".encode("utf-8"), 0) is None
+    assert retry_after_seconds(b"9" * 5000, 0) == 3600.0

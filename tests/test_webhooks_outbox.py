@@ -299,3 +299,59 @@ def test_qos2_is_durable_like_qos1(qos):
     t.outbox.add_rule(t.rule)
     (acknowledged,) = publish(t, 1, qos=qos)
     assert acknowledged is not None and len(t.store.tables.outbox) == 1
+
+
+def _logged_failures(run):
+    from twisted.logger import globalLogPublisher
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        run()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return [e for e in events if e.get("log_failure") is not None]
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_a_delivery_whose_dispatch_fails_unexpectedly_is_tried_again(qos):
+    """A bug in the dispatcher (here: its Deferred fails) is logged once per
+    failure, and the delivery keeps its place and is tried again after the
+    back-off: not lost, not stuck until a restart, QoS 0 included."""
+    t = make(retry={"max_attempts": 3, "base_delay": 1, "max_delay": 1})
+    t.outbox.add_rule(t.rule)
+    publish(t, 2, qos=qos)
+    failures = _logged_failures(lambda: t.dispatcher.calls[0][2].errback(ValueError("bug")))
+    assert len(failures) == 1
+    assert len(t.dispatcher.calls) == 1  # the second waits: concurrency 1
+    t.clock.advance(1)
+    assert [d.payload for _, d, _ in t.dispatcher.calls] == [b"0", b"0"]
+    t.dispatcher.finish(1)
+    t.dispatcher.finish(2)
+    assert sample(t, "pending") == 0
+    assert t.store.tables.outbox == {}
+
+
+def test_a_delivery_that_keeps_failing_unexpectedly_is_dead_in_the_end():
+    t = make(retry={"max_attempts": 2, "base_delay": 1, "max_delay": 1})
+    t.outbox.add_rule(t.rule)
+    publish(t, 1)
+    _logged_failures(lambda: t.dispatcher.calls[0][2].errback(ValueError("bug")))
+    t.clock.advance(1)
+    _logged_failures(lambda: t.dispatcher.calls[1][2].errback(ValueError("bug")))
+    (dead,) = t.store.tables.dead.values()
+    assert dead.reason == "internal error: bug" and dead.attempts == 2
+    assert t.store.tables.outbox == {}
+
+
+def test_a_failure_recording_the_end_of_a_delivery_is_logged_and_the_queue_goes_on():
+    t = make()
+    t.outbox.add_rule(t.rule)
+    publish(t, 2)
+
+    def bury(dead):
+        raise OSError("disk full")
+
+    t.store.bury = bury
+    failures = _logged_failures(lambda: t.dispatcher.finish(0, DEAD))
+    assert len(failures) == 1
+    assert len(t.dispatcher.calls) == 2  # the next delivery started

@@ -75,8 +75,7 @@ class FrameProtocol(HubProtocol, Int32StringReceiver):
             old.cancel()
         self.subscriptions[topic_filter] = subscription
         self.sendString(b"K")
-        for message in subscription.retained:
-            self.deliver(message)
+        await subscription.deliverRetained()
 
     def deliver(self, message) -> None:
         self.sendString(with_topic(b"M", message.topic, message.payload))

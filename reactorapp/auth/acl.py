@@ -27,10 +27,11 @@ skipped for that client, so a crafted name cannot widen its own access.
 
 from __future__ import annotations
 
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from reactorapp.auth.files import file_stamp, read_text
+from reactorapp.auth.files import WatchedFile, read_text
 from reactorapp.auth.interfaces import IAuthorizer
 from reactorapp.hub.topics import is_valid_filter, parse_shared
 
@@ -277,22 +278,17 @@ class ACLAuthorizer:
 
 class ACLFile:
     """An ACL file kept current: `check` (called every few seconds, since
-    the ACL is consulted for every delivery) re-reads it when it changed.
-    A file that no longer parses keeps the previous rules, and says why."""
+    the ACL is consulted for every delivery) re-reads it when it changed,
+    with ``run`` (on a thread pool in the service: the stat, the read and
+    the parsing stay off the reactor). A file that no longer parses keeps
+    the previous rules, and says why."""
 
-    def __init__(self, path: str, authorizer: ACLAuthorizer) -> None:
+    def __init__(self, path: str, authorizer: ACLAuthorizer, run=None) -> None:
         self.path = path
         self.authorizer = authorizer
-        self._stamp = file_stamp(path)
+        self._watch = WatchedFile(path, read_acl, (ACLError,), authorizer.replace,
+                                  log, "rules", run or maybeDeferred)
 
-    def check(self) -> None:
-        stamp = file_stamp(self.path)
-        if stamp is None or stamp == self._stamp:
-            return
-        self._stamp = stamp
-        try:
-            self.authorizer.replace(read_acl(self.path))
-        except ACLError as e:
-            log.error("{error} Keeping the previous rules.", error=str(e).rstrip(".") + ".")
-        else:
-            log.info("ACL file {path} reloaded", path=self.path)
+    def check(self):
+        """A Deferred that never fails, once the file was looked at."""
+        return self._watch.check()

@@ -29,9 +29,9 @@ def make_guard(config, reactor, authenticator=None, authorizer=None) -> Guard:
         authorizer = authenticator
     try:
         if authenticator is None and config.passwd:
+            run = partial(on_thread, reactor)
             authenticator = PasswordFileAuthenticator(
-                PasswordFile(config.passwd), config.allow_anonymous,
-                run=partial(_on_thread, reactor))
+                PasswordFile(config.passwd, run=run), config.allow_anonymous, run=run)
         if authorizer is None and config.acl:
             authorizer = ACLAuthorizer(read_acl(config.acl))
     except (PasswordFileError, ACLError) as e:
@@ -39,11 +39,12 @@ def make_guard(config, reactor, authenticator=None, authorizer=None) -> Guard:
     if config.tls_cert_auth:
         authenticator = CertificateAuthenticator(authenticator)
     limiter = ConnectionLimiter(config.max_connections, config.max_connections_per_address)
-    return Guard(authenticator, authorizer, limiter)
+    return Guard(authenticator, authorizer, limiter, config.max_subscriptions)
 
 
-def _on_thread(reactor, function, *args):
-    """Run scrypt on the reactor's thread pool, never on the reactor itself."""
+def on_thread(reactor, function, *args):
+    """Run scrypt, or reading a file, on the reactor's thread pool, never on
+    the reactor itself."""
     return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
 

@@ -12,7 +12,7 @@ class GuardStats:
     __slots__ = (
         "connections_refused", "connect_timeouts", "bad_credentials", "not_authorized",
         "publish_denied", "subscribe_denied", "deliveries_denied",
-        "subscriptions_over_limit", "publish_throttled",
+        "subscriptions_over_limit", "publish_throttled", "logins_busy",
     )
 
     def __init__(self) -> None:
@@ -30,22 +30,28 @@ class GuardStats:
         self.subscribe_denied = 0
         #: Messages not delivered because the ACL forbids reading the topic.
         self.deliveries_denied = 0
-        #: SUBSCRIBE filters answered 0x80 because of --max-subscriptions.
+        #: Subscriptions refused because of --max-subscriptions (MQTT: 0x80).
         self.subscriptions_over_limit = 0
         #: Times a client was paused for publishing faster than --publish-rate.
         self.publish_throttled = 0
+        #: HTTP Basic log-ins answered 503 because MAX_BASIC_CHECKS were being checked.
+        self.logins_busy = 0
 
 
 class Guard:
     """Authentication, authorisation and connection limits, shared by every
     listener. The defaults let everyone in and check nothing, at no cost."""
 
-    def __init__(self, authenticator=None, authorizer=None, limiter=None) -> None:
+    def __init__(self, authenticator=None, authorizer=None, limiter=None,
+                 max_subscriptions: int = 1000) -> None:
         #: `IAuthenticator`, or None to accept every client as it says it is.
         self.authenticator = authenticator
         #: `IAuthorizer`, or None when there is no ACL.
         self.authorizer = authorizer
         self.limiter = limiter if limiter is not None else ConnectionLimiter()
+        #: Subscriptions one protocol-plugin connection may hold (0: no
+        #: limit); MQTT has its own setting from the same option.
+        self.max_subscriptions = max_subscriptions
         self.stats = GuardStats()
 
     def read_filter(self, identity):

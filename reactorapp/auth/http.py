@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import secrets
 
-from twisted.internet.defer import maybeDeferred, succeed
+from twisted.internet.defer import fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.util import DeferredResource
@@ -41,6 +41,16 @@ ADMIN = frozenset({b"clients", b"sessions", b"stats", b"webhooks"})
 #: Seconds a successful Basic login is remembered (scrypt costs ~60 ms).
 BASIC_CACHE_SECONDS = 60.0
 BASIC_CACHE_SIZE = 1024
+
+#: HTTP Basic log-ins checked at once. Each is an scrypt on the reactor's
+#: thread pool, which MQTT log-ins use too: past this bound a log-in is
+#: answered 503 at once, so a flood of bad ones delays MQTT log-ins by at
+#: most this many checks. (Remembered log-ins and bearer tokens cost none.)
+MAX_BASIC_CHECKS = 4
+
+
+class _Busy(Exception):
+    """As many HTTP Basic log-ins as allowed are being checked."""
 
 
 def unauthorized(detail: str) -> ApiError:
@@ -106,6 +116,8 @@ class GuardedRoot(resource.Resource):
         self.wrapped = wrapped
         self.guard = guard
         self._cache = _BasicCache(clock)
+        #: HTTP Basic log-ins being checked now.
+        self.checking = 0
 
     def getChildWithDefault(self, path, request):
         request.guard = self.guard
@@ -146,10 +158,15 @@ class GuardedRoot(resource.Resource):
             cached = self._cache.get(username, password.encode("utf-8"))
             if cached is not None:
                 return succeed(cached)
+            if self.checking >= MAX_BASIC_CHECKS:
+                self.guard.stats.logins_busy += 1
+                return fail(_Busy())
+            self.checking += 1
             d = maybeDeferred(authenticator.authenticate, username, password.encode("utf-8"),
                               "", request.getClientAddress(),
                               peer_certificate(request.channel.transport
                                                if request.channel is not None else None))
+            d.addBoth(self._checked)
             d.addCallback(self._remember, username, password.encode("utf-8"))
             return d
         if scheme == b"bearer" and authenticator is not None:
@@ -160,6 +177,10 @@ class GuardedRoot(resource.Resource):
             return maybeDeferred(authenticator.authenticate_token, token,
                                  request.getClientAddress())
         return succeed(None)
+
+    def _checked(self, result):
+        self.checking -= 1
+        return result
 
     def _remember(self, identity, username, password):
         if identity is not None:
@@ -177,6 +198,10 @@ class GuardedRoot(resource.Resource):
         return self.wrapped
 
     def _eb_authenticated(self, failure, request):
+        if failure.check(_Busy):
+            return _Answer(ApiError(
+                503, "busy", "Too many log-ins are being checked; try again shortly,"
+                " or use a bearer token.", {b"Retry-After": b"1"}))
         if failure.check(NotAuthorized):
             self.guard.stats.not_authorized += 1
             return _Answer(unauthorized("Log in: HTTP Basic with a user of the password"

@@ -17,6 +17,8 @@ _COUNTERS = (
     ("deliveries_denied", "Messages not delivered because the ACL forbids reading the topic."),
     ("subscriptions_over_limit", "Topic filters refused (0x80) because of --max-subscriptions."),
     ("publish_throttled", "Times a client was paused for publishing faster than --publish-rate."),
+    ("logins_busy", "HTTP Basic log-ins answered 503 because as many as the bound were"
+                    " being checked (scrypt) already."),
 )
 
 

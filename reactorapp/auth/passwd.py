@@ -31,7 +31,7 @@ from twisted.internet.defer import fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from reactorapp.auth.files import file_stamp, read_text
+from reactorapp.auth.files import WatchedFile, read_text
 from reactorapp.auth.interfaces import IAuthenticator, Identity, NotAuthorized
 
 log = Logger()
@@ -150,24 +150,23 @@ def read_users(path: str) -> Users:
 
 
 class PasswordFile:
-    """A password file kept current: re-read when its size or time changes."""
+    """A password file kept current by `check`, which the service calls
+    every few seconds: it looks at the file (and parses it when it changed)
+    with ``run``, on a thread pool. ``users`` is a plain attribute, so a
+    log-in or a bearer token costs no system call on the reactor."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, run=None) -> None:
         self.path = path
-        self._users = read_users(path)
-        self._stamp = file_stamp(path)
+        self.users = read_users(path)
+        self._watch = WatchedFile(path, read_users, (PasswordFileError,), self._replace,
+                                  log, "users", run or _in_caller)
 
-    @property
-    def users(self) -> Users:
-        stamp = file_stamp(self.path)
-        if stamp is not None and stamp != self._stamp:
-            self._stamp = stamp
-            try:
-                self._users = read_users(self.path)
-                log.info("Password file {path} reloaded", path=self.path)
-            except PasswordFileError as e:
-                log.error("{error} Keeping the previous users.", error=str(e))
-        return self._users
+    def _replace(self, users: Users) -> None:
+        self.users = users
+
+    def check(self):
+        """Read the file again if it changed; a Deferred that never fails."""
+        return self._watch.check()
 
 
 def _check(password: bytes, encoded: str | None) -> bool:

@@ -2,8 +2,10 @@
 
 The parser frames the byte stream incrementally and checks everything a
 single packet can get wrong (flags, lengths, strings, field rules). Rules
-that need connection state, such as "the first packet must be CONNECT", are
-the protocol's job.
+that need connection state are the protocol's job, with one exception: a
+server's parser can be told to expect CONNECT first (``max_connect_size``),
+so that anything else is refused from its first byte, before a body is
+buffered.
 
 String policy (MQTT 3.1.1 section 1.5.3): strings must be well-formed UTF-8
 (Python's strict decoder rejects overlong forms and surrogates) and must not
@@ -47,6 +49,7 @@ from reactorapp.mqtt.packets import (
 )
 
 __all__ = [
+    "MAX_CONNECT_SIZE",
     "MAX_REMAINING_LENGTH",
     "PINGRESP_BYTES",
     "MalformedPacket",
@@ -64,6 +67,11 @@ __all__ = [
 ]
 
 MAX_REMAINING_LENGTH = 268_435_455
+
+#: The largest CONNECT a server accepts by default, fixed header included.
+#: Real ones are a few hundred bytes; the bound keeps a connection that has
+#: not logged in from making the broker buffer much.
+MAX_CONNECT_SIZE = 65_536
 
 #: MQTT 5 reason codes carried by the errors below.
 MALFORMED = 0x81
@@ -434,6 +442,17 @@ def _first_byte_rule(first: int, server_side: bool, level: int):
 
 _RULES: dict[tuple[bool, int], tuple] = {}
 
+#: The rules before a server has seen CONNECT: every other first byte is
+#: refused at once [MQTT-3.1.0-1].
+_CONNECT_FIRST = tuple(
+    None if first == 0x10 else (
+        ProtocolError,
+        f"The first packet must be CONNECT, not {_NAMES.get(first >> 4, 'type 0')}.",
+        PROTOCOL_ERROR,
+    )
+    for first in range(256)
+)
+
 
 def _first_byte_rules(server_side: bool, level: int) -> tuple:
     key = (server_side, level)
@@ -447,8 +466,16 @@ def _first_byte_rules(server_side: bool, level: int) -> tuple:
 
 #: PUBLISH topic names seen lately, as bytes -> checked str: most traffic
 #: goes to a few topics, and a dict hit is cheaper than decoding and checking.
+#: Shared by every connection, so bounded by count and by size: only names
+#: up to _TOPIC_CACHED_MAX bytes are kept (as the topic tree's match cache
+#: does), and the cache starts afresh past _TOPIC_NAMES_MAX names or
+#: _TOPIC_CACHE_BYTES bytes of names.
 _TOPIC_NAMES: dict[bytes, str] = {}
 _TOPIC_NAMES_MAX = 4096
+_TOPIC_CACHED_MAX = 1024
+_TOPIC_CACHE_BYTES = 1024 * 1024
+#: Bytes of names in each cache: [_TOPIC_NAMES, _TOPIC_FIELDS].
+_cached_bytes = [0, 0]
 
 
 def _valid_topic(raw: bytes) -> str | None:
@@ -460,9 +487,14 @@ def _valid_topic(raw: bytes) -> str | None:
         return None
     if not topic or "+" in topic or "#" in topic or "\x00" in topic:
         return None
-    if len(_TOPIC_NAMES) >= _TOPIC_NAMES_MAX:
-        _TOPIC_NAMES.clear()
-    _TOPIC_NAMES[raw] = topic
+    size = len(raw)
+    if size <= _TOPIC_CACHED_MAX:
+        if (len(_TOPIC_NAMES) >= _TOPIC_NAMES_MAX
+                or _cached_bytes[0] + size > _TOPIC_CACHE_BYTES):
+            _TOPIC_NAMES.clear()
+            _cached_bytes[0] = 0
+        _TOPIC_NAMES[raw] = topic
+        _cached_bytes[0] += size
     return topic
 
 
@@ -505,6 +537,10 @@ class Parser:
 
     ``server_side`` parses as a server, refusing packets only a server sends;
     False parses as a client (a bridge, or tests).
+
+    ``max_connect_size``, for a server, says the first packet must be a
+    CONNECT of at most that many bytes: any other first byte, or a larger
+    CONNECT, is refused as soon as its header arrives. None: no such rule.
     """
 
     def __init__(
@@ -513,8 +549,12 @@ class Parser:
         protocol_level: int = MQTT_3_1_1,
         *,
         server_side: bool = True,
+        max_connect_size: int | None = None,
     ) -> None:
         self.max_packet_size = max_packet_size
+        #: The bound on the first packet while it must be CONNECT, else None.
+        self._connect_limit = (
+            None if max_connect_size is None else min(max_connect_size, max_packet_size))
         self._buf = bytearray()
         #: Size of the buffered packet once its header is complete, else 0.
         self._need = 0
@@ -522,6 +562,8 @@ class Parser:
         self._server_side = server_side
         self._level = protocol_level
         self._rules = _first_byte_rules(server_side, protocol_level)
+        if self._connect_limit is not None:
+            self._rules = _CONNECT_FIRST
 
     @property
     def protocol_level(self) -> int:
@@ -531,6 +573,8 @@ class Parser:
     def protocol_level(self, level: int) -> None:
         self._level = level
         self._rules = _first_byte_rules(self._server_side, level)
+        if self._connect_limit is not None:
+            self._rules = _CONNECT_FIRST
 
     @property
     def server_side(self) -> bool:
@@ -540,6 +584,8 @@ class Parser:
     def server_side(self, value: bool) -> None:
         self._server_side = value
         self._rules = _first_byte_rules(value, self._level)
+        if self._connect_limit is not None:
+            self._rules = _CONNECT_FIRST
 
     @property
     def buffered(self) -> int:
@@ -571,7 +617,7 @@ class Parser:
         rules = self._rules
         level = self._level
         parsers = _PARSERS
-        limit = self.max_packet_size
+        limit = self._connect_limit or self.max_packet_size
         need = 0
         try:
             while pos < n:
@@ -624,6 +670,10 @@ class Parser:
                 append(packet)
                 pos = end
                 if first == 0x10:
+                    # Expecting CONNECT ends with the first one; a second is
+                    # the protocol's to refuse [MQTT-3.1.0-2].
+                    self._connect_limit = None
+                    limit = self.max_packet_size
                     self.protocol_level = level = packet.protocol_level
                     rules = self._rules
         except ProtocolError as error:
@@ -670,7 +720,8 @@ def _publish_first(qos: int, retain: bool, dup: bool) -> int:
     return first
 
 
-#: Topic name -> its wire form (length prefix + UTF-8), for the encoders.
+#: Topic name -> its wire form (length prefix + UTF-8), for the encoders;
+#: bounded like _TOPIC_NAMES.
 _TOPIC_FIELDS: dict[str, bytes] = {}
 
 
@@ -681,9 +732,14 @@ def _topic_field(topic: str) -> bytes:
         if len(encoded) > 0xFFFF:
             raise ValueError("The topic is longer than 65535 bytes.")
         field = _pack_h(len(encoded)) + encoded
-        if len(_TOPIC_FIELDS) >= _TOPIC_NAMES_MAX:
-            _TOPIC_FIELDS.clear()
-        _TOPIC_FIELDS[topic] = field
+        size = len(encoded)
+        if size <= _TOPIC_CACHED_MAX:  # bounded as _TOPIC_NAMES is
+            if (len(_TOPIC_FIELDS) >= _TOPIC_NAMES_MAX
+                    or _cached_bytes[1] + size > _TOPIC_CACHE_BYTES):
+                _TOPIC_FIELDS.clear()
+                _cached_bytes[1] = 0
+            _TOPIC_FIELDS[topic] = field
+            _cached_bytes[1] += size
     return field
 
 

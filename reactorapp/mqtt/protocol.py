@@ -25,7 +25,7 @@ from reactorapp.hub.message import Message
 from reactorapp.hub.topics import is_valid_filter
 from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.codec import (
-    PINGRESP_BYTES, Parser, ProtocolError, UnsupportedProtocol, encode,
+    MAX_CONNECT_SIZE, PINGRESP_BYTES, Parser, ProtocolError, UnsupportedProtocol, encode,
     encode_puback, encode_pubcomp, encode_publish, encode_publish_parts,
     encode_pubrec, encode_pubrel,
 )
@@ -101,7 +101,11 @@ class MQTTProtocol(Protocol):
         self._acks: deque | tuple = ()
         #: Output held while a read is handled, or None.
         self._out: list | None = None
-        self._parser = Parser(max_packet_size=factory.settings.max_packet_size)
+        # Until CONNECT, anything else is refused from its first byte and
+        # CONNECT itself is small: a peer that has not logged in cannot make
+        # the broker buffer a large packet.
+        self._parser = Parser(max_packet_size=factory.settings.max_packet_size,
+                              max_connect_size=factory.max_connect_size)
 
     def __repr__(self) -> str:
         return f"<MQTTProtocol client_id={self.client_id!r}>"
@@ -489,7 +493,8 @@ class MQTTProtocol(Protocol):
         self.client_id = client_id
         authenticator = self.guard.authenticator
         if authenticator is None:
-            self._accept(connect, Identity(connect.username, client_id))
+            maybeDeferred(self._accept, connect, Identity(connect.username, client_id)
+                          ).addErrback(self._eb_accept)
             return
         # [§3.1.4]: authentication may take a while (scrypt runs on a thread).
         # Packets sent behind the CONNECT wait, in order, and reading pauses.
@@ -500,6 +505,7 @@ class MQTTProtocol(Protocol):
         d.addTimeout(self.settings.connect_timeout or 60.0, self.clock)
         d.addCallbacks(self._cb_authenticated, self._eb_authenticated,
                        callbackArgs=(connect,))
+        d.addErrback(self._eb_accept)
         if self.state == AUTHENTICATING:
             self._pause_reading("auth")
 
@@ -529,6 +535,16 @@ class MQTTProtocol(Protocol):
             return
         log.failure("Could not authenticate {peer}", failure, peer=self._peer())
         self._refuse(P.ConnectReturnCode.SERVER_UNAVAILABLE, "authentication failed")
+
+    def _eb_accept(self, failure) -> None:
+        """Accepting raised (a plugin authorizer, a bug): log it once, tell
+        the client (CONNACK 3 if no CONNACK went out yet) and close."""
+        log.failure("Could not accept {peer} ({client_id})", failure,
+                    peer=self._peer(), client_id=self.client_id)
+        if self.state in (AWAITING_CONNECT, AUTHENTICATING):
+            self._refuse(P.ConnectReturnCode.SERVER_UNAVAILABLE, "accepting the connection failed")
+        else:
+            self._close(abort=True)
 
     def _accept(self, connect: P.Connect, identity: Identity) -> None:
         """The client is who it says: apply the session rules, CONNACK 0,
@@ -801,6 +817,8 @@ class MQTTFactory(Factory):
     #: Who may connect and what they may do; the service replaces this
     #: open default, shared with the HTTP front end.
     guard = Guard()
+    #: The largest CONNECT accepted, in bytes (fixed header included).
+    max_connect_size = MAX_CONNECT_SIZE
 
     def __init__(self, hub, clock, settings: MQTTSettings | None = None,
                  front_end: str = "mqtt") -> None:

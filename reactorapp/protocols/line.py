@@ -90,8 +90,7 @@ class LineProtocol(HubProtocol, LineReceiver):
             old.cancel()  # after the new one is in place: nothing is missed
         self.subscriptions[topic_filter] = subscription
         self.reply(b"OK SUB " + argument)
-        for message in subscription.retained:
-            self.deliver(message)
+        await subscription.deliverRetained()
 
     async def unsub(self, argument: bytes) -> None:
         subscription = self.subscriptions.pop(_text(argument), None)

@@ -28,7 +28,7 @@ import threading
 from itertools import chain, groupby
 from operator import itemgetter
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -339,8 +339,9 @@ class SQLiteStore:
 
     def _read_in_writer(self, _ignored, function, args) -> Deferred:
         if self._writer is None:
-            # Nothing was ever written, so no thread uses the connection.
-            return maybeDeferred(function, self._connection, *args)
+            # Nothing was written yet: the writer starts now, so that the
+            # read (a request's, say) never runs on the reactor's thread.
+            self._writer = _Writer(self._reactor)
         return self._writer.call(function, self._connection, *args)
 
     # -- shutdown ------------------------------------------------------------

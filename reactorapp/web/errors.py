@@ -150,28 +150,34 @@ def _body(request, value) -> bytes:
 
 
 def _render_later(request, result: Deferred):
-    """Answer when ``result`` fires, unless the client has gone by then."""
+    """Answer when ``result`` fires, unless the client has gone by then.
+
+    Whatever raises on the way (the handler's Deferred, turning its value
+    into a body) is logged once and answered with a JSON 500; if even
+    writing fails, the connection is closed: a request is never left open.
+    """
     gone = []
     request.notifyFinish().addBoth(gone.append)
 
-    def answer(value):
-        if not gone:
-            request.write(_body(request, value))
-            request.finish()
-
     def failed(failure):
         if failure.check(ApiError):
-            body = error_body(request, failure.value)
-        else:
-            log.failure("Answering {method} {path} failed", failure,
-                        method=request.method, path=request.path)
-            body = internal_error_body(request)
+            return error_body(request, failure.value)
+        log.failure("Answering {method} {path} failed", failure,
+                    method=request.method, path=request.path)
+        return internal_error_body(request)
+
+    def send(body):
         if not gone:
             request.write(body)
             request.finish()
 
-    result.addCallbacks(answer, failed).addErrback(
-        lambda f: log.failure("Cannot answer {path}", f, path=request.path))
+    def unsent(failure):
+        log.failure("Cannot answer {path}", failure, path=request.path)
+        if not gone and not request.finished:
+            request.loseConnection()
+
+    result.addCallback(lambda value: _body(request, value))
+    result.addErrback(failed).addCallback(send).addErrback(unsent)
     return server.NOT_DONE_YET
 
 

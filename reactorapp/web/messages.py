@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from reactorapp.hub.topics import InvalidTopic, validate_filter, validate_topic
 from reactorapp.web.errors import bad_request
@@ -31,14 +31,29 @@ def message_json(message, qos: int | None = None, retained: bool | None = None) 
     }
 
 
-def parse_publish(body: bytes) -> tuple[str, bytes, int, bool]:
-    """Read a JSON publish request: (topic, payload, qos, retain), or a 400."""
+def parse_json(body: bytes) -> object:
+    """A request body as JSON, or a 400 for anything ``json`` refuses
+    (numbers too long to convert and nesting too deep included)."""
     try:
-        document = json.loads(body)
+        return json.loads(body)
     except UnicodeDecodeError:
         raise bad_request("The body is not UTF-8 text.", "invalid JSON") from None
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise bad_request(f"The body is not JSON: {e}.", "invalid JSON") from None
+
+
+def parse_count(text: str) -> int | None:
+    """``text`` as a whole number if it is one written with ASCII digits
+    (``str.isdigit`` also takes '²' and other digits ``int`` refuses), of
+    at most 18 of them; else None."""
+    if text.isascii() and text.isdigit() and len(text) <= 18:
+        return int(text)
+    return None
+
+
+def parse_publish(body: bytes) -> tuple[str, bytes, int, bool]:
+    """Read a JSON publish request: (topic, payload, qos, retain), or a 400."""
+    document = parse_json(body)
     if not isinstance(document, dict):
         raise bad_request("The body must be a JSON object.", "invalid JSON")
     unknown = sorted(set(document) - set(PUBLISH_FIELDS))
@@ -95,8 +110,17 @@ def check_filter(topic_filter: str) -> str:
 
 
 def query(request) -> dict[bytes, list[bytes]]:
-    """The URL's query parameters only (``request.args`` also holds form bodies)."""
-    return parse_qs(urlsplit(request.uri).query, keep_blank_values=True)
+    """The URL's query parameters only (``request.args`` also holds form bodies).
+
+    Decoded byte for byte (latin-1): ``parse_qs`` given bytes decodes
+    escapes as UTF-8 and then fails to encode them back as ASCII, so
+    ``%B2`` would be a 500. Values are then read as UTF-8 by their users.
+    """
+    text = urlsplit(request.uri).query.decode("latin-1")
+    found: dict[bytes, list[bytes]] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True, encoding="latin-1"):
+        found.setdefault(name.encode("latin-1"), []).append(value.encode("latin-1"))
+    return found
 
 
 def query_filters(request) -> list[str]:

@@ -7,6 +7,8 @@ from io import BytesIO
 from twisted.logger import Logger
 from twisted.web import http, server
 
+from reactorapp.auth.limits import ConnectionLimiter
+
 from reactorapp.web.api import Clients, OpenAPI, Publish, Retained, Sessions, Stats, Topics
 from reactorapp.web.dashboard import DashboardPage, StaticFiles, load_static
 from reactorapp.web.errors import (
@@ -117,19 +119,50 @@ class LimitedRequest(server.Request):
 
 
 class WebSite(server.Site):
-    """A Site with `LimitedRequest` requests and no tracebacks for clients."""
+    """A Site with `LimitedRequest` requests, no tracebacks for clients, and
+    a bound on open connections (``limiter``: in total and per address).
+
+    A connection over the bound is closed at once, before a byte is read
+    (``refused`` counts them). One that becomes a WebSocket leaves the
+    count: from then on it is an MQTT connection, counted as one.
+    """
 
     requestFactory = LimitedRequest
     displayTracebacks = False
 
-    def __init__(self, root, *, max_body_size: int, reactor) -> None:
+    def __init__(self, root, *, max_body_size: int, reactor,
+                 limiter: ConnectionLimiter | None = None) -> None:
         super().__init__(root, reactor=reactor)
         self.max_body_size = max_body_size
+        self.limiter = limiter if limiter is not None else ConnectionLimiter()
+        self.refused = 0
+
+    def buildProtocol(self, addr):
+        address = getattr(addr, "host", None) or type(addr).__name__
+        if not self.limiter.admit(address):
+            self.refused += 1
+            return None  # the listening port closes the connection
+        protocol = super().buildProtocol(addr)
+        slot = [address]
+
+        def release() -> None:
+            if slot:
+                self.limiter.release(slot.pop())
+
+        lost = protocol.connectionLost
+
+        def connectionLost(reason):
+            release()
+            return lost(reason)
+
+        protocol.connectionLost = connectionLost
+        protocol.releaseSlot = release
+        return protocol
 
 
 def make_site(hub, reactor, websocket_mqtt_factory, *, max_body_size: int,
               readiness, registry, stats: WebStats | None = None,
-              api: dict | None = None) -> WebSite:
+              api: dict | None = None, limiter: ConnectionLimiter | None = None) -> WebSite:
     """Build the whole URL tree.
 
     ``websocket_mqtt_factory`` is the MQTTFactory whose protocols serve /mqtt;
@@ -137,7 +170,8 @@ def make_site(hub, reactor, websocket_mqtt_factory, *, max_body_size: int,
     gets the hub's and this site's collectors here; ``api`` adds resources
     under /api/v1 by name (``{b"webhooks": ...}``). A resource with an
     ``openapi`` attribute (``{"paths": ..., "components": ...}``) is
-    described in /api/v1/openapi.json too.
+    described in /api/v1/openapi.json too. ``limiter`` bounds open
+    connections (none by default).
     """
     stats = stats if stats is not None else WebStats()
     registry.register(HubCollector(hub))
@@ -170,6 +204,6 @@ def make_site(hub, reactor, websocket_mqtt_factory, *, max_body_size: int,
     v1.putChild(b"openapi.json", OpenAPI(
         [child.openapi for child in extra.values() if getattr(child, "openapi", None)]))
 
-    site = WebSite(root, max_body_size=max_body_size, reactor=reactor)
+    site = WebSite(root, max_body_size=max_body_size, reactor=reactor, limiter=limiter)
     site.stats = stats
     return site

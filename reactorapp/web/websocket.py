@@ -16,6 +16,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -170,6 +171,8 @@ class MQTTWebSocketResource(WebSocketResource):
         # The HTTP channel is the connection's producer until now; the
         # WebSocket side registers its own.
         request.transport.unregisterProducer()
+        # From here on the connection is MQTT's, counted by its limiter.
+        release_connection(request)
         return super().render(request)
 
     @staticmethod
@@ -192,3 +195,19 @@ class MQTTWebSocketResource(WebSocketResource):
             return ApiError(400, "bad request",
                             "MQTT over WebSocket needs the subprotocol 'mqtt'.")
         return None
+
+
+def release_connection(request) -> None:
+    """The connection of ``request`` is handed over to a WebSocket: it no
+    longer counts as an HTTP connection (`WebSite.buildProtocol` gave its
+    protocol a ``releaseSlot``). Found as autobahn finds it, TLS included."""
+    transport = request.transport
+    if isinstance(transport, ProtocolWrapper):  # TLS
+        protocol = transport.wrappedProtocol
+    else:
+        protocol = getattr(transport, "protocol", None)
+        if isinstance(protocol, ProtocolWrapper):
+            protocol = protocol.wrappedProtocol
+    release = getattr(protocol, "releaseSlot", None)
+    if release is not None:
+        release()

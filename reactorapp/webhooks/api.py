@@ -17,12 +17,10 @@ Changes answer once they are stored. The secret is never shown back;
 
 from __future__ import annotations
 
-import json
-
 from reactorapp.web.errors import (
     ApiError, Body, JSONResource, NotFound, bad_request, json_bytes, not_found,
 )
-from reactorapp.web.messages import query
+from reactorapp.web.messages import parse_count, parse_json, query
 from reactorapp.webhooks.openapi import OPENAPI
 from reactorapp.webhooks.rules import RuleError, parse_rule
 from reactorapp.webhooks.service import RuleConflict, UnknownRule
@@ -36,12 +34,7 @@ def rule_json(service, rule) -> dict:
 
 
 def _body(request) -> object:
-    try:
-        return json.loads(request.content.read())
-    except UnicodeDecodeError:
-        raise bad_request("The body is not UTF-8 text.", "invalid JSON") from None
-    except json.JSONDecodeError as e:
-        raise bad_request(f"The body is not JSON: {e}.", "invalid JSON") from None
+    return parse_json(request.content.read())
 
 
 def _rule(data, name=None):
@@ -79,9 +72,10 @@ def _int_query(request, name: str, default: int, low: int, high: int) -> int:
     if not values:
         return default
     text = values[-1].decode("latin-1")
-    if not text.isdigit() or not low <= int(text) <= high:
+    number = parse_count(text)
+    if number is None or not low <= number <= high:
         raise bad_request(f"'{name}' must be a whole number from {low} to {high}, not {text!r}.")
-    return int(text)
+    return number
 
 
 def _name(segment: bytes) -> str:
@@ -161,9 +155,10 @@ class DeadLetters(_RuleResource):
             return self
         if path == b"retry-all":
             return RetryAll(self.service, self.name)
-        if path.isdigit() and request.postpath == [b"retry"]:
+        number = parse_count(path.decode("latin-1"))
+        if number is not None and request.postpath == [b"retry"]:
             request.prepath.append(request.postpath.pop())
-            return Retry(self.service, self.name, int(path))
+            return Retry(self.service, self.name, number)
         return NotFound()
 
     def json_GET(self, request):

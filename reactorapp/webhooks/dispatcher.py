@@ -207,8 +207,8 @@ def retry_after_seconds(value: bytes | None, now: float) -> float | None:
     if not value:
         return None
     text = value.decode("latin-1").strip()
-    if text.isdigit():
-        seconds = float(text)
+    if text.isascii() and text.isdigit():  # not '²': isdigit alone takes it
+        seconds = float(text)  # a long run of digits is inf, then the cap
     else:
         try:
             seconds = parsedate_to_datetime(text).timestamp() - now

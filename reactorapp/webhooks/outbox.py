@@ -29,11 +29,13 @@ import secrets
 from collections import deque
 
 from twisted.internet.defer import CancelledError
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.webhooks.delivery import DeadLetter, Delivery
+from reactorapp.webhooks.dispatcher import Result
 
 log = Logger()
 
@@ -121,6 +123,8 @@ class RuleOutbox:
         self._spill_mark = 0
         self._paging = False
         self._pumping = False
+        #: Delivery id -> times its delivery failed unexpectedly (a bug).
+        self._crashes: dict[int, int] = {}
         self.metrics.pending.set(pending)
 
     def __repr__(self) -> str:
@@ -232,20 +236,24 @@ class RuleOutbox:
         self._pumping = True
         try:
             queue, in_flight = self.queue, self.in_flight
-            dispatcher = self.outbox.dispatcher
             while queue and len(in_flight) < self.rule.max_concurrency and not self.stopped:
-                delivery = queue.popleft()
-                in_flight[delivery.id] = None  # it may finish before deliver returns
-                d = dispatcher.deliver(self, delivery)
-                if delivery.id in in_flight:
-                    in_flight[delivery.id] = d
-                d.addCallbacks(self._cbDone, self._ebDone,
-                               callbackArgs=(delivery,), errbackArgs=(delivery,))
+                self._send(queue.popleft())
         finally:
             self._pumping = False
 
+    def _send(self, delivery: Delivery) -> None:
+        in_flight = self.in_flight
+        in_flight[delivery.id] = None  # it may finish before deliver returns
+        d = self.outbox.dispatcher.deliver(self, delivery)
+        if delivery.id in in_flight:
+            in_flight[delivery.id] = d
+        d.addCallbacks(self._cbDone, self._ebDone,
+                       callbackArgs=(delivery,), errbackArgs=(delivery,))
+        d.addErrback(self._ebRecord, delivery)
+
     def _cbDone(self, result, delivery: Delivery) -> None:
         self.in_flight.pop(delivery.id, None)
+        self._crashes.pop(delivery.id, None)
         self.pending -= 1
         self.metrics.pending.dec()
         store = self.outbox.store
@@ -269,13 +277,43 @@ class RuleOutbox:
         self._next()
 
     def _ebDone(self, failure, delivery: Delivery) -> None:
-        self.in_flight.pop(delivery.id, None)
+        """The dispatcher failed instead of answering (a bug): the delivery
+        is tried again after the rule's back-off, keeping its place, and
+        is dead once that has happened as often as the rule allows attempts."""
         if failure.check(CancelledError):
+            self.in_flight.pop(delivery.id, None)
             return  # stopped; a durable delivery is still in the store
-        self.pending -= 1
-        self.metrics.pending.dec()
-        log.failure("Webhook {rule}: delivery {id} failed unexpectedly; it stays in"
-                    " the outbox until the next start", failure,
+        crashes = self._crashes[delivery.id] = self._crashes.get(delivery.id, 0) + 1
+        log.failure("Webhook {rule}: delivery {id} failed unexpectedly ({crashes} of {most})",
+                    failure, rule=self.rule.name, id=delivery.id, crashes=crashes,
+                    most=self.rule.retry.max_attempts)
+        if self.stopped:
+            self.in_flight.pop(delivery.id, None)
+            return
+        if crashes >= self.rule.retry.max_attempts:
+            reason = f"internal error: {failure.getErrorMessage()}"[:300]
+            self._cbDone(Result(False, crashes, reason), delivery)
+            return
+        wait = deferLater(self.outbox.clock, self.rule.retry.delay(crashes, 0.5))
+        self.in_flight[delivery.id] = wait
+        wait.addCallbacks(self._cbWaited, self._ebWaited,
+                          callbackArgs=(delivery,), errbackArgs=(delivery,))
+
+    def _cbWaited(self, _ignored, delivery: Delivery) -> None:
+        self.in_flight.pop(delivery.id, None)
+        if not self.stopped:
+            self._send(delivery)
+
+    def _ebWaited(self, failure, delivery: Delivery) -> None:
+        self.in_flight.pop(delivery.id, None)
+        if not failure.check(CancelledError):
+            log.failure("Webhook {rule}: delivery {id} could not be tried again", failure,
+                        rule=self.rule.name, id=delivery.id)
+
+    def _ebRecord(self, failure, delivery: Delivery) -> None:
+        """Recording the end of a delivery failed: logged once; a durable
+        delivery stays in the store and is sent again after a restart."""
+        log.failure("Webhook {rule}: could not record the end of delivery {id}", failure,
                     rule=self.rule.name, id=delivery.id)
         self._next()
 

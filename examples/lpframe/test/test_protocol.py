@@ -74,6 +74,23 @@ class FrameTests(SynchronousTestCase):
         self.device.lose()
         self.assertEqual(self.kit.hub.subscription_count, 0)
 
+    def test_a_device_that_does_not_read_is_sent_no_more_than_its_buffer(self):
+        """Retained messages and replies wait while the device does not
+        read (HubProtocol does it), and all arrive once it reads."""
+        for n in range(40):
+            self.kit.publish(f"meters/{n}", b"x" * 1000, retain=True)
+        device = self.kit.connect(FrameFactory(self.kit.hub), bufferSize=4096)
+        device.send(frame(b"Smeters/+") * 100)
+        self.assertLess(len(device.transport.value()), 4096 + 1100)
+        bodies = []
+        while True:
+            data = device.received()
+            if not data:
+                break
+            bodies += frames(data)
+        self.assertEqual(len(bodies), 100 * 41)
+        self.assertEqual(self.kit.hub.stats.publish_dropped, 0)
+
 
 class PluginTests(SynchronousTestCase):
     def test_found_and_configured_like_twistd_does(self):
