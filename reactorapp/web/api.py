@@ -9,6 +9,7 @@ import json
 from importlib import resources
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
 from reactorapp.auth.http import read_filter, require_publish
@@ -17,7 +18,7 @@ from reactorapp.web.errors import (
     ApiError, Body, JSONResource, bad_request, not_found,
 )
 from reactorapp.web.messages import (
-    check_topic, message_json, parse_publish, query_bool, query_filters, query_qos,
+    check_topic, message_json, parse_batch, parse_publish, query_bool, query_filters, query_qos,
 )
 
 log = Logger()
@@ -42,8 +43,17 @@ def _eb_not_placed(failure, topic):
                    "The message could not be stored; it may not be delivered. Try again.")
 
 
+def _eb_batch_not_placed(failure, count):
+    log.failure("Could not place a batch of {count} messages published over HTTP", failure,
+                count=count)
+    raise ApiError(503, "not stored",
+                   "Some messages of the batch could not be stored; they may not be delivered."
+                   " Try again.")
+
+
 class Publish(JSONResource):
-    """POST /api/v1/publish with a JSON body."""
+    """POST /api/v1/publish: one message (a JSON object), or a batch (a JSON
+    array, or ``application/x-ndjson``: one object a line)."""
 
     def __init__(self, hub, traffic) -> None:
         super().__init__()
@@ -51,9 +61,48 @@ class Publish(JSONResource):
         self.traffic = traffic
 
     def json_POST(self, request):
-        topic, payload, qos, retain = parse_publish(request.content.read())
+        body = request.content.read()
+        content_type = request.getHeader(b"Content-Type") or b""
+        if content_type.split(b";", 1)[0].strip().lower() == b"application/x-ndjson":
+            return self._batch(request, parse_batch(body, True))
+        if body.lstrip()[:1] == b"[":
+            return self._batch(request, parse_batch(body, False))
+        topic, payload, qos, retain = parse_publish(body)
         require_publish(request, topic)
         return _publish(self.hub, self.traffic, topic, payload, qos, retain)
+
+    def _batch(self, request, messages):
+        """Publish a checked batch, all or nothing: every message may be
+        published (ACL) or none is. The answer, one result per message in
+        order, waits until each is placed, as one acknowledgement each."""
+        for index, (topic, _, _, _) in enumerate(messages):
+            try:
+                require_publish(request, topic)
+            except ApiError as e:
+                raise ApiError(e.code, e.error,
+                               f"Message {index}: {e.detail} None was published.",
+                               extra={"errors": [{"index": index, "error": e.error,
+                                                  "detail": e.detail}]}) from None
+        route = self.hub.route
+        received = self.traffic.received
+        results = []
+        commits = {}
+        waits = []
+        for topic, payload, qos, retain in messages:
+            message = Message(topic, payload, qos, retain)
+            commit, full = route(message)
+            received[qos] += 1
+            results.append({"id": message.id, "topic": topic, "qos": qos, "retain": retain})
+            if commit is not None:
+                commits[id(commit)] = commit
+            if full is not None:
+                waits.extend(full)
+        if not commits and not waits:
+            return results
+        waits.extend(commit.deferred() for commit in commits.values())
+        done = waits[0] if len(waits) == 1 else gatherResults(waits, consumeErrors=True)
+        return done.addCallbacks(lambda _: results, _eb_batch_not_placed,
+                                 errbackArgs=(len(results),))
 
 
 class Topics(JSONResource):

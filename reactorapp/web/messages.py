@@ -8,7 +8,7 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 from reactorapp.hub.topics import InvalidTopic, validate_filter, validate_topic
-from reactorapp.web.errors import bad_request
+from reactorapp.web.errors import ApiError, bad_request
 
 PUBLISH_FIELDS = ("topic", "payload", "encoding", "qos", "retain")
 ENCODINGS = ("utf-8", "base64")
@@ -33,14 +33,23 @@ def message_json(message, qos: int | None = None, retained: bool | None = None) 
 
 def parse_publish(body: bytes) -> tuple[str, bytes, int, bool]:
     """Read a JSON publish request: (topic, payload, qos, retain), or a 400."""
+    document = _json(body)
+    if not isinstance(document, dict):
+        raise bad_request("The body must be a JSON object.", "invalid JSON")
+    return publish_fields(document)
+
+
+def _json(body: bytes):
     try:
-        document = json.loads(body)
+        return json.loads(body)
     except UnicodeDecodeError:
         raise bad_request("The body is not UTF-8 text.", "invalid JSON") from None
     except json.JSONDecodeError as e:
         raise bad_request(f"The body is not JSON: {e}.", "invalid JSON") from None
-    if not isinstance(document, dict):
-        raise bad_request("The body must be a JSON object.", "invalid JSON")
+
+
+def publish_fields(document: dict) -> tuple[str, bytes, int, bool]:
+    """One message of a publish request, checked: (topic, payload, qos, retain)."""
     unknown = sorted(set(document) - set(PUBLISH_FIELDS))
     if unknown:
         raise bad_request(
@@ -59,6 +68,48 @@ def parse_publish(body: bytes) -> tuple[str, bytes, int, bool]:
     if type(retain) is not bool:
         raise bad_request(f"'retain' must be true or false, not {retain!r}.")
     return topic, payload, qos, retain
+
+
+#: At most this many invalid messages of a batch are listed in the answer.
+MAX_LISTED_ERRORS = 100
+
+
+def parse_batch(body: bytes, ndjson: bool) -> list[tuple[str, bytes, int, bool]]:
+    """Every message of a batch (a JSON array, or one JSON object a line),
+    checked before any is published: all of them, or a 400 that lists the
+    invalid ones by index (0-based; for NDJSON, the index among the
+    non-empty lines)."""
+    if ndjson:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_request("The body is not UTF-8 text.", "invalid JSON") from None
+        items = [line for line in text.split("\n") if line.strip()]
+    else:
+        items = _json(body)
+    messages = []
+    errors = []
+    for index, item in enumerate(items):
+        try:
+            if ndjson:
+                item = _json(item)
+            if not isinstance(item, dict):
+                raise bad_request("A message must be a JSON object.", "invalid JSON")
+            messages.append(publish_fields(item))
+        except ApiError as e:
+            if len(errors) < MAX_LISTED_ERRORS:
+                errors.append({"index": index, "error": e.error, "detail": e.detail})
+            else:
+                errors.append(None)
+    if errors:
+        count = len(errors)
+        first = errors[0]
+        raise ApiError(
+            400, "invalid batch",
+            f"{count} of the {len(items)} messages cannot be published (the first at"
+            f" index {first['index']}: {first['detail'].rstrip('.')}); none was published.",
+            extra={"errors": [e for e in errors if e is not None]})
+    return messages
 
 
 def _payload(value, encoding: str) -> bytes:
