@@ -3,7 +3,7 @@
 Each open stream is a hub subscriber. It writes straight to the response
 while the client keeps up; when the connection's send buffer is full,
 Twisted pauses it (it is the response's push producer) and messages wait in
-a bounded buffer. When that is full a QoS 0 message is dropped and counted;
+a buffer bounded by events and by bytes. When that is full a QoS 0 message is dropped and counted;
 a QoS 1 or 2 message, which may not be dropped silently, ends the stream
 instead, and the client (EventSource reconnects by itself) learns of the gap.
 """
@@ -19,13 +19,17 @@ from zope.interface import implementer
 
 from reactorapp.auth.http import read_filter, require_subscribe
 from reactorapp.hub.interfaces import ISubscriber
-from reactorapp.web.errors import STREAMING, Body, JSONResource
+from reactorapp.web.errors import STREAMING, Body, JSONResource, bad_request
 from reactorapp.web.messages import message_json, query_bool, query_filters, query_qos
 
 log = Logger()
 
-#: Events kept for a paused stream before messages are dropped.
+#: Events kept for a paused stream before messages are dropped...
 BUFFER_SIZE = 1000
+#: ... and their bytes, whichever bound is reached first.
+BUFFER_BYTES = 1024 * 1024
+#: Filters one stream may ask for; more is a 400.
+MAX_FILTERS = 100
 #: Seconds between comment lines that keep proxies and browsers from
 #: timing out an idle stream.
 HEARTBEAT = 15.0
@@ -54,7 +58,8 @@ class EventStream:
     """One open stream: the hub subscriber and the response's producer."""
 
     def __init__(self, request, hub, clock, filters, qos, stats, traffic,
-                 buffer_size: int = BUFFER_SIZE, heartbeat: float = HEARTBEAT) -> None:
+                 buffer_size: int = BUFFER_SIZE, heartbeat: float = HEARTBEAT,
+                 buffer_bytes: int = BUFFER_BYTES) -> None:
         self.request = request
         self.hub = hub
         self.clock = clock
@@ -63,6 +68,7 @@ class EventStream:
         self.stats = stats
         self.traffic = traffic
         self.buffer_size = buffer_size
+        self.buffer_bytes = buffer_bytes
         self.heartbeat = heartbeat
         self.paused = False
         self.closed = False
@@ -70,6 +76,8 @@ class EventStream:
         self.may_read = None
         #: (event bytes, qos) waiting while the client is slow.
         self.buffer: list[tuple[bytes, int]] = []
+        #: Bytes of the events in ``buffer``.
+        self.buffered = 0
         self._heartbeat_loop: LoopingCall | None = None
 
     def __repr__(self) -> str:
@@ -113,8 +121,10 @@ class EventStream:
         if not self.paused and not self.buffer:
             self.request.write(data)
             self.traffic.sent[qos] += 1
-        elif len(self.buffer) < self.buffer_size:
+        elif (len(self.buffer) < self.buffer_size
+              and self.buffered + len(data) <= self.buffer_bytes):
             self.buffer.append((data, qos))
+            self.buffered += len(data)
         elif qos == 0:
             self.stats.sse_dropped += 1
             self.hub.stats.publish_dropped += 1
@@ -124,8 +134,8 @@ class EventStream:
     def _overflow(self, qos: int) -> None:
         """A QoS 1/2 message cannot wait: end the stream rather than lose it silently."""
         log.info("Closing the event stream {stream!r}: its reader is too slow for "
-                 "QoS {qos} messages ({size} waiting)",
-                 stream=self, qos=qos, size=len(self.buffer))
+                 "QoS {qos} messages ({size} waiting, {bytes} bytes)",
+                 stream=self, qos=qos, size=len(self.buffer), bytes=self.buffered)
         self.stats.sse_overflowed += 1
         transport = self.request.transport
         self.close()
@@ -144,12 +154,15 @@ class EventStream:
         write = self.request.write
         traffic = self.traffic.sent
         # Writing may pause us again at once: stop there, keep the rest.
+        written = 0
         while sent < len(buffer) and not self.paused and not self.closed:
             data, qos = buffer[sent]
             sent += 1
+            written += len(data)
             write(data)
             traffic[qos] += 1
         del buffer[:sent]
+        self.buffered -= written
 
     def stopProducing(self) -> None:
         self.close()
@@ -170,6 +183,7 @@ class EventStream:
         self.closed = True
         self.stats.sse_streams -= 1
         self.buffer.clear()
+        self.buffered = 0
         for topic_filter in self.filters:
             self.hub.unsubscribe(self, topic_filter)
         if self._heartbeat_loop is not None and self._heartbeat_loop.running:
@@ -195,6 +209,9 @@ class Stream(JSONResource):
 
     def json_GET(self, request):
         filters = list(dict.fromkeys(query_filters(request)))
+        if len(filters) > MAX_FILTERS:
+            raise bad_request(f"A stream may have at most {MAX_FILTERS} filters,"
+                              f" not {len(filters)}.", "too many filters")
         qos = query_qos(request)
         send_retained = query_bool(request, "retained", True)
         if request.method == b"HEAD":
