@@ -231,15 +231,23 @@ class Client(JSONResource):
 
 
 class Sessions(JSONResource):
-    """GET /api/v1/sessions: every session, connected or waiting."""
+    """GET /api/v1/sessions: every session, connected or waiting: MQTT
+    sessions (``"kind": "mqtt"``), then named event-stream sessions
+    (``"kind": "stream"``)."""
 
-    def __init__(self, hub) -> None:
+    def __init__(self, hub, stream_sessions=None) -> None:
         super().__init__()
         self.hub = hub
+        self.stream_sessions = stream_sessions
 
     def json_GET(self, request):
         sessions = sorted(self.hub.sessions().values(), key=lambda s: s.client_id)
-        return [session_json(session) for session in sessions]
+        answer = [{"kind": "mqtt", **session_json(session)} for session in sessions]
+        if self.stream_sessions is not None:
+            now = self.stream_sessions.clock.seconds()
+            answer.extend(session.info(now) for session in
+                          sorted(self.stream_sessions.values(), key=lambda s: s.name))
+        return answer
 
 
 class Stats(JSONResource):

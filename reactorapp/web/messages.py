@@ -178,6 +178,12 @@ def query_bool(request, name: str, default: bool) -> bool:
     raise bad_request(f"'{name}' must be true or false, not {text!r}.")
 
 
+def query_text(request, name: str) -> str | None:
+    """The last value of a query parameter, or None when absent."""
+    values = query(request).get(name.encode("ascii"))
+    return _text(values[-1], name) if values else None
+
+
 def _text(value: bytes, name: str) -> str:
     try:
         return value.decode("utf-8")

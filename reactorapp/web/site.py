@@ -129,7 +129,7 @@ class WebSite(server.Site):
 
 def make_site(hub, reactor, websocket_mqtt_factory, *, max_body_size: int,
               readiness, registry, stats: WebStats | None = None,
-              api: dict | None = None) -> WebSite:
+              api: dict | None = None, stream_sessions=None) -> WebSite:
     """Build the whole URL tree.
 
     ``websocket_mqtt_factory`` is the MQTTFactory whose protocols serve /mqtt;
@@ -137,7 +137,9 @@ def make_site(hub, reactor, websocket_mqtt_factory, *, max_body_size: int,
     gets the hub's and this site's collectors here; ``api`` adds resources
     under /api/v1 by name (``{b"webhooks": ...}``). A resource with an
     ``openapi`` attribute (``{"paths": ..., "components": ...}``) is
-    described in /api/v1/openapi.json too.
+    described in /api/v1/openapi.json too. ``stream_sessions`` keeps the
+    named event-stream sessions (a `reactorapp.web.streams.StreamSessions`
+    using this ``stats``), or is None: there are none.
     """
     stats = stats if stats is not None else WebStats()
     registry.register(HubCollector(hub))
@@ -160,9 +162,10 @@ def make_site(hub, reactor, websocket_mqtt_factory, *, max_body_size: int,
     v1.putChild(b"publish", Publish(hub, http_traffic))
     v1.putChild(b"topics", Topics(hub, http_traffic))
     v1.putChild(b"retained", Retained(hub))
-    v1.putChild(b"stream", Stream(hub, reactor, stats, hub.stats.traffic_for("sse")))
+    v1.putChild(b"stream", Stream(hub, reactor, stats, hub.stats.traffic_for("sse"),
+                                  sessions=stream_sessions))
     v1.putChild(b"clients", Clients(hub))
-    v1.putChild(b"sessions", Sessions(hub))
+    v1.putChild(b"sessions", Sessions(hub, stream_sessions))
     v1.putChild(b"stats", Stats(hub, stats))
     extra = api or {}
     for name, child in extra.items():
