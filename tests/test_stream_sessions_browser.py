@@ -72,4 +72,11 @@ def test_eventsource_resumes_after_its_stream_was_cut(tmp_path, browser):  # noq
         wait_until(page, "window.received.length >= 8")
         assert page.evaluate("window.received") == [str(i) for i in range(1, 9)]
         assert page.evaluate("window.opened") >= 2
+
+        # The dashboard lists the session, attached to the page's stream.
+        dashboard = browser.new_page()
+        dashboard.goto(f"http://127.0.0.1:{port}/", wait_until="load")
+        row = dashboard.locator('#stream-sessions tr[data-session="page"]')
+        row.wait_for(timeout=WAIT_MS)
+        assert "orders/#" in row.inner_text() and "attached" in row.inner_text()
     assert problems == []
