@@ -283,3 +283,28 @@ def test_streams_without_a_session_work_as_before(web):
     stream.cut()
     assert web.hub.subscription_count == 0
     assert [s for s in web.get("/api/v1/sessions").json() if s["kind"] == "stream"] == []
+
+
+def test_an_id_beyond_the_last_one_given_out_drops_nothing_queued(web):
+    stream = Events(web, "session=s1&filter=s/%23&qos=1")
+    publish(web, payload=b"a")
+    [(seen, _)] = stream.events()
+    stream.cut()
+    publish(web, payload=b"b")
+    again = Events(web, "session=s1&filter=s/%23&qos=1", {"Last-Event-ID": str(seen + 10)})
+    assert [p for _, p in again.events()] == ["b"]
+
+
+def test_queued_events_the_reader_may_not_read_are_skipped(passwd):  # noqa: F811
+    """Events queued before the reader's ACL was known (a session restored
+    after a restart) are checked again before they are written."""
+    from tests.test_http_auth import ACL_TEXT
+
+    web = guarded(passwd, ACL_TEXT)
+    alice = basic("alice", "pw-alice")
+    Events(web, "session=mine&filter=home/%23&qos=1", alice).cut()
+    web.stream_sessions.get("mine").may_read = None  # as restored
+    publish(web, "home/secret/door", b"hidden")
+    publish(web, "home/hall", b"open")
+    again = Events(web, "session=mine&filter=home/%23&qos=1", alice)
+    assert [p for _, p in again.events()] == ["open"]

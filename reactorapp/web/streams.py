@@ -98,6 +98,8 @@ class StreamSession:
         self.may_read = None
         #: The last event id given out, the last acknowledged, the last durable.
         self.seq = self.acked = self.durable_seq = seq
+        #: The highest event id that may have reached a client.
+        self.sent_seq = seq
         self.dropped = 0
         self.detached_at: float | None = None
         #: An entry taken from the queue that waits to be durable or for room.
@@ -192,6 +194,12 @@ class StreamSession:
             message, qos, retained, seq = entry
             if seq > self.durable_seq:
                 return  # written once its commit fires
+            may_read = self.may_read
+            if may_read is not None and not may_read(message.topic):
+                # Queued before this reader's ACL was known (restored after
+                # a restart): skipped; a later acknowledgement forgets it.
+                self._next = None
+                continue
             size = _size(message)
             if self.unacked and self._window_full(size):
                 # The client acknowledges by reconnecting: let it.
@@ -202,6 +210,7 @@ class StreamSession:
             self.unacked_bytes += size
             if seq <= self._replay_upto:
                 self.stats.sse_replayed += 1
+            self.sent_seq = seq
             stream.send(b"id: %d\n%s" % (seq, event_data(message, qos, retained)), qos)
 
     def _window_full(self, size: int) -> bool:
@@ -257,7 +266,9 @@ class StreamSession:
 
     def acknowledge(self, upto: int) -> None:
         """The client has every event up to ``upto``: forget them (also those
-        restored after a restart, which went back to the queue)."""
+        restored after a restart, which went back to the queue). An id
+        beyond the last one sent acknowledges only up to that one."""
+        upto = min(upto, self.sent_seq)
         unacked = self.unacked
         while unacked and unacked[0][3] <= upto:
             self.unacked_bytes -= _size(unacked.popleft()[0])
@@ -323,7 +334,8 @@ class StreamSession:
         for seq, message, qos, retained in stored.events:
             self.queue.append((message, qos, retained, seq))
             last = max(last, seq)
-        self.seq = self.durable_seq = last
+        # Any of them may have reached the client before the restart.
+        self.seq = self.durable_seq = self.sent_seq = last
         self.acked = stored.acked
         # A session whose stream was attached when the hub stopped counts
         # from the restart.
