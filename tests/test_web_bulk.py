@@ -132,3 +132,10 @@ def test_a_failed_commit_is_a_503(web):
     commit.fire(Failure(RuntimeError("disk full")))
     answer = Response(transport.value())
     assert answer.status == 503 and answer.error() == "not stored"
+
+
+def test_ndjson_line_with_two_values_is_invalid(web):
+    body = b'{"topic": "t"}\n{"topic": "a"}, {"topic": "b", "payload": "x\n  {"topic": "u"}  \n'
+    answer = web.request("POST", "/api/v1/publish", body, headers=NDJSON)
+    assert answer.status == 400, answer
+    assert [e["index"] for e in answer.json()["errors"]] == [1]
