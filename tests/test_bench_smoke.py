@@ -163,7 +163,8 @@ def test_http_load_gets_whole_answers(tmp_path):
         for payload in (bench_http.request("GET", "/healthz"),
                         bench_http.request("POST", "/api/v1/publish", bench_http.ndjson(50, 1),
                                            "application/x-ndjson")):
-            rate, failures, _ = bench_http.run_load("127.0.0.1", broker.http_port, payload,
-                                                    connections=2, seconds=0.3, warmup=0.1)
+            rate, failures, _, _ = bench_http.run_load(
+                "127.0.0.1", broker.http_port, payload, connections=2, seconds=0.3, warmup=0.1,
+                pid=broker.proc.pid)
             assert failures == 0
             assert rate > 0
