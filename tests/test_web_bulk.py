@@ -139,3 +139,20 @@ def test_ndjson_line_with_two_values_is_invalid(web):
     answer = web.request("POST", "/api/v1/publish", body, headers=NDJSON)
     assert answer.status == 400, answer
     assert [e["index"] for e in answer.json()["errors"]] == [1]
+
+
+def test_a_batch_is_answered_once_the_subscriber_it_congested_drained(web):
+    """Flow control: a batch is one input, like a call of Hub.publish; a
+    congested subscriber gets every message and holds back the answer."""
+    sub = web.broker.connect("sub")
+    sub.subscribe(("bulk/#", 0))
+    sub.protocol.pauseProducing()
+    body = json.dumps(batch(20, qos=0)).encode()
+    _, transport = web.send(
+        b"POST /api/v1/publish HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body))
+    assert [p.payload for p in sub.take()] == [str(i).encode() for i in range(20)]
+    assert transport.value() == b""
+    assert web.hub.flow.current is None
+    sub.protocol.resumeProducing()
+    assert Response(transport.value()).status == 200

@@ -13,6 +13,7 @@ from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
 from reactorapp.auth.http import read_filter, require_publish
+from reactorapp.hub.flow import Caller
 from reactorapp.hub.message import Message
 from reactorapp.web.errors import (
     ApiError, Body, JSONResource, bad_request, not_found,
@@ -83,20 +84,34 @@ class Publish(JSONResource):
                                f"Message {index}: {e.detail} None was published.",
                                extra={"errors": [{"index": index, "error": e.error,
                                                   "detail": e.detail}]}) from None
-        route = self.hub.route
+        hub = self.hub
+        route = hub.route
         received = self.traffic.received
         results = []
         commits = {}
         waits = []
-        for topic, payload, qos, retain in messages:
-            message = Message(topic, payload, qos, retain)
-            commit, full = route(message)
-            received[qos] += 1
-            results.append({"id": message.id, "topic": topic, "qos": qos, "retain": retain})
-            if commit is not None:
-                commits[id(commit)] = commit
-            if full is not None:
-                waits.extend(full)
+        # The batch is one input for flow control, as a call of Hub.publish
+        # is: subscribers it congests hold back its answer, not its messages.
+        flow = hub.flow
+        caller = None
+        if flow.current is None:
+            caller = flow.current = Caller()
+        try:
+            for topic, payload, qos, retain in messages:
+                message = Message(topic, payload, qos, retain)
+                commit, full = route(message)
+                received[qos] += 1
+                results.append({"id": message.id, "topic": topic, "qos": qos, "retain": retain})
+                if commit is not None:
+                    commits[id(commit)] = commit
+                if full is not None:
+                    waits.extend(full)
+        finally:
+            if caller is not None:
+                flow.current = None
+        drained = caller.drained() if caller is not None else None
+        if drained is not None:
+            waits.append(drained)
         if not commits and not waits:
             return results
         waits.extend(commit.deferred() for commit in commits.values())

@@ -129,8 +129,10 @@ class StreamSession:
             else:
                 queue.hold0(message, retained)
             return None
-        if stream is None and queue.full(message):
-            # No stream, and no room in memory nor on disk: refused, counted.
+        if (stream is None or retained) and queue.full(message):
+            # No room in memory nor on disk, and no publisher to hold back
+            # (no stream, or retained messages sent for new filters):
+            # refused, counted.
             self._dropped()
             self.hub.stats.queue_refused += 1
             return None
@@ -140,7 +142,7 @@ class StreamSession:
         queue.append((message, qos, retained, seq))
         if stream is not None:
             self._pump()
-            if queue.full():
+            if not retained and queue.full():
                 return queue.wait()  # back-pressure: the publisher's answer waits
         return None
 
