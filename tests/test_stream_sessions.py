@@ -308,3 +308,22 @@ def test_queued_events_the_reader_may_not_read_are_skipped(passwd):  # noqa: F81
     publish(web, "home/hall", b"open")
     again = Events(web, "session=mine&filter=home/%23&qos=1", alice)
     assert [p for _, p in again.events()] == ["open"]
+
+
+def test_head_creates_no_session(web):
+    answer = web.request("HEAD", "/api/v1/stream?session=s1&filter=x")
+    assert answer.status == 200
+    assert web.stream_sessions.get("s1") is None
+
+
+def test_a_site_without_sessions_refuses_them():
+    from reactorapp.mqtt.protocol import MQTTFactory
+    from reactorapp.web.health import Readiness
+    from reactorapp.web.metrics import new_registry
+    from reactorapp.web.site import make_site
+
+    web = Web()
+    web.site = make_site(web.hub, web.reactor, MQTTFactory(web.hub, web.broker.clock),
+                         max_body_size=1024, readiness=Readiness(), registry=new_registry())
+    answer = web.get("/api/v1/stream?session=s1&filter=x")
+    assert answer.status == 400 and answer.error() == "no sessions"
