@@ -154,6 +154,8 @@ def test_report_states_the_targets(tmp_path):
     assert rows[bench_run.SCENARIOS["blast-fanin"]].endswith("| yes |")
     assert rows[bench_run.SCENARIOS["blast-fanout"]].endswith("| no |")  # 5% lost
     assert rows[bench_run.SCENARIOS["storm"]].endswith("| yes |")
+
+
 def test_http_load_gets_whole_answers(tmp_path):
     """bench_http.py's client reads keep-alive answers whole, fixed-length
     and chunked, and every bulk publish is a 200."""
