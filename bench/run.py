@@ -658,7 +658,23 @@ def write_markdown(path: Path, results: dict, names: list[str], args, info: dict
               *observed,
               *NOTES,
               "", "## Repeating and profiling", "", *HOWTO]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + kept_sections(path))
+
+
+#: Sections of the page written by other benchmarks, kept as they are.
+KEPT_SECTIONS = ("## HTTP publish",)
+
+
+def kept_sections(path: Path) -> str:
+    """The part of the page, from the first of `KEPT_SECTIONS` on, that
+    another benchmark wrote (bench/bench_http.py's figures)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return ""
+    starts = [text.find("\n" + title + "\n") for title in KEPT_SECTIONS]
+    starts = [at for at in starts if at >= 0]
+    return text[min(starts):] if starts else ""
 
 
 def unpaced_tables(results: dict, names: list[str], args) -> list[str]:

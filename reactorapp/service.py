@@ -22,15 +22,20 @@ from reactorapp.auth.tls import server_endpoint, split_description
 from reactorapp.config import Config, ConfigError
 from reactorapp.hub.hub import Hub
 from reactorapp.hub.systopics import SysTopicsService
+from reactorapp.mqtt.backlog import Backlog
 from reactorapp.mqtt.protocol import MQTTFactory
 from reactorapp.mqtt.session import MQTTSettings, restore_sessions
 from reactorapp.plugins import loadAuthenticator, parseListener, protocolPlugins
 from reactorapp.protocols import HubFactory
 from reactorapp.store import make_store
 from reactorapp.store.service import StoreService
+from reactorapp.store.sqlite import SQLiteStore
 from reactorapp.web.health import Readiness
 from reactorapp.web.metrics import new_registry
 from reactorapp.web.site import make_site
+from reactorapp.web.stats import WebStats
+from reactorapp.web.stream_tables import MemoryStreamTables, SQLiteStreamTables
+from reactorapp.web.streams import StreamSessions
 from reactorapp.webhooks.api import Webhooks as WebhooksResource
 from reactorapp.webhooks.service import WebhookService
 from reactorapp.webhooks.service import store_for as webhook_store_for
@@ -161,6 +166,15 @@ def makeHubService(config: Config, reactor) -> HubService:
     # First child: restored before clients are served, closed after the
     # listeners stop.
     StoreService(store, lambda state: _restore(hub, settings, state)).setServiceParent(top)
+    if httpEndpoints:
+        webStats = WebStats()
+        # Named event-stream sessions: queued like MQTT sessions, restored
+        # from the store before clients are served (and before the outbox
+        # below starts reading the store in its writer thread).
+        streamSessions = StreamSessions(
+            hub, reactor, stream_tables_for(store), lambda: Backlog(settings, hub.stats),
+            settings, webStats)
+        streamSessions.setServiceParent(top)
     # Next: the outbox is resumed from the store before clients are served.
     webhooks = WebhookService(hub, webhook_store_for(store), reactor, rules=config.webhooks,
                               registry=top.metrics, queue_size=config.max_queued_messages,
@@ -173,8 +187,9 @@ def makeHubService(config: Config, reactor) -> HubService:
         websocketFactory = MQTTFactory(hub, reactor, settings, front_end="websocket")
         websocketFactory.guard = guard
         site = make_site(hub, reactor, websocketFactory, max_body_size=config.max_body_size,
-                         readiness=top.readiness, registry=top.metrics,
+                         readiness=top.readiness, registry=top.metrics, stats=webStats,
                          api={b"webhooks": WebhooksResource(webhooks)},
+                         stream_sessions=streamSessions,
                          limiter=ConnectionLimiter(config.max_http_connections,
                                                    config.max_connections_per_address))
         # The same users and ACLs as MQTT (Basic auth or bearer tokens).
@@ -201,6 +216,14 @@ def makeHubService(config: Config, reactor) -> HubService:
         watcher.clock = reactor
         watcher.setServiceParent(top)
     return top
+
+
+def stream_tables_for(store):
+    """Where named event-stream sessions are kept: the SQLite database, or
+    nowhere beyond the process."""
+    if isinstance(store, SQLiteStore):
+        return SQLiteStreamTables(store)
+    return MemoryStreamTables()
 
 
 def _restore(hub, settings, state) -> None:

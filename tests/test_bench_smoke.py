@@ -154,3 +154,19 @@ def test_report_states_the_targets(tmp_path):
     assert rows[bench_run.SCENARIOS["blast-fanin"]].endswith("| yes |")
     assert rows[bench_run.SCENARIOS["blast-fanout"]].endswith("| no |")  # 5% lost
     assert rows[bench_run.SCENARIOS["storm"]].endswith("| yes |")
+
+
+def test_http_load_gets_whole_answers(tmp_path):
+    """bench_http.py's client reads keep-alive answers whole, fixed-length
+    and chunked, and every bulk publish is a 200."""
+    import bench_http
+
+    with running_broker(tmp_path, "--sys-interval", "0") as broker:
+        for payload in (bench_http.request("GET", "/healthz"),
+                        bench_http.request("POST", "/api/v1/publish", bench_http.ndjson(50, 1),
+                                           "application/x-ndjson")):
+            rate, failures, _, _ = bench_http.run_load(
+                "127.0.0.1", broker.http_port, payload, connections=2, seconds=0.3, warmup=0.1,
+                pid=broker.proc.pid)
+            assert failures == 0
+            assert rate > 0

@@ -16,7 +16,9 @@ from zope.interface.verify import verifyObject
 from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.hub.message import Message
 from reactorapp.web import sse
-from reactorapp.web.sse import BUFFER_SIZE, HEARTBEAT, HEARTBEAT_BYTES, EventStream
+from reactorapp.web.sse import (
+    BUFFER_BYTES, BUFFER_SIZE, HEARTBEAT, HEARTBEAT_BYTES, MAX_FILTERS, EventStream,
+)
 from tests.test_web_api import Response, Web, dechunk
 
 
@@ -183,6 +185,45 @@ def test_qos1_overflow_ends_the_stream_instead_of_a_silent_drop(web):
     assert stream.transport.disconnecting  # aborted
     assert web.site.stats.sse_overflowed == 1
     assert web.hub.subscription_count == 0
+
+
+def test_the_buffer_is_bounded_by_bytes_too(web):
+    """A few large messages fill the buffer long before its event count does."""
+    stream = Stream(web, "filter=%23&qos=1")
+    stream.pause()
+    big = b"x" * (BUFFER_BYTES // 4)
+    for _ in range(3):
+        stream.publish(payload=big, qos=1)
+    stream.publish(payload=big, qos=0)
+    assert len(stream.producer.buffer) == 3
+    assert stream.producer.buffered <= BUFFER_BYTES
+    assert web.site.stats.sse_dropped == 1
+    stream.publish(payload=big, qos=1)
+    assert stream.transport.disconnecting  # a QoS 1 message that does not fit ends it
+    assert web.site.stats.sse_overflowed == 1
+
+
+def test_bytes_are_counted_back_as_the_reader_drains(web):
+    stream = Stream(web)
+    stream.pause()
+    for i in range(10):
+        stream.publish(payload=b"%d" % i)
+    assert stream.producer.buffered > 0
+    stream.resume()
+    assert stream.producer.buffered == 0
+    assert len(stream.events()) == 10
+
+
+def test_too_many_filters_is_a_400(web):
+    query = "&".join(f"filter=f/{i}" for i in range(MAX_FILTERS + 1))
+    answer = web.get(f"/api/v1/stream?{query}")
+    assert answer.status == 400, answer
+    assert answer.error() == "too many filters"
+    assert web.hub.subscription_count == 0
+    query = "&".join(f"filter=f/{i}" for i in range(MAX_FILTERS))
+    stream = Stream(web, query)
+    assert stream.response.status == 200
+    assert web.hub.subscription_count == MAX_FILTERS
 
 
 @pytest.mark.parametrize("reason", [ConnectionLost(), ConnectionDone()])

@@ -61,6 +61,18 @@ MIGRATIONS: list[tuple[str, ...]] = [
             attempts INTEGER NOT NULL, reason TEXT NOT NULL, died_at REAL NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS webhook_dead_by_rule ON webhook_dead (rule, id)",
     ),
+    # Named Server-Sent Events sessions and the events they owe
+    # (reactorapp/web/stream_tables.py).
+    (
+        """CREATE TABLE stream_sessions (
+            name TEXT PRIMARY KEY, owner TEXT, qos INTEGER NOT NULL, filters TEXT NOT NULL,
+            expiry REAL NOT NULL, detached_at REAL, acked INTEGER NOT NULL)""",
+        """CREATE TABLE stream_queue (
+            name TEXT NOT NULL, seq INTEGER NOT NULL, topic TEXT NOT NULL,
+            payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,
+            retained INTEGER NOT NULL, properties TEXT, sender TEXT, timestamp REAL NOT NULL,
+            PRIMARY KEY (name, seq)) WITHOUT ROWID""",
+    ),
 ]
 
 VERSION = len(MIGRATIONS)

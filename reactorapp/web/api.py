@@ -9,15 +9,17 @@ import json
 from importlib import resources
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
 from reactorapp.auth.http import read_filter, require_publish
+from reactorapp.hub.flow import Caller
 from reactorapp.hub.message import Message
 from reactorapp.web.errors import (
     ApiError, Body, JSONResource, bad_request, not_found,
 )
 from reactorapp.web.messages import (
-    check_topic, message_json, parse_publish, query_bool, query_filters, query_qos,
+    check_topic, message_json, parse_batch, parse_publish, query_bool, query_filters, query_qos,
 )
 
 log = Logger()
@@ -42,8 +44,17 @@ def _eb_not_placed(failure, topic):
                    "The message could not be stored; it may not be delivered. Try again.")
 
 
+def _eb_batch_not_placed(failure, count):
+    log.failure("Could not place a batch of {count} messages published over HTTP", failure,
+                count=count)
+    raise ApiError(503, "not stored",
+                   "Some messages of the batch could not be stored; they may not be delivered."
+                   " Try again.")
+
+
 class Publish(JSONResource):
-    """POST /api/v1/publish with a JSON body."""
+    """POST /api/v1/publish: one message (a JSON object), or a batch (a JSON
+    array, or ``application/x-ndjson``: one object a line)."""
 
     def __init__(self, hub, traffic) -> None:
         super().__init__()
@@ -51,9 +62,62 @@ class Publish(JSONResource):
         self.traffic = traffic
 
     def json_POST(self, request):
-        topic, payload, qos, retain = parse_publish(request.content.read())
+        body = request.content.read()
+        content_type = request.getHeader(b"Content-Type") or b""
+        if content_type.split(b";", 1)[0].strip().lower() == b"application/x-ndjson":
+            return self._batch(request, parse_batch(body, True))
+        if body.lstrip()[:1] == b"[":
+            return self._batch(request, parse_batch(body, False))
+        topic, payload, qos, retain = parse_publish(body)
         require_publish(request, topic)
         return _publish(self.hub, self.traffic, topic, payload, qos, retain)
+
+    def _batch(self, request, messages):
+        """Publish a checked batch, all or nothing: every message may be
+        published (ACL) or none is. The answer, one result per message in
+        order, waits until each is placed, as one acknowledgement each."""
+        for index, (topic, _, _, _) in enumerate(messages):
+            try:
+                require_publish(request, topic)
+            except ApiError as e:
+                raise ApiError(e.code, e.error,
+                               f"Message {index}: {e.detail} None was published.",
+                               extra={"errors": [{"index": index, "error": e.error,
+                                                  "detail": e.detail}]}) from None
+        hub = self.hub
+        route = hub.route
+        received = self.traffic.received
+        results = []
+        commits = {}
+        waits = []
+        # The batch is one input for flow control, as a call of Hub.publish
+        # is: subscribers it congests hold back its answer, not its messages.
+        flow = hub.flow
+        caller = None
+        if flow.current is None:
+            caller = flow.current = Caller()
+        try:
+            for topic, payload, qos, retain in messages:
+                message = Message(topic, payload, qos, retain)
+                commit, full = route(message)
+                received[qos] += 1
+                results.append({"id": message.id, "topic": topic, "qos": qos, "retain": retain})
+                if commit is not None:
+                    commits[id(commit)] = commit
+                if full is not None:
+                    waits.extend(full)
+        finally:
+            if caller is not None:
+                flow.current = None
+        drained = caller.drained() if caller is not None else None
+        if drained is not None:
+            waits.append(drained)
+        if not commits and not waits:
+            return results
+        waits.extend(commit.deferred() for commit in commits.values())
+        done = waits[0] if len(waits) == 1 else gatherResults(waits, consumeErrors=True)
+        return done.addCallbacks(lambda _: results, _eb_batch_not_placed,
+                                 errbackArgs=(len(results),))
 
 
 class Topics(JSONResource):
@@ -182,15 +246,23 @@ class Client(JSONResource):
 
 
 class Sessions(JSONResource):
-    """GET /api/v1/sessions: every session, connected or waiting."""
+    """GET /api/v1/sessions: every session, connected or waiting: MQTT
+    sessions (``"kind": "mqtt"``), then named event-stream sessions
+    (``"kind": "stream"``)."""
 
-    def __init__(self, hub) -> None:
+    def __init__(self, hub, stream_sessions=None) -> None:
         super().__init__()
         self.hub = hub
+        self.stream_sessions = stream_sessions
 
     def json_GET(self, request):
         sessions = sorted(self.hub.sessions().values(), key=lambda s: s.client_id)
-        return [session_json(session) for session in sessions]
+        answer = [{"kind": "mqtt", **session_json(session)} for session in sessions]
+        if self.stream_sessions is not None:
+            now = self.stream_sessions.clock.seconds()
+            answer.extend(session.info(now) for session in
+                          sorted(self.stream_sessions.values(), key=lambda s: s.name))
+        return answer
 
 
 class Stats(JSONResource):

@@ -28,12 +28,15 @@ UNSAFE_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 class ApiError(Exception):
     """A request the server will not carry out, and why, as the client sees it."""
 
-    def __init__(self, code: int, error: str, detail: str, headers: dict | None = None) -> None:
+    def __init__(self, code: int, error: str, detail: str, headers: dict | None = None,
+                 extra: dict | None = None) -> None:
         super().__init__(detail)
         self.code = code
         self.error = error
         self.detail = detail
         self.headers = headers or {}
+        #: More fields of the answer's body (the invalid messages of a batch).
+        self.extra = extra
 
 
 def bad_request(detail: str, error: str = "bad request") -> ApiError:
@@ -59,7 +62,10 @@ def write_json(request, value, code: int = 200) -> bytes:
 def error_body(request, error: ApiError) -> bytes:
     for name, value in error.headers.items():
         request.setHeader(name, value)
-    return write_json(request, {"error": error.error, "detail": error.detail}, error.code)
+    body = {"error": error.error, "detail": error.detail}
+    if error.extra:
+        body.update(error.extra)
+    return write_json(request, body, error.code)
 
 
 def internal_error_body(request) -> bytes:

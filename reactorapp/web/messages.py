@@ -8,7 +8,7 @@ import json
 from urllib.parse import parse_qsl, urlsplit
 
 from reactorapp.hub.topics import InvalidTopic, validate_filter, validate_topic
-from reactorapp.web.errors import bad_request
+from reactorapp.web.errors import ApiError, bad_request
 
 PUBLISH_FIELDS = ("topic", "payload", "encoding", "qos", "retain")
 ENCODINGS = ("utf-8", "base64")
@@ -56,13 +56,45 @@ def parse_publish(body: bytes) -> tuple[str, bytes, int, bool]:
     document = parse_json(body)
     if not isinstance(document, dict):
         raise bad_request("The body must be a JSON object.", "invalid JSON")
-    unknown = sorted(set(document) - set(PUBLISH_FIELDS))
-    if unknown:
+    return publish_fields(document)
+
+
+_FIELDS = frozenset(PUBLISH_FIELDS)
+
+
+#: The C scanner behind json.loads, called without its wrappers: a third of
+#: the time for the short lines of an NDJSON batch.
+_scan = json.JSONDecoder().scan_once
+
+
+def _json_line(line: str):
+    """One NDJSON line as a value, or a 400 saying what is wrong with it."""
+    text = line.strip()
+    try:
+        value, end = _scan(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        end = -1
+    if end != len(text):
+        parse_json(text.encode("utf-8"))  # raises the 400 with json's own words
+        raise bad_request("The line holds more than one JSON value.", "invalid JSON")
+    return value
+
+
+def publish_fields(document: dict, topics: dict | None = None) -> tuple[str, bytes, int, bool]:
+    """One message of a publish request, checked: (topic, payload, qos, retain).
+
+    ``topics`` remembers the topics already checked (within one batch)."""
+    if not document.keys() <= _FIELDS:
+        unknown = sorted(set(document) - _FIELDS)
         raise bad_request(
             f"Unknown field {unknown[0]!r}; the fields are {', '.join(PUBLISH_FIELDS)}.")
     if "topic" not in document:
         raise bad_request("The field 'topic' is required.", "bad topic")
-    topic = check_topic(document["topic"])
+    topic = document["topic"]
+    if topics is None:
+        check_topic(topic)
+    elif type(topic) is not str or topic not in topics:
+        topics[check_topic(topic)] = True
     encoding = document.get("encoding", "utf-8")
     if encoding not in ENCODINGS:
         raise bad_request(f"'encoding' must be 'utf-8' or 'base64', not {encoding!r}.")
@@ -74,6 +106,51 @@ def parse_publish(body: bytes) -> tuple[str, bytes, int, bool]:
     if type(retain) is not bool:
         raise bad_request(f"'retain' must be true or false, not {retain!r}.")
     return topic, payload, qos, retain
+
+
+#: At most this many invalid messages of a batch are listed in the answer.
+MAX_LISTED_ERRORS = 100
+
+
+def parse_batch(body: bytes, ndjson: bool) -> list[tuple[str, bytes, int, bool]]:
+    """Every message of a batch (a JSON array, or one JSON object a line),
+    checked before any is published: all of them, or a 400 that lists the
+    invalid ones by index (0-based; for NDJSON, the index among the
+    non-empty lines)."""
+    if ndjson:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_request("The body is not UTF-8 text.", "invalid JSON") from None
+        items = [line for line in text.split("\n") if line and not line.isspace()]
+    else:
+        items = parse_json(body)
+        if not isinstance(items, list):
+            raise bad_request("A batch must be a JSON array.", "invalid JSON")
+    messages = []
+    errors = []
+    topics: dict = {}
+    for index, item in enumerate(items):
+        try:
+            if ndjson:
+                item = _json_line(item)
+            if not isinstance(item, dict):
+                raise bad_request("A message must be a JSON object.", "invalid JSON")
+            messages.append(publish_fields(item, topics))
+        except ApiError as e:
+            if len(errors) < MAX_LISTED_ERRORS:
+                errors.append({"index": index, "error": e.error, "detail": e.detail})
+            else:
+                errors.append(None)
+    if errors:
+        count = len(errors)
+        first = errors[0]
+        raise ApiError(
+            400, "invalid batch",
+            f"{count} of the {len(items)} messages cannot be published (the first at"
+            f" index {first['index']}: {first['detail'].rstrip('.')}); none was published.",
+            extra={"errors": [e for e in errors if e is not None]})
+    return messages
 
 
 def _payload(value, encoding: str) -> bytes:
@@ -149,6 +226,12 @@ def query_bool(request, name: str, default: bool) -> bool:
     if text in ("false", "0", "no"):
         return False
     raise bad_request(f"'{name}' must be true or false, not {text!r}.")
+
+
+def query_text(request, name: str) -> str | None:
+    """The last value of a query parameter, or None when absent."""
+    values = query(request).get(name.encode("ascii"))
+    return _text(values[-1], name) if values else None
 
 
 def _text(value: bytes, name: str) -> str:

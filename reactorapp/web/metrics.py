@@ -90,6 +90,18 @@ class WebCollector:
             "reactorapp_sse_overflowed",
             "Event streams closed because a QoS 1 or 2 message found their buffer full.",
             value=stats.sse_overflowed)
+        yield GaugeMetricFamily("reactorapp_sse_sessions",
+                                "Named event-stream sessions kept now.",
+                                value=stats.sse_sessions)
+        yield CounterMetricFamily(
+            "reactorapp_sse_resumed",
+            "Event streams that attached to an existing named session.",
+            value=stats.sse_resumed)
+        yield CounterMetricFamily(
+            "reactorapp_sse_replayed",
+            "Events a resumed stream got from what its session kept (queued while no"
+            " stream was attached, or sent and not acknowledged).",
+            value=stats.sse_replayed)
         yield GaugeMetricFamily("reactorapp_websocket_connections",
                                 "MQTT connections over WebSocket open now.",
                                 value=stats.websocket_connections)

@@ -6,7 +6,8 @@ from __future__ import annotations
 class WebStats:
     """Plain counters, bumped where things happen (like `HubStats`)."""
 
-    __slots__ = ("sse_streams", "sse_dropped", "sse_overflowed", "websocket_connections")
+    __slots__ = ("sse_streams", "sse_dropped", "sse_overflowed", "websocket_connections",
+                 "sse_sessions", "sse_resumed", "sse_replayed")
 
     def __init__(self) -> None:
         #: Server-Sent Events streams open now.
@@ -15,5 +16,10 @@ class WebStats:
         self.sse_dropped = 0
         #: Streams closed because a QoS 1/2 message found their buffer full.
         self.sse_overflowed = 0
+        #: Named stream sessions kept now, streams that attached to an
+        #: existing one, and events such streams got from what it kept.
+        self.sse_sessions = 0
+        self.sse_resumed = 0
+        self.sse_replayed = 0
         #: MQTT connections over WebSocket open now.
         self.websocket_connections = 0

@@ -182,6 +182,34 @@ async function refreshClients() {
   $("clients-empty").hidden = rows.length > 0;
 }
 
+// -- named event-stream sessions ----------------------------------------------
+
+async function refreshStreamSessions() {
+  let sessions;
+  try {
+    sessions = (await getJSON("/sessions")).filter((session) => session.kind === "stream");
+  } catch (error) {
+    return;
+  }
+  const rows = sessions.map((session) => {
+    const filters = Object.entries(session.subscriptions)
+      .map(([filter, qos]) => `${filter} (${qos})`).join(", ");
+    const expires = session.expires_in === null ? "–" : formatUptime(session.expires_in);
+    const row = el("tr", {},
+      el("td", {textContent: session.name}),
+      el("td", {textContent: session.owner || ""}),
+      el("td", {textContent: session.connected ? "attached" : "away"}),
+      el("td", {textContent: filters}),
+      el("td", {className: "num", textContent: session.unacknowledged}),
+      el("td", {className: "num", textContent: session.queued}),
+      el("td", {className: "num", textContent: expires}));
+    row.dataset.session = session.name;
+    return row;
+  });
+  $("stream-sessions").tBodies[0].replaceChildren(...rows);
+  $("stream-sessions-empty").hidden = rows.length > 0;
+}
+
 // -- retained messages as a topic tree ---------------------------------------
 
 function buildTree(messages) {
@@ -293,6 +321,7 @@ document.addEventListener("DOMContentLoaded", () => {
   window.addEventListener("resize", drawChart);
   every(1, refreshStats);
   every(2, refreshClients);
+  every(2, refreshStreamSessions);
   every(5, refreshTopics);
   watch();
 });
