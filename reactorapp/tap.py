@@ -47,6 +47,15 @@ class Options(usage.Options):
                 self[s.key] = []
         self.flags: dict[str, object] = {}
 
+    def opt_version(self):
+        """Print reactorapp's version (and Twisted's) and exit."""
+        from twisted import copyright
+
+        from reactorapp import __version__
+
+        print(f"reactorapp {__version__} (Twisted {copyright.version})")
+        sys.exit(0)
+
     def getUsage(self, width=None):
         """The flags, then the protocol plugins installed for ``--listen``."""
         return super().getUsage(width) + _pluginsUsage()
