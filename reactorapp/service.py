@@ -120,15 +120,19 @@ class HubService(MultiService):
         super().startService()
 
 
-def makeHubService(config: Config, reactor) -> HubService:
-    """Build the service tree; raise `StartupError` for what cannot work."""
+def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None) -> HubService:
+    """Build the service tree; raise `StartupError` for what cannot work.
+
+    ``owner`` is the (uid, gid) twistd will switch to after binding
+    (``--uid``/``--gid``): the data directory is made theirs.
+    """
     backlog = config.listen_backlog
     endpoints = [(d, _parseEndpoint(reactor, d, "MQTT", backlog)) for d in config.mqtt]
     http = () if config.http == ("none",) else config.http
     httpEndpoints = [(d, _parseEndpoint(reactor, d, "HTTP", backlog)) for d in http]
     pluginListeners = _parseListeners(reactor, config.listen, backlog)
     authenticator = loadAuthenticator(config.authenticator) if config.authenticator else None
-    _prepareDataDirectory(config.data)
+    _prepareDataDirectory(config.data, owner)
     store = make_store(config.store, config.data, reactor)
 
     hub = Hub(reactor, max_queued_messages=config.max_queued_messages, store=store)
@@ -143,7 +147,8 @@ def makeHubService(config: Config, reactor) -> HubService:
         max_queued_bytes=config.max_queued_bytes,
         max_spill_bytes=config.max_spill_bytes,
         max_spill_total_bytes=config.max_spill_total_bytes,
-        spill_directory=_prepareSpillDirectory(config) if config.max_spill_bytes else None,
+        spill_directory=(_prepareSpillDirectory(config, owner) if config.max_spill_bytes
+                         else None),
         max_pending_acks=config.max_pending_acks,
         send_buffer=config.send_buffer,
         slow_subscriber_timeout=config.slow_subscriber_timeout,
@@ -242,22 +247,46 @@ def _parseEndpoint(reactor, description: str, protocol: str = "MQTT", backlog: i
         raise StartupError(f"invalid {protocol} endpoint {description!r}: {reason}.") from None
 
 
-def _prepareDataDirectory(path: str) -> None:
-    """Create the data directory if needed and make sure it can be written."""
+def _prepareDataDirectory(path: str, owner: tuple[int, int] | None = None) -> None:
+    """Create the data directory if needed and make sure it can be written.
+
+    twistd builds the services as root and only then switches to ``--uid``:
+    with an ``owner``, the directory and the database files already in it
+    are given to that user, who opens and writes them from then on.
+    """
     try:
         os.makedirs(path, exist_ok=True)
     except FileExistsError:
         raise StartupError(f"data directory {path!r} exists and is not a directory.") from None
     except OSError as e:
         raise StartupError(f"cannot create data directory {path!r}: {_reason(e)}.") from None
-    if not os.access(path, os.W_OK | os.X_OK):
+    if owner is not None:
+        _giveTo(path, owner)
+    elif not os.access(path, os.W_OK | os.X_OK):
         raise StartupError(f"data directory {path!r} is not writable.")
 
 
-def _prepareSpillDirectory(config: Config) -> str:
+#: Files of the SQLite store that a new owner must be able to write.
+_DATABASE_FILES = ("reactorapp.sqlite3", "reactorapp.sqlite3-wal", "reactorapp.sqlite3-journal")
+
+
+def _giveTo(path: str, owner: tuple[int, int]) -> None:
+    uid, gid = owner
+    try:
+        os.chown(path, uid, gid)
+        for name in _DATABASE_FILES:
+            file = os.path.join(path, name)
+            if os.path.isfile(file):
+                os.chown(file, uid, gid)
+    except OSError as e:
+        raise StartupError(f"cannot give data directory {path!r} to uid {uid}:"
+                           f" {_reason(e)}.") from None
+
+
+def _prepareSpillDirectory(config: Config, owner: tuple[int, int] | None = None) -> str:
     """DIR/spill, where full session queues overflow to (anonymous files)."""
     path = os.path.join(config.data, "spill")
-    _prepareDataDirectory(path)
+    _prepareDataDirectory(path, owner)
     return path
 
 

@@ -117,10 +117,25 @@ def makeService(options: Options):
         config = merge(fileValues, options.flags)
         from reactorapp.service import makeHubService  # only a run needs the hub
 
-        hubService = makeHubService(config, reactor)
+        hubService = makeHubService(config, reactor, _serviceOwner(options.parent))
     except ConfigError as e:
         raise SystemExit(f"reactorapp: {e}") from None
     return _ExitOnStartupError(hubService, options.parent)
+
+
+def _serviceOwner(runnerOptions) -> tuple[int, int] | None:
+    """The (uid, gid) twistd switches to after binding (``--uid``, ``--gid``),
+    when it runs as root and is told to; None otherwise."""
+    if not runnerOptions or os.geteuid() != 0:
+        return None
+    uid, gid = runnerOptions.get("uid"), runnerOptions.get("gid")
+    if uid is None:
+        return None
+    if gid is None:
+        import pwd
+
+        gid = pwd.getpwuid(uid).pw_gid
+    return uid, gid
 
 
 class _ExitOnStartupError(MultiService):
