@@ -27,6 +27,7 @@ from reactorapp.mqtt.session import MQTTSettings, restore_sessions
 from reactorapp.plugins import loadAuthenticator, parseListener, protocolPlugins
 from reactorapp.protocols import HubFactory
 from reactorapp.store import make_store
+from reactorapp.store.metrics import StoreCollector
 from reactorapp.store.service import StoreService
 from reactorapp.web.health import Readiness
 from reactorapp.web.metrics import new_registry
@@ -163,6 +164,9 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
     top = HubService(hub, config)
     top.guard = guard
     top.metrics.register(GuardCollector(guard, hub))
+    top.metrics.register(StoreCollector(store))
+    # A full disk: what needs the store waits, so the hub is not ready.
+    top.readiness.add_check("store", lambda: store.writable)
     # First child: restored before clients are served, closed after the
     # listeners stop.
     StoreService(store, lambda state: _restore(hub, settings, state)).setServiceParent(top)
