@@ -29,6 +29,7 @@ from reactorapp.protocols import HubFactory
 from reactorapp.store import make_store
 from reactorapp.store.metrics import StoreCollector
 from reactorapp.store.service import StoreService
+from reactorapp.web.backup import Backup
 from reactorapp.web.health import Readiness
 from reactorapp.web.metrics import new_registry
 from reactorapp.web.site import make_site
@@ -183,7 +184,8 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
         websocketFactory.guard = guard
         site = make_site(hub, reactor, websocketFactory, max_body_size=config.max_body_size,
                          readiness=top.readiness, registry=top.metrics,
-                         api={b"webhooks": WebhooksResource(webhooks)},
+                         api={b"webhooks": WebhooksResource(webhooks),
+                              b"backup": Backup(store, config.data, reactor)},
                          limiter=ConnectionLimiter(config.max_http_connections,
                                                    config.max_connections_per_address))
         # The same users and ACLs as MQTT (Basic auth or bearer tokens).
