@@ -92,6 +92,12 @@ class Config:
         "Messages kept for one client beyond the inflight window.",
         metavar="N", minimum=0,
     )
+    session_expiry: float = setting(
+        0.0,
+        "Seconds a persistent session (Clean Session 0) is kept for a client that"
+        " stays away; then it is removed with its queue. 0 keeps it for ever.",
+        metavar="SECONDS", minimum=0,
+    )
     max_dead_letters: int = setting(
         10_000,
         "Dead letters kept per webhook rule; past that the oldest are dropped"

@@ -22,6 +22,7 @@ from reactorapp.auth.tls import server_endpoint, split_description
 from reactorapp.config import Config, ConfigError
 from reactorapp.hub.hub import Hub
 from reactorapp.hub.systopics import SysTopicsService
+from reactorapp.mqtt.expiry import SessionExpiry
 from reactorapp.mqtt.protocol import MQTTFactory
 from reactorapp.mqtt.session import MQTTSettings, restore_sessions
 from reactorapp.plugins import loadAuthenticator, parseListener, protocolPlugins
@@ -199,6 +200,8 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
         ListenerService(listener.name, listener.endpoint, endpoint, pluginFactory,
                         reactor).setServiceParent(top)
     SysTopicsService(hub, reactor, config.sys_interval, __version__).setServiceParent(top)
+    if config.session_expiry:
+        SessionExpiry(hub, config.session_expiry).setServiceParent(top)
     watched = []
     if config.acl and isinstance(guard.authorizer, ACLAuthorizer):
         watched.append(ACLFile(config.acl, guard.authorizer, partial(on_thread, reactor)))
