@@ -18,7 +18,7 @@ from reactorapp.auth.http import GuardedRoot
 from reactorapp.auth.limits import ConnectionLimiter
 from reactorapp.auth.passwd import PasswordFile
 from reactorapp.auth.metrics import GuardCollector
-from reactorapp.auth.tls import server_endpoint, split_description
+from reactorapp.auth.tls import TLSReloader, server_endpoint, split_description
 from reactorapp.config import Config, ConfigError
 from reactorapp.hub.hub import Hub
 from reactorapp.hub.systopics import SysTopicsService
@@ -200,6 +200,9 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
         ListenerService(listener.name, listener.endpoint, endpoint, pluginFactory,
                         reactor).setServiceParent(top)
     SysTopicsService(hub, reactor, config.sys_interval, __version__).setServiceParent(top)
+    tls = [endpoint.tls for _, endpoint in endpoints + httpEndpoints
+           + [(None, endpoint) for _, endpoint in pluginListeners] if hasattr(endpoint, "tls")]
+    hangup = []
     if config.session_expiry:
         SessionExpiry(hub, config.session_expiry).setServiceParent(top)
     watched = []
@@ -214,6 +217,9 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
         watcher = TimerService(ACL_CHECK_INTERVAL, watch.check)
         watcher.clock = reactor
         watcher.setServiceParent(top)
+        hangup.append(watch.check)
+    # SIGHUP reads the certificates (and the ACL and password files) again at once.
+    TLSReloader(tls, reactor, on_hangup=hangup).setServiceParent(top)
     return top
 
 
@@ -249,7 +255,7 @@ def with_backlog(description: str, backlog: int) -> str:
 def _parseEndpoint(reactor, description: str, protocol: str = "MQTT", backlog: int = 0):
     full = with_backlog(description, backlog) if backlog else description
     try:
-        # ssl: with caCerts= (client certificates) is ours; the rest Twisted's.
+        # ssl: is ours (certificates reloaded, client certificates); the rest Twisted's.
         return server_endpoint(reactor, full) or serverFromString(reactor, full)
     except Exception as e:  # each endpoint parser raises its own kinds of error
         reason = re.sub(r"^\w+\(\) ", "", _reason(e))  # "_parseTCP() missing ..."
