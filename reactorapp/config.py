@@ -77,6 +77,12 @@ class Config:
         " data directory) or memory (lost when the process exits).",
         metavar="KIND",
     )
+    log_format: str = setting(
+        "text",
+        "How twistd's log lines are written: text, or json (one JSON object per"
+        " event, twisted.logger's format) for log shippers.",
+        metavar="FORMAT",
+    )
     sys_interval: float = setting(
         10.0,
         "Seconds between updates of the $SYS topics; 0 turns them off.",

@@ -4,9 +4,11 @@ files shipped with the package, and the checks made at start-up."""
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import pwd
 import re
+import resource
 import shutil
 import signal
 import sqlite3
@@ -14,10 +16,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from twisted.logger import formatEvent, globalLogPublisher
 
 from reactorapp import __version__
 from reactorapp.store.schema import FILENAME
-from tests.brokerproc import run_twistd, running_broker
+from tests.brokerproc import BrokerProcess, run_twistd, running_broker
 from tests.paho_client import PahoClient
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,3 +96,78 @@ def test_without_uid_the_data_directory_keeps_its_owner(tmp_path):
 
     assert _serviceOwner({"uid": None, "gid": None}) is None
     assert _serviceOwner(None) is None
+
+
+# -- logs --------------------------------------------------------------------------
+
+
+def test_log_format_json_writes_one_json_event_a_line(tmp_path):
+    broker = BrokerProcess(["-n", "reactorapp", "--mqtt", "tcp:0:interface=127.0.0.1",
+                            "--data", str(tmp_path / "data"), "--log-format", "json"],
+                           cwd=tmp_path)
+    try:
+        broker.wait_for(r'"log_format": "\{protocol\} listening on \{where\}"')
+    finally:
+        assert broker.stop() == -signal.SIGTERM
+    lines = broker.log.splitlines()
+    events = [json.loads(line) for line in lines]  # every line is JSON
+    texts = [formatEvent(event) for event in events]
+    assert any(re.match(r"MQTT listening on 127\.0\.0\.1:\d+$", text) for text in texts), texts
+    assert "Traceback" not in broker.log
+
+
+def test_log_format_json_goes_where_twistd_would_write_text(tmp_path, monkeypatch):
+    """--logfile FILE: a LogFile (rotated at 1 MB and on SIGUSR1, as twistd's)."""
+    from reactorapp.config import ConfigError
+    from reactorapp.logs import json_observer
+
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep this process's
+    log_file = tmp_path / "hub.log"
+    observer = json_observer({"logfile": str(log_file), "nodaemon": True})
+    observer({"log_format": "{what} happened", "what": "something", "log_time": 0.0,
+              "log_namespace": "test", "log_level": None})
+    observer._outFile.flush()
+    (event,) = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert formatEvent(event) == "something happened"
+    with pytest.raises(ConfigError, match="--syslog"):
+        json_observer({"syslog": True})
+
+
+def test_an_unknown_log_format_stops_start_up(tmp_path):
+    result = run_twistd(tmp_path, "-n", "reactorapp", "--log-format", "xml",
+                        "--data", str(tmp_path / "d"))
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        "reactorapp: --log-format must be one of text, json, not 'xml'.")
+
+
+# -- file descriptors ----------------------------------------------------------------
+
+
+def test_a_low_open_file_limit_is_warned_about():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from reactorapp.tap import warn_if_few_files
+
+    warned = []
+    observer = warned.append
+    globalLogPublisher.addObserver(observer)
+    try:
+        for connections, limit in ((10_000, 1024), (900, 1024), (0, 1024), (10_000, -1)):
+            reactor = MemoryReactorClock()
+            warn_if_few_files(connections, reactor, (limit, limit))
+            reactor.run()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    texts = [formatEvent(e) for e in warned if "open-file limit" in e.get("log_format", "")]
+    assert texts == ["WARNING: the open-file limit (ulimit -n) is 1024, but --max-connections"
+                     " 10000 needs about 10100: raise it (LimitNOFILE= in a systemd unit,"
+                     " ulimit -n in a shell) or lower --max-connections."]
+
+
+def test_twistd_warns_when_max_connections_exceeds_the_open_file_limit(tmp_path):
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        pytest.skip("no open-file limit here")
+    with running_broker(tmp_path, "--max-connections", str(soft)) as broker:
+        broker.wait_for(rf"open-file limit \(ulimit -n\) is {soft}, but --max-connections {soft}")
