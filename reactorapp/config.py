@@ -77,6 +77,12 @@ class Config:
         " data directory) or memory (lost when the process exits).",
         metavar="KIND",
     )
+    log_format: str = setting(
+        "text",
+        "How twistd's log lines are written: text, or json (one JSON object per"
+        " event, twisted.logger's format) for log shippers.",
+        metavar="FORMAT",
+    )
     sys_interval: float = setting(
         10.0,
         "Seconds between updates of the $SYS topics; 0 turns them off.",
@@ -91,6 +97,12 @@ class Config:
         1000,
         "Messages kept for one client beyond the inflight window.",
         metavar="N", minimum=0,
+    )
+    session_expiry: float = setting(
+        0.0,
+        "Seconds a persistent session (Clean Session 0) is kept for a client that"
+        " stays away; then it is removed with its queue. 0 keeps it for ever.",
+        metavar="SECONDS", minimum=0,
     )
     max_dead_letters: int = setting(
         10_000,

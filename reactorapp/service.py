@@ -18,18 +18,21 @@ from reactorapp.auth.http import GuardedRoot
 from reactorapp.auth.limits import ConnectionLimiter
 from reactorapp.auth.passwd import PasswordFile
 from reactorapp.auth.metrics import GuardCollector
-from reactorapp.auth.tls import server_endpoint, split_description
+from reactorapp.auth.tls import TLSReloader, server_endpoint, split_description
 from reactorapp.config import Config, ConfigError
 from reactorapp.hub.hub import Hub
 from reactorapp.hub.systopics import SysTopicsService
 from reactorapp.mqtt.backlog import Backlog
+from reactorapp.mqtt.expiry import SessionExpiry
 from reactorapp.mqtt.protocol import MQTTFactory
 from reactorapp.mqtt.session import MQTTSettings, restore_sessions
 from reactorapp.plugins import loadAuthenticator, parseListener, protocolPlugins
 from reactorapp.protocols import HubFactory
 from reactorapp.store import make_store
+from reactorapp.store.metrics import StoreCollector
 from reactorapp.store.service import StoreService
 from reactorapp.store.sqlite import SQLiteStore
+from reactorapp.web.backup import Backup
 from reactorapp.web.health import Readiness
 from reactorapp.web.metrics import new_registry
 from reactorapp.web.site import make_site
@@ -125,15 +128,19 @@ class HubService(MultiService):
         super().startService()
 
 
-def makeHubService(config: Config, reactor) -> HubService:
-    """Build the service tree; raise `StartupError` for what cannot work."""
+def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None) -> HubService:
+    """Build the service tree; raise `StartupError` for what cannot work.
+
+    ``owner`` is the (uid, gid) twistd will switch to after binding
+    (``--uid``/``--gid``): the data directory is made theirs.
+    """
     backlog = config.listen_backlog
     endpoints = [(d, _parseEndpoint(reactor, d, "MQTT", backlog)) for d in config.mqtt]
     http = () if config.http == ("none",) else config.http
     httpEndpoints = [(d, _parseEndpoint(reactor, d, "HTTP", backlog)) for d in http]
     pluginListeners = _parseListeners(reactor, config.listen, backlog)
     authenticator = loadAuthenticator(config.authenticator) if config.authenticator else None
-    _prepareDataDirectory(config.data)
+    _prepareDataDirectory(config.data, owner)
     store = make_store(config.store, config.data, reactor)
 
     hub = Hub(reactor, max_queued_messages=config.max_queued_messages, store=store)
@@ -148,7 +155,8 @@ def makeHubService(config: Config, reactor) -> HubService:
         max_queued_bytes=config.max_queued_bytes,
         max_spill_bytes=config.max_spill_bytes,
         max_spill_total_bytes=config.max_spill_total_bytes,
-        spill_directory=_prepareSpillDirectory(config) if config.max_spill_bytes else None,
+        spill_directory=(_prepareSpillDirectory(config, owner) if config.max_spill_bytes
+                         else None),
         max_pending_acks=config.max_pending_acks,
         send_buffer=config.send_buffer,
         slow_subscriber_timeout=config.slow_subscriber_timeout,
@@ -163,6 +171,9 @@ def makeHubService(config: Config, reactor) -> HubService:
     top = HubService(hub, config)
     top.guard = guard
     top.metrics.register(GuardCollector(guard, hub))
+    top.metrics.register(StoreCollector(store))
+    # A full disk: what needs the store waits, so the hub is not ready.
+    top.readiness.add_check("store", lambda: store.writable)
     # First child: restored before clients are served, closed after the
     # listeners stop.
     StoreService(store, lambda state: _restore(hub, settings, state)).setServiceParent(top)
@@ -188,7 +199,8 @@ def makeHubService(config: Config, reactor) -> HubService:
         websocketFactory.guard = guard
         site = make_site(hub, reactor, websocketFactory, max_body_size=config.max_body_size,
                          readiness=top.readiness, registry=top.metrics, stats=webStats,
-                         api={b"webhooks": WebhooksResource(webhooks)},
+                         api={b"webhooks": WebhooksResource(webhooks),
+                              b"backup": Backup(store, config.data, reactor)},
                          stream_sessions=streamSessions,
                          limiter=ConnectionLimiter(config.max_http_connections,
                                                    config.max_connections_per_address))
@@ -203,6 +215,11 @@ def makeHubService(config: Config, reactor) -> HubService:
         ListenerService(listener.name, listener.endpoint, endpoint, pluginFactory,
                         reactor).setServiceParent(top)
     SysTopicsService(hub, reactor, config.sys_interval, __version__).setServiceParent(top)
+    tls = [endpoint.tls for _, endpoint in endpoints + httpEndpoints
+           + [(None, endpoint) for _, endpoint in pluginListeners] if hasattr(endpoint, "tls")]
+    hangup = []
+    if config.session_expiry:
+        SessionExpiry(hub, config.session_expiry).setServiceParent(top)
     watched = []
     if config.acl and isinstance(guard.authorizer, ACLAuthorizer):
         watched.append(ACLFile(config.acl, guard.authorizer, partial(on_thread, reactor)))
@@ -215,6 +232,9 @@ def makeHubService(config: Config, reactor) -> HubService:
         watcher = TimerService(ACL_CHECK_INTERVAL, watch.check)
         watcher.clock = reactor
         watcher.setServiceParent(top)
+        hangup.append(watch.check)
+    # SIGHUP reads the certificates (and the ACL and password files) again at once.
+    TLSReloader(tls, reactor, on_hangup=hangup).setServiceParent(top)
     return top
 
 
@@ -258,29 +278,53 @@ def with_backlog(description: str, backlog: int) -> str:
 def _parseEndpoint(reactor, description: str, protocol: str = "MQTT", backlog: int = 0):
     full = with_backlog(description, backlog) if backlog else description
     try:
-        # ssl: with caCerts= (client certificates) is ours; the rest Twisted's.
+        # ssl: is ours (certificates reloaded, client certificates); the rest Twisted's.
         return server_endpoint(reactor, full) or serverFromString(reactor, full)
     except Exception as e:  # each endpoint parser raises its own kinds of error
         reason = re.sub(r"^\w+\(\) ", "", _reason(e))  # "_parseTCP() missing ..."
         raise StartupError(f"invalid {protocol} endpoint {description!r}: {reason}.") from None
 
 
-def _prepareDataDirectory(path: str) -> None:
-    """Create the data directory if needed and make sure it can be written."""
+def _prepareDataDirectory(path: str, owner: tuple[int, int] | None = None) -> None:
+    """Create the data directory if needed and make sure it can be written.
+
+    twistd builds the services as root and only then switches to ``--uid``:
+    with an ``owner``, the directory and the database files already in it
+    are given to that user, who opens and writes them from then on.
+    """
     try:
         os.makedirs(path, exist_ok=True)
     except FileExistsError:
         raise StartupError(f"data directory {path!r} exists and is not a directory.") from None
     except OSError as e:
         raise StartupError(f"cannot create data directory {path!r}: {_reason(e)}.") from None
-    if not os.access(path, os.W_OK | os.X_OK):
+    if owner is not None:
+        _giveTo(path, owner)
+    elif not os.access(path, os.W_OK | os.X_OK):
         raise StartupError(f"data directory {path!r} is not writable.")
 
 
-def _prepareSpillDirectory(config: Config) -> str:
+#: Files of the SQLite store that a new owner must be able to write.
+_DATABASE_FILES = ("reactorapp.sqlite3", "reactorapp.sqlite3-wal", "reactorapp.sqlite3-journal")
+
+
+def _giveTo(path: str, owner: tuple[int, int]) -> None:
+    uid, gid = owner
+    try:
+        os.chown(path, uid, gid)
+        for name in _DATABASE_FILES:
+            file = os.path.join(path, name)
+            if os.path.isfile(file):
+                os.chown(file, uid, gid)
+    except OSError as e:
+        raise StartupError(f"cannot give data directory {path!r} to uid {uid}:"
+                           f" {_reason(e)}.") from None
+
+
+def _prepareSpillDirectory(config: Config, owner: tuple[int, int] | None = None) -> str:
     """DIR/spill, where full session queues overflow to (anonymous files)."""
     path = os.path.join(config.data, "spill")
-    _prepareDataDirectory(path)
+    _prepareDataDirectory(path, owner)
     return path
 
 

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from reactorapp.config import SETTINGS, ConfigError, load_config, merge
+from reactorapp.logs import check_format, json_observer
 
 
 def _described(setting) -> str:
@@ -46,6 +47,15 @@ class Options(usage.Options):
             if s.repeatable:
                 self[s.key] = []
         self.flags: dict[str, object] = {}
+
+    def opt_version(self):
+        """Print reactorapp's version (and Twisted's) and exit."""
+        from twisted import copyright
+
+        from reactorapp import __version__
+
+        print(f"reactorapp {__version__} (Twisted {copyright.version})")
+        sys.exit(0)
 
     def getUsage(self, width=None):
         """The flags, then the protocol plugins installed for ``--listen``."""
@@ -106,12 +116,57 @@ def makeService(options: Options):
     try:
         fileValues = load_config(options["config"]) if options["config"] else {}
         config = merge(fileValues, options.flags)
+        check_format(config.log_format)
+        observer = json_observer(options.parent or {}) if config.log_format == "json" else None
         from reactorapp.service import makeHubService  # only a run needs the hub
 
-        hubService = makeHubService(config, reactor)
+        hubService = makeHubService(config, reactor, _serviceOwner(options.parent))
     except ConfigError as e:
         raise SystemExit(f"reactorapp: {e}") from None
-    return _ExitOnStartupError(hubService, options.parent)
+    warn_if_few_files(config.max_connections, reactor)
+    return _ExitOnStartupError(hubService, options.parent, observer)
+
+
+#: Files a hub keeps open besides its connections: listeners, the database
+#: and its log, spill files, log files, webhook connections.
+FILES_BESIDES_CONNECTIONS = 100
+
+
+def warn_if_few_files(max_connections: int, reactor, limits=None) -> None:
+    """Warn when the open-file limit is below what --max-connections needs:
+    past it, accepting a connection fails with "Too many open files"."""
+    if limits is None:
+        try:
+            import resource
+        except ImportError:  # not on this platform
+            return
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, _hard = limits
+    if max_connections == 0:
+        return
+    needed = max_connections + FILES_BESIDES_CONNECTIONS
+    if soft != -1 and soft < needed:
+        reactor.callWhenRunning(
+            _log.warn,
+            "WARNING: the open-file limit (ulimit -n) is {soft}, but --max-connections"
+            " {connections} needs about {needed}: raise it (LimitNOFILE= in a systemd"
+            " unit, ulimit -n in a shell) or lower --max-connections.",
+            soft=soft, connections=max_connections, needed=needed)
+
+
+def _serviceOwner(runnerOptions) -> tuple[int, int] | None:
+    """The (uid, gid) twistd switches to after binding (``--uid``, ``--gid``),
+    when it runs as root and is told to; None otherwise."""
+    if not runnerOptions or os.geteuid() != 0:
+        return None
+    uid, gid = runnerOptions.get("uid"), runnerOptions.get("gid")
+    if uid is None:
+        return None
+    if gid is None:
+        import pwd
+
+        gid = pwd.getpwuid(uid).pw_gid
+    return uid, gid
 
 
 class _ExitOnStartupError(MultiService):
@@ -126,10 +181,19 @@ class _ExitOnStartupError(MultiService):
 
     log = Logger()
 
-    def __init__(self, child, runnerOptions):
+    def __init__(self, child, runnerOptions, logObserver=None):
         super().__init__()
         child.setServiceParent(self)
         self._runnerOptions = runnerOptions or {}
+        self._logObserver = logObserver
+
+    def setServiceParent(self, parent):
+        """twistd's application: it logs through our observer if we have one."""
+        if self._logObserver is not None:
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self._logObserver)
+        return super().setServiceParent(parent)
 
     def privilegedStartService(self):
         try:

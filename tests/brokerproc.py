@@ -136,16 +136,18 @@ class BrokerProcess:
 
 
 @contextmanager
-def running_broker(tmp_path, *extra_args: str, timeout: float = 20.0):
+def running_broker(tmp_path, *extra_args: str, timeout: float = 20.0,
+                   twistd_args: tuple[str, ...] = ()):
     """Start ``twistd -n reactorapp`` on a free port; yield it once it listens.
 
     Runs in ``tmp_path`` with its data in ``tmp_path/data``; extra arguments
     come last, so they can add listeners or override these. HTTP listens on
     a free port too (``.http_port``) unless ``--http`` is given (``--http
-    none``: no HTTP). Stopped on exit.
+    none``: no HTTP). ``twistd_args`` go to twistd itself, before
+    ``reactorapp`` (``--uid``, ``--logfile``). Stopped on exit.
     """
     args = [
-        "-n", "reactorapp", "--mqtt", "tcp:0:interface=127.0.0.1",
+        "-n", *twistd_args, "reactorapp", "--mqtt", "tcp:0:interface=127.0.0.1",
         "--data", str(Path(tmp_path) / "data"), *extra_args,
     ]
     broker = BrokerProcess(args, cwd=tmp_path)

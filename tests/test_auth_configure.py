@@ -89,12 +89,12 @@ def test_a_plugin_can_authorize_too():
     assert guard.authenticator is both and guard.authorizer is both
 
 
-def test_ssl_with_ca_certs_is_ours(tmp_path):
+def test_ssl_endpoints_are_ours(tmp_path):
     ca = make_ca(tmp_path, "ca")
     server = issue(tmp_path, ca, "localhost", server=True)
     base = f"ssl:0:privateKey={server.key}:certKey={server.cert}"
     reactor = MemoryReactorClock()
-    assert server_endpoint(reactor, base) is None
+    assert isinstance(server_endpoint(reactor, base), SSL4ServerEndpoint)
     assert server_endpoint(reactor, "tcp:0") is None
     endpoint = server_endpoint(reactor, base + f":caCerts={ca.cert}:interface=127.0.0.1")
     assert isinstance(endpoint, SSL4ServerEndpoint)

@@ -41,7 +41,8 @@ def clean_env() -> dict[str, str]:
 def source(tmp_path_factory) -> Path:
     """The files a build reads, copied, with a stale dropin.cache planted."""
     src = tmp_path_factory.mktemp("src")
-    for name in ("setup.cfg", "pyproject.toml", "MANIFEST.in", "README.md"):
+    for name in ("setup.cfg", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE",
+                 "CHANGELOG.md"):
         shutil.copy(REPO / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "dropin.cache")
     for tree in ("reactorapp", "twisted", "docs"):
@@ -128,6 +129,7 @@ def test_wheel_ships_the_dropin_and_no_cache(wheel):
     assert not [n for n in names if n.endswith("dropin.cache")]
     assert "twisted/__init__.py" not in names
     assert "twisted/plugins/__init__.py" not in names
+    assert [n for n in names if ".dist-info/" in n and n.endswith("/LICENSE")], names
     assert {n.split("/")[0] for n in names} == {
         "reactorapp", "twisted", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1]
         + ".dist-info",

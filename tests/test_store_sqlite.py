@@ -270,21 +270,6 @@ async def test_reads_of_other_tables_see_every_write_made_before_them(store):
         store.read_now(lambda connection: None)
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_failed_commit_fails_every_later_sync(store, monkeypatch):
-    """Once a batch is lost nothing may be acknowledged as durable."""
-    def broken(connection, messages, batch):
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(sqlite_store, "_commit", broken)
-    store.add_session("c")
-    with pytest.raises(sqlite3.OperationalError):
-        await store.sync()
-    store.add_session("d")
-    with pytest.raises(sqlite3.OperationalError):
-        await store.sync()
-
-
 def test_a_new_database_is_at_the_current_version(tmp_path):
     connection = open_database(str(tmp_path))
     assert connection.execute("SELECT version FROM schema_version").fetchall() == [(VERSION,)]
@@ -292,10 +277,19 @@ def test_a_new_database_is_at_the_current_version(tmp_path):
 
 
 def test_an_older_database_is_migrated_forward(tmp_path):
-    """A newer reactorapp opens an older data directory."""
+    """A newer reactorapp opens an older data directory, and says so."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
     open_database(str(tmp_path)).close()
     newer = MIGRATIONS + [("ALTER TABLE sessions ADD COLUMN expires REAL",)]
-    connection = open_database(str(tmp_path), newer)
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        connection = open_database(str(tmp_path), newer)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert f"migrated from schema version {VERSION} to {VERSION + 1}" in " ".join(
+        formatEvent(event) for event in logged)
     assert connection.execute("SELECT version FROM schema_version").fetchall() == [(VERSION + 1,)]
     columns = [row[1] for row in connection.execute("PRAGMA table_info(sessions)")]
     assert "expires" in columns

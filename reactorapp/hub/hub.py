@@ -41,7 +41,7 @@ class HubStats:
         "publish_received", "publish_sent", "publish_dropped",
         "bytes_received", "bytes_sent", "traffic",
         "queue_dropped_qos0", "queue_refused", "queue_spilled", "publishers_held",
-        "spill_bytes", "inputs_held", "slow_subscribers",
+        "spill_bytes", "inputs_held", "slow_subscribers", "sessions_expired",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -73,6 +73,8 @@ class HubStats:
         #: Times a subscriber drained nothing for --slow-subscriber-timeout
         #: and was marked slow (its QoS 0 messages dropped from then on).
         self.slow_subscribers = 0
+        #: Persistent sessions removed after --session-expiry offline.
+        self.sessions_expired = 0
         #: Front end name ("mqtt", "websocket", "http", "sse", ...) -> Traffic.
         self.traffic: dict[str, Traffic] = {}
 

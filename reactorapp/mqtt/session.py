@@ -121,6 +121,9 @@ class Session:
         self.awaiting_pubrel: set[int] = (
             set() if self.store is None else _StoredIds(self.store, client_id))
         self.connection = None
+        #: When the client went away (the hub's clock), None while connected;
+        #: a restored session counts from start-up (--session-expiry).
+        self.detached_at = hub.clock.seconds() if stored else None
         self.dropped = 0
         #: The client's ACL check on topics it receives, or None with no ACL.
         self.may_read = None
@@ -295,6 +298,7 @@ class Session:
         """Bind a live connection, re-send what was not acknowledged, in the
         original order [MQTT-4.4.0-1] [MQTT-4.6.0-1], then drain the queue."""
         self.connection = connection
+        self.detached_at = None
         for packet_id, flight in list(self.inflight.items()):
             if not flight.sent:
                 continue  # held back, goes out below in its turn
@@ -307,6 +311,7 @@ class Session:
 
     def detach(self) -> None:
         self.connection = None
+        self.detached_at = self.hub.clock.seconds()
         self.queue.drop_held0()
         self.queue.release()  # publishers do not wait for an absent client
 

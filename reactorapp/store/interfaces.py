@@ -69,6 +69,10 @@ class IStore(Interface):
         "How many writes were accepted so far. The hub compares it before and"
         " after delivering a message to learn whether anything was written.")
 
+    writable = Attribute(
+        "False while writes fail and are being tried again (a full disk): what"
+        " waits for the store is not acknowledged meanwhile. /readyz reads it.")
+
     def load():
         """Open the store and return a `StoredState` of what it holds.
 

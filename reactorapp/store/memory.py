@@ -31,6 +31,7 @@ class MemoryStore:
     def __init__(self, tables: MemoryTables | None = None) -> None:
         self.tables = tables if tables is not None else MemoryTables()
         self.writes = 0
+        self.writable = True
         self.closed = False
 
     def __repr__(self) -> str:

@@ -10,7 +10,11 @@ from __future__ import annotations
 import os
 import sqlite3
 
+from twisted.logger import Logger
+
 from reactorapp.store.interfaces import StoreError
+
+log = Logger()
 
 FILENAME = "reactorapp.sqlite3"
 
@@ -131,6 +135,9 @@ def _prepare(connection: sqlite3.Connection, path: str, migrations) -> None:
         if version < len(migrations):
             connection.execute("UPDATE schema_version SET version = ?", (len(migrations),))
         connection.execute("COMMIT")
+        if 0 < version < len(migrations):
+            log.info("{path} migrated from schema version {old} to {new}",
+                     path=path, old=version, new=len(migrations))
         # WAL: a commit appends to the log and, with synchronous FULL, is on
         # disk (fsync) before COMMIT returns, so a kill -9 or a power cut
         # never loses a committed transaction.

@@ -16,6 +16,12 @@ crash can cost them: a re-delivery (which QoS 1 and 2 allow), or a session
 or subscription made just before it; never an acknowledged message, since a
 write somebody waits for commits every write made before it. It spares the
 disk an fsync for every handful of PUBACKs from subscribers.
+
+A batch that cannot be written (the disk is full, the file system went
+read-only) is rolled back and tried again, whole, after a back-off, for as
+long as it takes: `writable` is False meanwhile (``/readyz`` answers 503),
+nobody waiting for it is answered, and writes made meanwhile wait behind it.
+The hub keeps routing what needs no store.
 """
 
 from __future__ import annotations
@@ -91,10 +97,23 @@ _STEP = 16
 class SQLiteStore:
     """`IStore` on one SQLite file, group-committed by a writer thread."""
 
+    #: Seconds before a failed batch is tried again, doubled after each
+    #: failure up to `retry_max`.
+    retry_initial = 0.5
+    retry_max = 10.0
+
     def __init__(self, directory: str, reactor, lazy: float = 0.25) -> None:
         self.directory = directory
         self.lazy = lazy
         self.writes = 0
+        #: False while a batch cannot be written and is being retried.
+        self.writable = True
+        #: Batches that could not be written, since start-up.
+        self.write_failures = 0
+        #: The batch in flight (message rows, writes), kept for a retry.
+        self._batch: tuple[list, list] | None = None
+        self._retry = None
+        self._retry_delay = self.retry_initial
         self._reactor = reactor
         self._connection: sqlite3.Connection | None = None
         self._writer: _Writer | None = None
@@ -291,10 +310,21 @@ class SQLiteStore:
         if self._writer is None:
             # Started on first use, after twistd has daemonized.
             self._writer = _Writer(self._reactor)
+        self._batch = (messages, batch)
+        self._write_batch()
+
+    def _write_batch(self) -> None:
+        self._retry = None
+        messages, batch = self._batch
         self._writer.call(_commit, self._connection, messages, batch).addCallbacks(
             self._cbCommitted, self._ebCommitted)
 
     def _cbCommitted(self, _ignored) -> None:
+        self._batch = None
+        if not self.writable:
+            log.info("Writing to {store} again; what waited for it is acknowledged now",
+                     store=self)
+            self.writable, self._retry_delay = True, self.retry_initial
         committed, self._committing = self._committing, None
         if self._waiting is not None:
             self._submit()  # the disk gets the next batch before callbacks run
@@ -303,11 +333,35 @@ class SQLiteStore:
         committed.fire()
 
     def _ebCommitted(self, failure: Failure) -> None:
-        """A batch failed: nothing written from now on can be trusted to be
-        durable, so every later `sync` fails too, and no acknowledgement that
-        waits on this store is ever sent."""
-        log.failure("Could not write to {store}; nothing more will be stored", failure,
-                    store=self)
+        """A batch failed and was rolled back: try it again after a back-off.
+
+        Nobody who waits for it is answered meanwhile (no acknowledgement
+        goes out), and later writes wait behind it, so their order holds.
+        """
+        self.write_failures += 1
+        if self._closed:
+            self._give_up(failure)
+            return
+        delay = self._retry_delay
+        self._retry_delay = min(delay * 2, self.retry_max)
+        if self.writable:
+            self.writable = False
+            log.failure("Could not write to {store}; trying again in {delay:g} s. Nothing that"
+                        " needs the store is acknowledged until then", failure,
+                        store=self, delay=delay)
+        else:
+            log.warn("Still cannot write to {store} ({reason}); trying again in {delay:g} s",
+                     store=self, reason=failure.getErrorMessage(), delay=delay)
+        self._retry = self._reactor.callLater(delay, self._write_batch)
+
+    def _give_up(self, failure: Failure) -> None:
+        """On close: what could not be written is lost; it was never
+        acknowledged, so its senders send it again."""
+        log.error("Closing {store} with writes it could not make: {reason}",
+                  store=self, reason=failure.getErrorMessage())
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry, self._batch = None, None
         self._failure = failure
         waiting = [self._committing, self._waiting]
         self._committing, self._waiting = None, None
@@ -344,12 +398,26 @@ class SQLiteStore:
             self._writer = _Writer(self._reactor)
         return self._writer.call(function, self._connection, *args)
 
+    # -- backup ----------------------------------------------------------------
+
+    def backup(self, path: str) -> Deferred:
+        """Copy the database, with every write made so far, into the new file
+        ``path``: SQLite's online backup, run in the writer thread (the lock
+        is exclusive, so no other process may read the file). Commits wait
+        while it copies; clients are served."""
+        return self.read(_backup, path)
+
     # -- shutdown ------------------------------------------------------------
 
     def close(self):
-        """Flush what was written, then close the database in the writer thread."""
+        """Flush what was written, then close the database in the writer thread.
+        A store that cannot write gives up instead of waiting for ever."""
         if self._closed:
             return succeed(None)
+        if self._retry is not None:
+            self._closed = True
+            self._give_up(Failure(StoreClosed("the store was closed while it could not write")))
+            return self._shutdown()
         flushed = self.sync()
         self._closed = True
         if flushed is None:
@@ -387,6 +455,18 @@ def _commit(connection: sqlite3.Connection, messages: list[tuple],
         if connection.in_transaction:
             execute("ROLLBACK")
         raise
+
+
+def _backup(connection: sqlite3.Connection, path: str) -> str:
+    """Copy ``connection``'s database to ``path`` (in the writer thread)."""
+    target = sqlite3.connect(path)
+    try:
+        connection.backup(target)
+        # A file of its own: no -wal next to it to be forgotten in a copy.
+        target.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        target.close()
+    return path
 
 
 def _execute_rows(connection: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:

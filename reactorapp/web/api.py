@@ -248,12 +248,19 @@ class Client(JSONResource):
 class Sessions(JSONResource):
     """GET /api/v1/sessions: every session, connected or waiting: MQTT
     sessions (``"kind": "mqtt"``), then named event-stream sessions
-    (``"kind": "stream"``)."""
+    (``"kind": "stream"``); /sessions/{id} below."""
+
+    isLeaf = False
 
     def __init__(self, hub, stream_sessions=None) -> None:
         super().__init__()
         self.hub = hub
         self.stream_sessions = stream_sessions
+
+    def getChild(self, path, request):
+        if path == b"":
+            return self
+        return OneSession(self.hub, path)
 
     def json_GET(self, request):
         sessions = sorted(self.hub.sessions().values(), key=lambda s: s.client_id)
@@ -263,6 +270,36 @@ class Sessions(JSONResource):
             answer.extend(session.info(now) for session in
                           sorted(self.stream_sessions.values(), key=lambda s: s.name))
         return answer
+
+
+class OneSession(JSONResource):
+    """GET or DELETE (remove, if its client is away) /api/v1/sessions/{id}."""
+
+    def __init__(self, hub, raw_id: bytes) -> None:
+        super().__init__()
+        self.hub = hub
+        self.client_id = raw_id.decode("utf-8", "replace")
+
+    def _session(self):
+        session = self.hub.get_session(self.client_id)
+        if session is None:
+            raise not_found(f"There is no session for client {self.client_id!r}.")
+        return session
+
+    def json_GET(self, request):
+        return session_json(self._session())
+
+    def json_DELETE(self, request):
+        """Forget an absent client's session, subscriptions and queue, in
+        memory and in the store. A connected client keeps its session."""
+        session = self._session()
+        if session.connection is not None:
+            raise ApiError(409, "connected", f"Client {self.client_id!r} is connected; disconnect"
+                           " it first (DELETE /api/v1/clients/{client_id}).")
+        log.info("Removing the session of client {client_id} as asked over HTTP by {peer}",
+                 client_id=self.client_id, peer=address_text(request.getClientAddress()))
+        session.discard()
+        return None
 
 
 class Stats(JSONResource):

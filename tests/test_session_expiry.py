@@ -1,0 +1,119 @@
+"""Persistent sessions that never come back: --session-expiry removes them
+from memory and the store, and an administrator can remove one over HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+from reactorapp.mqtt import packets as P
+from reactorapp.mqtt.expiry import SessionExpiry, expire_sessions
+from reactorapp.mqtt.session import restore_sessions
+from reactorapp.store.memory import MemoryStore
+from tests.brokerproc import running_broker
+from tests.mqtt_harness import Broker
+from tests.paho_client import TIMEOUT, PahoClient
+
+HOUR = 3600.0
+
+
+def stored_broker() -> tuple[Broker, MemoryStore]:
+    broker = Broker()
+    store = broker.hub.store = MemoryStore()
+    return broker, store
+
+
+def away(broker, client_id: str) -> None:
+    client = broker.connect(client_id, clean=False)
+    client.subscribe(("t/#", 1))
+    client.send(P.Disconnect())
+
+
+def test_an_absent_clients_session_expires_from_memory_and_the_store():
+    broker, store = stored_broker()
+    away(broker, "gone")
+    expiry = SessionExpiry(broker.hub, HOUR)
+    expiry.startService()
+    broker.clock.advance(HOUR - 60)
+    assert broker.hub.get_session("gone") is not None
+    broker.clock.advance(60)
+    assert broker.hub.get_session("gone") is None
+    assert store.load().sessions == []
+    assert broker.hub.stats.sessions_expired == 1
+    # Nothing is queued for it any more.
+    publisher = broker.connect("pub")
+    publisher.publish("t/1", b"x", qos=1)
+    assert [p.type for p in publisher.take()] == ["PUBACK"]
+    assert store.load().sessions == []
+    expiry.stopService()
+
+
+def test_a_connected_client_or_one_that_came_back_keeps_its_session():
+    broker, _ = stored_broker()
+    broker.connect("here", clean=False)
+    away(broker, "back")
+    broker.clock.advance(HOUR)
+    broker.connect("back", clean=False)  # the clock starts again when it leaves
+    assert expire_sessions(broker.hub, HOUR) == []
+    assert {"here", "back"} <= set(broker.hub.sessions())
+
+
+def test_a_restored_session_counts_from_start_up():
+    """The store keeps no time: a session read back at start-up has its
+    whole expiry ahead of it."""
+    broker, store = stored_broker()
+    away(broker, "old")
+    restarted = Broker()
+    restarted.clock.advance(10 * HOUR)
+    restarted.hub.store = store
+    restore_sessions(restarted.hub, store.load().sessions, restarted.factory.settings)
+    assert expire_sessions(restarted.hub, HOUR) == []
+    restarted.clock.advance(HOUR)
+    assert expire_sessions(restarted.hub, HOUR) == ["old"]
+
+
+# -- through twistd --------------------------------------------------------------
+
+
+def delete(broker, path: str) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection(broker.host, broker.http_port, timeout=TIMEOUT)
+    try:
+        connection.request("DELETE", path)
+        response = connection.getresponse()
+        body = response.read()
+        return response.status, (json.loads(body) if body else {})
+    finally:
+        connection.close()
+
+
+def test_delete_removes_an_offline_session_and_refuses_a_connected_one(tmp_path):
+    with running_broker(tmp_path) as broker:
+        old = PahoClient(broker.host, broker.port, "old-device", clean_session=False).connect()
+        old.subscribe(("cmd/#", 1))
+        old.disconnect()
+        here = PahoClient(broker.host, broker.port, "here", clean_session=False).connect()
+
+        status, body = delete(broker, "/api/v1/sessions/here")
+        assert (status, body["error"]) == (409, "connected")
+        status, body = delete(broker, "/api/v1/sessions/nobody")
+        assert (status, body["error"]) == (404, "not found")
+        assert delete(broker, "/api/v1/sessions/old-device") == (204, {})
+        here.disconnect()
+        assert broker.stop() < 0
+
+    with running_broker(tmp_path) as broker:
+        assert "1 persistent sessions" in broker.log  # "here" only
+        back = PahoClient(broker.host, broker.port, "old-device", clean_session=False).connect()
+        assert back.session_present is False
+        back.disconnect()
+
+
+def test_session_expiry_flag(tmp_path):
+    with running_broker(tmp_path, "--session-expiry", "0.5") as broker:
+        device = PahoClient(broker.host, broker.port, "gone", clean_session=False).connect()
+        device.subscribe(("cmd/#", 1))
+        device.disconnect()
+        broker.wait_for(r"Session gone expired")
+        back = PahoClient(broker.host, broker.port, "gone", clean_session=False).connect()
+        assert back.session_present is False
+        back.disconnect()
