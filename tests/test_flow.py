@@ -356,3 +356,28 @@ def test_a_read_is_one_fair_turn_and_small_writes_are_not_delayed():
     transport = TCP()
     protocol.makeConnection(transport)
     assert transport.bufferSize == 64 * 1024 and transport.nodelay
+
+
+def test_a_plugin_publisher_is_held_back_by_a_congested_subscriber():
+    """Plugin protocols publish through HubClient: held back, their runs
+    wait, and past ``maxPendingRuns`` the hub stops reading from them."""
+    from reactorapp.protocols.line import LineFactory
+    from reactorapp.testing import MemoryHub
+
+    b = broker()
+    kit = MemoryHub(clock=b.clock)
+    kit.hub = b.hub
+    sub = b.connect("sub")
+    sub.subscribe(("t", 0))
+    sub.protocol.pauseProducing()
+    user = kit.connect(LineFactory(b.hub))
+    protocol = user.protocol
+    for _ in range(protocol.maxPendingRuns + 1):  # one request a read
+        user.send(b"PUB t x\n")
+    assert len(sub.take()) == 1  # the first waits for the subscriber to drain
+    assert user.transport.producerState == "paused"
+    assert b.hub.stats.publish_dropped == 0
+    sub.protocol.resumeProducing()
+    while sub.take():
+        pass
+    assert user.transport.producerState == "producing"
