@@ -5,8 +5,13 @@
     # comments and blank lines are ignored
     alice:$scrypt$16384$8$1$<salt>$<hash>
     alice:$token$<sha256 of the token>
+    bob:$7$101$<salt>$<hash>
 
 A user has at most one password and any number of tokens (for the HTTP API).
+Mosquitto's password files are read as they are, so users keep their
+credentials when they move: ``mosquitto_passwd`` writes ``$7$`` (PBKDF2-SHA512
+with its iteration count) and, before Mosquitto 2.0, ``$6$`` (one SHA-512 of
+the password and the salt). New passwords are always written as scrypt.
 Passwords are hashed with scrypt, which is slow on purpose, so they are
 checked on a thread and never on the reactor. Tokens are long random strings:
 one SHA-256 is enough to keep them safe at rest.
@@ -69,25 +74,65 @@ def hash_password(password: bytes, *, n: int = SCRYPT_N, r: int = SCRYPT_R,
     return f"$scrypt${n}${r}${p}${_b64(salt)}${_b64(digest)}"
 
 
-def _parse_scrypt(encoded: str) -> tuple[int, int, int, bytes, bytes]:
-    parts = encoded.split("$")
-    if len(parts) != 7 or parts[0] or parts[1] != "scrypt":
+def _parse_scrypt(parts: list[str]):
+    if len(parts) != 7:
         raise ValueError("not a $scrypt$n$r$p$salt$hash value")
     n, r, p = int(parts[2]), int(parts[3]), int(parts[4])
     if n < 2 or n & (n - 1) or r < 1 or p < 1 or 128 * r * n > _MAXMEM:
         raise ValueError("scrypt parameters out of range")
     salt, digest = _unb64(parts[5]), _unb64(parts[6])
+
+    def derive(password: bytes) -> bytes:
+        return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p,
+                              dklen=len(digest), maxmem=_MAXMEM)
+    return salt, digest, derive
+
+
+def _parse_pbkdf2(parts: list[str]):
+    """Mosquitto's ``$7$iterations$salt$hash``: PBKDF2-HMAC-SHA512."""
+    if len(parts) != 5:
+        raise ValueError("not a $7$iterations$salt$hash value")
+    iterations = int(parts[2])
+    if not 1 <= iterations <= _MAX_ITERATIONS:
+        raise ValueError("PBKDF2 iteration count out of range")
+    salt, digest = _unb64(parts[3]), _unb64(parts[4])
+    return salt, digest, lambda password: hashlib.pbkdf2_hmac(
+        "sha512", password, salt, iterations, len(digest))
+
+
+def _parse_sha512(parts: list[str]):
+    """Mosquitto 1.x's ``$6$salt$hash``: SHA-512 of the password, then the salt."""
+    if len(parts) != 4:
+        raise ValueError("not a $6$salt$hash value")
+    salt, digest = _unb64(parts[2]), _unb64(parts[3])
+    return salt, digest, lambda password: hashlib.sha512(password + salt).digest()
+
+
+_SCHEMES = {"scrypt": _parse_scrypt, "7": _parse_pbkdf2, "6": _parse_sha512}
+#: Far above Mosquitto's default (101), far below a check that takes seconds.
+_MAX_ITERATIONS = 10_000_000
+
+
+def parse_hash(encoded: str):
+    """``derive(password) -> bytes`` and the digest it must equal, from a
+    ``$scrypt$``, ``$7$`` or ``$6$`` value; ValueError if it is none of them."""
+    parts = encoded.split("$")
+    scheme = _SCHEMES.get(parts[1]) if len(parts) > 2 and not parts[0] else None
+    if scheme is None:
+        raise ValueError("not a $scrypt$, $7$ (mosquitto_passwd) or $6$ password hash")
+    try:
+        salt, digest, derive = scheme(parts)
+    except ValueError as e:  # from int() and base64 (binascii.Error) too
+        raise ValueError(str(e) or "malformed password hash") from None
     if not salt or not digest:
         raise ValueError("empty salt or hash")
-    return n, r, p, salt, digest
+    return derive, digest
 
 
 def verify_password(password: bytes, encoded: str) -> bool:
     """Whether ``password`` matches ``encoded``, compared in constant time."""
-    n, r, p, salt, digest = _parse_scrypt(encoded)
-    candidate = hashlib.scrypt(password, salt=salt, n=n, r=r, p=p,
-                               dklen=len(digest), maxmem=_MAXMEM)
-    return hmac.compare_digest(candidate, digest)
+    derive, digest = parse_hash(encoded)
+    return hmac.compare_digest(derive(password), digest)
 
 
 def new_token() -> str:
@@ -135,7 +180,7 @@ class Users:
                 tokens[secret] = name
                 continue
             try:
-                _parse_scrypt(secret)
+                parse_hash(secret)
             except ValueError as e:
                 raise PasswordFileError(f"{where}: {e}.") from None
             if name in passwords:
@@ -257,7 +302,7 @@ def set_password(path: str, username: str, password: bytes, **cost) -> None:
     lines = _read_lines(path)
     for i, line in enumerate(lines):
         name, _, secret = line.strip().rpartition(":")
-        if name == username and secret.startswith("$scrypt$"):
+        if name == username and not secret.startswith("$token$"):
             lines[i] = entry
             break
     else:
