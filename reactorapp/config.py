@@ -232,7 +232,7 @@ class Config:
         metavar="N", minimum=1,
     )
     webhooks: tuple = table(
-        "Webhook rules, one [[webhooks]] table each (see the README).",
+        "Webhook rules, one [[webhooks]] table each (see docs/webhooks.md).",
         parse=_webhook_rules,
     )
 
