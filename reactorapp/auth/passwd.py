@@ -328,7 +328,8 @@ def delete_user(path: str, username: str) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m reactorapp.passwd``."""
     parser = argparse.ArgumentParser(
         prog="python -m reactorapp.passwd",
         description="Add a user to a reactorapp password file or change its "
@@ -343,7 +344,11 @@ def main(argv: list[str] | None = None) -> int:
                       help="print a new bearer token for USER (shown once, only its hash is kept)")
     what.add_argument("--delete", action="store_true",
                       help="remove USER, its password and its tokens")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     try:
         if args.delete:
             if not delete_user(args.file, args.user):
