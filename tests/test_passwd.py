@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from zope.interface.verify import verifyObject
 
 from reactorapp.auth import passwd
@@ -270,3 +270,22 @@ def test_changing_a_mosquitto_password_writes_scrypt(tmp_path):
     assert verify_password(b"new one", users.passwords["alice"])
     assert verify_password(b"hunter2", users.passwords["bob"])
     assert len(users.passwords) == 3
+
+
+def test_unknown_users_cost_as_much_as_the_file_s_users(tmp_path):
+    """In a Mosquitto file an unknown user is checked against a $7$ hash
+    (quick PBKDF2), not scrypt, so timing does not tell which names exist;
+    and a decoy never lets anyone in."""
+    calls = []
+
+    def run(function, *args):
+        calls.append(args)
+        return succeed(function(*args))
+
+    authenticator = PasswordFileAuthenticator(PasswordFile(str(MOSQUITTO_FILE)), run=run)
+    assert not _logs_in(authenticator, "mallory", b"s3cret pass")  # alice's password
+    (password, encoded, decoy), = calls
+    assert encoded is None and decoy.startswith("$7$")
+    assert Users.parse("", "f").decoy is None
+    mixed = Users.parse(f"a:{hash_password(b'x', **CHEAP)}\n" + MOSQUITTO_FILE.read_text(), "f")
+    assert mixed.decoy.startswith("$7$")  # two of four users

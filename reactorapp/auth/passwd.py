@@ -159,10 +159,15 @@ class Users:
     """The parsed content of a password file."""
 
     def __init__(self, passwords: dict[str, str], tokens: dict[str, str]) -> None:
-        #: user name -> ``$scrypt$...``
+        #: user name -> ``$scrypt$...`` (or ``$7$...``, ``$6$...``)
         self.passwords = passwords
         #: ``$token$...`` -> user name
         self.tokens = tokens
+        #: What an unknown user's password is checked against, so that a wrong
+        #: name costs as much as a wrong password: a hash of the kind most
+        #: users of this file have (PBKDF2 in a Mosquitto file is far quicker
+        #: than scrypt). None: the scrypt dummy.
+        self.decoy = _decoy(passwords.values())
 
     @classmethod
     def parse(cls, text: str, source: str) -> Users:
@@ -187,6 +192,16 @@ class Users:
                 raise PasswordFileError(f"{where}: user {name!r} appears twice.")
             passwords[name] = secret
         return cls(passwords, tokens)
+
+
+def _decoy(hashes) -> str | None:
+    by_scheme: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for encoded in hashes:
+        scheme = encoded.split("$")[1]
+        by_scheme.setdefault(scheme, encoded)
+        counts[scheme] = counts.get(scheme, 0) + 1
+    return by_scheme[max(counts, key=counts.get)] if counts else None
 
 
 def read_users(path: str) -> Users:
@@ -214,10 +229,11 @@ class PasswordFile:
         return self._watch.check()
 
 
-def _check(password: bytes, encoded: str | None) -> bool:
-    """Runs off the reactor: the scrypt work, also for unknown users."""
+def _check(password: bytes, encoded: str | None, decoy: str | None = None) -> bool:
+    """Runs off the reactor: the hashing work, also for unknown users, who
+    are checked against ``decoy`` and always refused."""
     if encoded is None:
-        verify_password(password, _dummy())
+        verify_password(password, decoy or _dummy())
         return False
     return verify_password(password, encoded)
 
@@ -246,8 +262,8 @@ class PasswordFileAuthenticator:
             if self.allow_anonymous:
                 return succeed(Identity(None, client_id))
             return fail(NotAuthorized("anonymous clients are not allowed"))
-        encoded = self.passwords.users.passwords.get(username)
-        d = self._run(_check, password or b"", encoded)
+        users = self.passwords.users
+        d = self._run(_check, password or b"", users.passwords.get(username), users.decoy)
         d.addCallback(lambda ok: Identity(username, client_id) if ok else None)
         return d
 
