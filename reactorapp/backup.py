@@ -54,7 +54,8 @@ def _headers(args) -> dict[str, str]:
     return {}
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m reactorapp.backup``."""
     parser = argparse.ArgumentParser(
         prog="python -m reactorapp.backup",
         description="Save the database of a running hub, or put a saved one in place.")
@@ -69,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                                     " stopped hub's data directory")
     restoring.add_argument("file", metavar="FILE", help="the backup")
     restoring.add_argument("directory", metavar="DIR", help="the hub's data directory (--data)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     try:
         if args.command == "save":
             size = save(args.url, args.file, _headers(args))

@@ -107,7 +107,7 @@ class Config:
     max_dead_letters: int = setting(
         10_000,
         "Dead letters kept per webhook rule; past that the oldest are dropped"
-        " (counted in reactorapp_webhook_dead_letters_dropped). 0: no limit.",
+        " (counted in reactorapp_webhook_dead_letters_dropped_total). 0: no limit.",
         metavar="N", minimum=0,
     )
     max_packet_size: int = setting(
@@ -232,7 +232,7 @@ class Config:
         metavar="N", minimum=1,
     )
     webhooks: tuple = table(
-        "Webhook rules, one [[webhooks]] table each (see the README).",
+        "Webhook rules, one [[webhooks]] table each (see docs/webhooks.md).",
         parse=_webhook_rules,
     )
 

@@ -1,4 +1,4 @@
-"""paho-mqtt 3.1.1 clients for end-to-end tests, with a bound on every wait.
+"""paho-mqtt clients (3.1.1 unless asked for 3.1) for end-to-end tests, with a bound on every wait.
 
 paho runs its network loop on a thread; its callbacks only fill queues and
 set events here, and the test thread waits on those with a timeout, so a
@@ -34,12 +34,13 @@ class PahoClient:
     so a connection the broker closes stays closed."""
 
     def __init__(self, host: str, port: int, client_id: str = "",
-                 clean_session: bool = True, will: tuple | None = None) -> None:
+                 clean_session: bool = True, will: tuple | None = None,
+                 protocol: int = mqtt.MQTTv311) -> None:
         self.host, self.port = host, port
         self.client_id = client_id
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-            clean_session=clean_session, protocol=mqtt.MQTTv311,
+            clean_session=clean_session, protocol=protocol,
             reconnect_on_failure=False,
         )
         if will is not None:

@@ -188,3 +188,22 @@ def test_the_acl_file_is_looked_at_where_check_sends_it(tmp_path):
     watch.check()
     sent[-1].callback(None)
     assert authorizer.can_read(anyone, "b/x")
+
+
+def test_trailing_comments_are_ignored():
+    """Comments at the end of rule lines, as Mosquitto users write them."""
+    acl = ACLAuthorizer(ACL.parse(
+        "topic read public/#            # anonymous clients\n"
+        "user alice\t# the owner\n"
+        "topic readwrite home/#  #  her home\n"
+        "topic read #  # everything\n"
+        "topic deny home/secrets/# #\n"))
+    alice = Identity("alice", "phone")
+    assert acl.can_subscribe(ANON, "public/#") and not acl.can_publish(ANON, "public/x")
+    assert acl.can_publish(alice, "home/kitchen") and acl.can_read(alice, "other")
+    assert not acl.can_read(alice, "home/secrets/x")
+
+
+def test_a_hash_inside_a_level_is_not_a_comment():
+    with pytest.raises(ACLError, match="'a/b#' is not a valid topic filter"):
+        ACL.parse("topic read a/b#\n")

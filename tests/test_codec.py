@@ -547,13 +547,22 @@ def test_password_and_will_message_are_binary():
 
 # -- CONNECT ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, level", [("MQTT", 3), ("MQTT", 5), ("MQTT", 0x84), ("MQIsdp", 3)])
+@pytest.mark.parametrize("name, level", [("MQTT", 3), ("MQTT", 5), ("MQTT", 0x84), ("MQIsdp", 4)])
 def test_unsupported_protocol_level(name, level):
-    """[MQTT-3.1.2-2] [MQTT-3.1.2-1] "MQTT" at an unsupported level, or "MQIsdp" (3.1),
-    gets UnsupportedProtocol: the server answers CONNACK 0x01."""
+    """[MQTT-3.1.2-2] [MQTT-3.1.2-1] "MQTT" at a level other than 4, or "MQIsdp"
+    at a level other than 3, gets UnsupportedProtocol: the server answers CONNACK 0x01."""
     wire = encode(Connect("c", protocol_name=name, protocol_level=level))
     error = rejects(wire, UnsupportedProtocol)
     assert error.reason_code == 0x84
+
+
+def test_mqtt_3_1_connect_parses():
+    """[MQTT-3.1.2-1] "MQIsdp" level 3 is MQTT 3.1, with the 3.1.1 layout."""
+    wire = encode(Connect("old", keep_alive=30, username="u", password=b"p",
+                          protocol_name="MQIsdp", protocol_level=3))
+    (packet,) = parse(wire)
+    assert (packet.client_id, packet.username, packet.password, packet.protocol_level) == (
+        "old", "u", b"p", 3)
 
 
 def test_unknown_protocol_name_is_not_answered():

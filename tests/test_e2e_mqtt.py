@@ -14,6 +14,7 @@ import signal
 import socket
 import struct
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from tests.brokerproc import running_broker
@@ -42,8 +43,9 @@ def clients(broker):
     """Make connected paho clients; all are closed when the test ends."""
     made = []
 
-    def connect(client_id: str, clean_session: bool = True, will=None) -> PahoClient:
-        client = PahoClient(broker.host, broker.port, client_id, clean_session, will)
+    def connect(client_id: str, clean_session: bool = True, will=None,
+                protocol: int = mqtt.MQTTv311) -> PahoClient:
+        client = PahoClient(broker.host, broker.port, client_id, clean_session, will, protocol)
         made.append(client)
         return client.connect()
 
@@ -408,6 +410,37 @@ def test_empty_client_id_with_clean_session_is_accepted(clients):
 
 
 # -- the process ------------------------------------------------------------------------
+
+def test_mqtt_3_1_clients_are_served_like_3_1_1(clients):
+    """paho's MQTTv31 ("MQIsdp", level 3) connects, subscribes, publishes at
+    QoS 1 and 2, and talks with 3.1.1 clients; its empty client id becomes a
+    22-character one, within 3.1's limit of 23."""
+    old = clients("", protocol=mqtt.MQTTv31)
+    new = clients("v311-next-to-v31")
+    assert old.session_present is False
+    assert old.subscribe(("v31/#", 2)) == [2]
+    assert new.subscribe(("v31/#", 1)) == [1]
+    published(old.publish("v31/a", b"from 3.1", qos=1))
+    published(new.publish("v31/b", b"from 3.1.1", qos=2))
+    assert [(m.topic, m.payload) for m in old.take(2)] == [
+        ("v31/a", b"from 3.1"), ("v31/b", b"from 3.1.1")]
+    assert [(m.topic, m.payload) for m in new.take(2)] == [
+        ("v31/a", b"from 3.1"), ("v31/b", b"from 3.1.1")]
+
+
+def test_mqtt_3_1_client_id_over_23_characters_is_rejected(broker):
+    """MQTT 3.1 allows 1 to 23 characters: CONNACK 2 (identifier rejected)."""
+    client = PahoClient(broker.host, broker.port, "x" * 24, protocol=mqtt.MQTTv31)
+    try:
+        client.client.connect(broker.host, broker.port)
+        client.client.loop_start()
+        assert client.connected.wait(TIMEOUT), "no CONNACK"
+        # paho reports CONNACK 2 as its MQTT 5 equivalent, 0x85.
+        assert client.return_code == 0x85, client.return_code
+        assert client.disconnected.wait(TIMEOUT)
+    finally:
+        client.close()
+
 
 def test_sigterm_stops_the_broker_cleanly_and_it_starts_again(tmp_path):
     """No spec id (process management): SIGTERM with a client connected ends

@@ -112,6 +112,22 @@ def test_run_it_and_be_a_sensor(folder):
             mqtt.close()
 
 
+def test_a_secured_hub_answers_forbidden(folder, tmp_path):
+    """With an ACL, a reading for a topic the sensor may not write is
+    answered with an error, and the connection goes on."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic write sensors/kitchen   # anonymous sensors: the kitchen only\n")
+    with running_broker(folder, "--acl", str(acl),
+                        "--listen", "sensors:tcp:0:interface=127.0.0.1") as broker:
+        port = int(broker.wait_for(r"sensors listening on 127\.0\.0\.1:(\d+)")[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sensor:
+            sensor.sendall(b"hall 1\n")
+            refused = _read_line(sensor)
+            assert refused.startswith("error: ") and "'sensors/hall'" in refused, refused
+            sensor.sendall(b"kitchen 2\n")
+            assert _read_line(sensor) == "ok"
+
+
 def _read_line(sock) -> str:
     data = b""
     while not data.endswith(b"\n"):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from zope.interface.verify import verifyObject
 
 from reactorapp.auth import passwd
@@ -213,3 +214,78 @@ def test_command_prompts_twice(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(passwd.getpass, "getpass", lambda prompt: next(answers))
     assert passwd.main([str(tmp_path / "p"), "alice"]) == 0
     assert verify_password(b"same", passwd.read_users(str(tmp_path / "p")).passwords["alice"])
+
+
+# -- Mosquitto's password files ----------------------------------------------
+
+MOSQUITTO_FILE = REPO / "tests" / "data" / "mosquitto.passwd"
+MOSQUITTO_USERS = {"alice": b"s3cret pass", "bob": b"hunter2", "carol": b"pw6"}
+
+
+def _logs_in(authenticator, user: str, password: bytes) -> bool:
+    results = []
+    authenticator.authenticate(user, password, "c", None, None).addCallback(results.append)
+    return results == [Identity(user, "c")]
+
+
+def test_mosquitto_password_file_is_read_as_it_is():
+    """A file from mosquitto_passwd: $7$ (PBKDF2-SHA512, Mosquitto 2) and
+    $6$ (SHA-512, Mosquitto 1.x) entries log in with their passwords."""
+    authenticator = PasswordFileAuthenticator(PasswordFile(str(MOSQUITTO_FILE)))
+    for user, password in MOSQUITTO_USERS.items():
+        assert _logs_in(authenticator, user, password), user
+        assert not _logs_in(authenticator, user, password + b"x"), user
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None,
+                    reason="mosquitto_passwd is not installed")
+@pytest.mark.parametrize("algorithm", ["sha512-pbkdf2", "sha512"])
+def test_a_file_mosquitto_passwd_writes_now(tmp_path, algorithm):
+    path = tmp_path / "passwd"
+    for user, password in [("dave", "correct horse"), ("erin", "ünïcode")]:
+        subprocess.run(["mosquitto_passwd", "-H", algorithm, "-b",
+                        *(["-c"] if user == "dave" else []), str(path), user, password],
+                       check=True, capture_output=True, timeout=30)
+    authenticator = PasswordFileAuthenticator(PasswordFile(str(path)))
+    assert _logs_in(authenticator, "dave", b"correct horse")
+    assert _logs_in(authenticator, "erin", "ünïcode".encode())
+    assert not _logs_in(authenticator, "erin", b"unicode")
+
+
+@pytest.mark.parametrize("line", [
+    "alice:$7$0$AAAAAAAA$AAAA", "alice:$7$101$AAAAAAAA", "alice:$7$x$AAAAAAAA$AAAA",
+    "alice:$7$101$$AAAA", "alice:$6$AAAAAAAA", "alice:$6$!!$AAAA", "alice:$5$AAAA$AAAA",
+])
+def test_bad_mosquitto_lines_are_refused(line):
+    with pytest.raises(PasswordFileError, match="line 1"):
+        Users.parse(line + "\n", "f")
+
+
+def test_changing_a_mosquitto_password_writes_scrypt(tmp_path):
+    path = tmp_path / "passwd"
+    path.write_text(MOSQUITTO_FILE.read_text())
+    set_password(str(path), "alice", b"new one", **CHEAP)
+    users = passwd.read_users(str(path))
+    assert users.passwords["alice"].startswith("$scrypt$")
+    assert verify_password(b"new one", users.passwords["alice"])
+    assert verify_password(b"hunter2", users.passwords["bob"])
+    assert len(users.passwords) == 3
+
+
+def test_unknown_users_cost_as_much_as_the_file_s_users(tmp_path):
+    """In a Mosquitto file an unknown user is checked against a $7$ hash
+    (quick PBKDF2), not scrypt, so timing does not tell which names exist;
+    and a decoy never lets anyone in."""
+    calls = []
+
+    def run(function, *args):
+        calls.append(args)
+        return succeed(function(*args))
+
+    authenticator = PasswordFileAuthenticator(PasswordFile(str(MOSQUITTO_FILE)), run=run)
+    assert not _logs_in(authenticator, "mallory", b"s3cret pass")  # alice's password
+    (password, encoded, decoy), = calls
+    assert encoded is None and decoy.startswith("$7$")
+    assert Users.parse("", "f").decoy is None
+    mixed = Users.parse(f"a:{hash_password(b'x', **CHEAP)}\n" + MOSQUITTO_FILE.read_text(), "f")
+    assert mixed.decoy.startswith("$7$")  # two of four users

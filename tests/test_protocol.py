@@ -60,10 +60,49 @@ def test_unsupported_protocol_level_gets_connack_1(broker):
     assert client.closed
 
 
-def test_mqtt_3_1_client_is_told_why(broker):
-    """[MQTT-3.1.2-1] "MQIsdp" level 3 gets CONNACK 0x01, never treated as 3.1.1."""
-    client = broker.client()
-    client.send(P.Connect(client_id="old", protocol_name="MQIsdp", protocol_level=3))
+def test_mqtt_3_1_is_spoken():
+    """[MQTT-3.1.2-1] "MQIsdp" level 3 is MQTT 3.1: handled under its own
+    rules (below), with the 3.1.1 packet layout."""
+    broker = Broker()
+    client = broker.connect("old-device", protocol_name="MQIsdp", protocol_level=3)
+    client.send(P.Subscribe(1, [P.SubscriptionRequest("t/#", 1)]))
+    (suback,) = client.take()
+    assert suback.return_codes == [1]
+    client.send(P.Publish("t/x", b"hi", qos=1, packet_id=2))
+    by_type = {packet.type: packet for packet in client.take()}
+    assert by_type["PUBACK"].packet_id == 2
+    delivered = by_type["PUBLISH"]
+    assert (delivered.topic, delivered.payload, delivered.qos) == ("t/x", b"hi", 1)
+
+
+def test_mqtt_3_1_connack_has_no_session_present():
+    """The CONNACK flags byte is reserved in MQTT 3.1: 0 even for a kept session."""
+    broker = Broker()
+    broker.connect("old-device", clean=False, protocol_name="MQIsdp", protocol_level=3).drop()
+    again = broker.connect("old-device", clean=False, protocol_name="MQIsdp", protocol_level=3)
+    assert again.connack.flags == 0
+    assert broker.hub.get_session("old-device") is not None
+
+
+@pytest.mark.parametrize("client_id", ["", "x" * 24])
+def test_mqtt_3_1_client_id_has_1_to_23_characters(client_id):
+    """MQTT 3.1 rejects an empty or longer id with CONNACK 2 [MQTT-3.1.3-9]."""
+    client = Broker().client()
+    client.send(P.Connect(client_id=client_id, protocol_name="MQIsdp", protocol_level=3))
+    (connack,) = client.take()
+    assert connack.return_code == 2
+    assert client.closed
+
+
+def test_mqtt_3_1_23_character_id_is_accepted():
+    Broker().connect("y" * 23, protocol_name="MQIsdp", protocol_level=3)
+
+
+@pytest.mark.parametrize(("name", "level"), [("MQIsdp", 4), ("MQTT", 3)])
+def test_protocol_name_and_level_must_agree(name, level):
+    """[MQTT-3.1.2-2] a level that is not the name's gets CONNACK 1."""
+    client = Broker().client()
+    client.send(P.Connect(client_id="x", protocol_name=name, protocol_level=level))
     (connack,) = client.take()
     assert connack.return_code == 1
     assert client.closed

@@ -62,6 +62,17 @@ def test_passwords(tmp_path, secured):
             c.close()
 
 
+def test_a_mosquitto_password_file_as_it_is(tmp_path):
+    """Users move from Mosquitto with their password file unchanged."""
+    mosquitto_file = REPO / "tests" / "data" / "mosquitto.passwd"
+    with running_broker(tmp_path, "--passwd", str(mosquitto_file)) as broker:
+        for who, password, code in [("alice", b"s3cret pass", 0), ("carol", b"pw6", 0),
+                                    ("bob", b"s3cret pass", 4)]:
+            c = client(broker)
+            assert c.connect("m-" + who, username=who, password=password).return_code == code
+            c.close()
+
+
 def test_allow_anonymous(tmp_path, secured):
     with running_broker(tmp_path, *secured, "--allow-anonymous") as broker:
         c = client(broker)

@@ -46,10 +46,11 @@ def broker(tmp_path_factory):
 class Paho:
     """A paho client on its loop thread, over TCP or over WebSocket (/mqtt)."""
 
-    def __init__(self, broker, client_id: str | None = None, websocket: bool = False) -> None:
+    def __init__(self, broker, client_id: str | None = None, websocket: bool = False,
+                 protocol: int = mqtt.MQTTv311) -> None:
         self.client_id = client_id or f"c-{uuid.uuid4().hex[:8]}"
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311,
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol,
             transport="websockets" if websocket else "tcp", reconnect_on_failure=False)
         if websocket:
             self.client.ws_set_options(path="/mqtt")
@@ -84,8 +85,8 @@ class Paho:
 def paho(broker):
     clients = []
 
-    def make(client_id=None, websocket=False):
-        clients.append(Paho(broker, client_id, websocket))
+    def make(client_id=None, websocket=False, protocol=mqtt.MQTTv311):
+        clients.append(Paho(broker, client_id, websocket, protocol))
         return clients[-1]
 
     yield make
@@ -262,6 +263,14 @@ def test_websocket_client_talks_to_a_tcp_client(broker, paho):
     clients = {c["client_id"]: c for c in get_json(broker, "/api/v1/clients")}
     assert clients["e2e-ws"]["front_end"] == "websocket"
     assert clients["e2e-tcp"]["front_end"] == "mqtt"
+
+
+def test_mqtt_3_1_over_websocket(broker, paho):
+    """paho's MQTTv31 asks for the mqttv3.1 subprotocol and speaks MQIsdp."""
+    old = paho("e2e-ws-v31", websocket=True, protocol=mqtt.MQTTv31)
+    old.subscribe("e2e/ws/v31", 1)
+    old.publish("e2e/ws/v31", b"from 3.1", qos=1)
+    assert old.message().payload == b"from 3.1"
 
 
 @pytest.mark.parametrize("offered, chosen", [

@@ -14,6 +14,8 @@
     pattern read users/%u/#
 
 ``topic [read|write|readwrite|deny] TOPIC`` (no access word means readwrite).
+A ``#`` after white space starts a comment, at the end of a rule line too: no
+valid topic filter has a ``#`` right after a space, so nothing is ambiguous.
 A client may publish to a topic that a write rule matches, and receives
 messages on topics a read rule matches, unless a deny rule matches. A
 SUBSCRIBE is granted when one read rule covers the whole filter (every topic
@@ -26,6 +28,8 @@ skipped for that client, so a crafted name cannot widen its own access.
 """
 
 from __future__ import annotations
+
+import re
 
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
@@ -42,6 +46,7 @@ WRITE = 2
 DENY = 4
 _ACCESS = {"read": READ, "write": WRITE, "readwrite": READ | WRITE, "deny": DENY}
 _UNSAFE = frozenset("+#/")
+_TRAILING_COMMENT = re.compile(r"\s+#.*$")
 
 
 class ACLError(Exception):
@@ -156,6 +161,7 @@ class ACL:
             keyword, _, rest = line.partition(" ")
             rest = rest.strip()
             if keyword == "user":
+                rest = _uncomment(rest)
                 if not rest:
                     raise ACLError(f"{where}: 'user' needs a name.")
                 current = acl.users.setdefault(rest, [])
@@ -182,16 +188,21 @@ class ACL:
 
 def _parse_rule(rest: str, number: int, where: str) -> Rule:
     word, _, topic = rest.partition(" ")
-    topic = topic.strip()
+    topic = _uncomment(topic.strip())
     if word in _ACCESS and topic:
         access = _ACCESS[word]
     else:
-        access, topic = READ | WRITE, rest
+        access, topic = READ | WRITE, _uncomment(rest)
     if not topic:
         raise ACLError(f"{where}: a rule needs a topic.")
     if not is_valid_filter(topic) or topic.startswith("$share/"):
         raise ACLError(f"{where}: {topic!r} is not a valid topic filter.")
     return Rule(access, topic, number)
+
+
+def _uncomment(text: str) -> str:
+    """``text`` without a trailing ``# comment``; a leading ``#`` is the filter."""
+    return _TRAILING_COMMENT.sub("", text)
 
 
 def _add(sets: dict, access: int, topic: str) -> None:

@@ -24,9 +24,9 @@ _COUNTERS = (
 
 _QUEUE_COUNTERS = (
     ("queue_dropped_qos0", "QoS 0 messages dropped, oldest first, from a full session queue"
-                           " (also in reactorapp_messages_dropped)."),
+                           " (also in reactorapp_messages_dropped_total)."),
     ("queue_refused", "QoS 1 and 2 messages refused by an offline session with no room left"
-                      " (also in reactorapp_messages_dropped)."),
+                      " (also in reactorapp_messages_dropped_total)."),
     ("queue_spilled", "QoS 1 and 2 messages moved to a session's spill file on disk."),
     ("publishers_held", "Times a publisher's acknowledgement waited for a full subscriber."),
     ("inputs_held", "Times the broker stopped reading from a publisher (or answering an HTTP"

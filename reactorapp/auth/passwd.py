@@ -5,8 +5,13 @@
     # comments and blank lines are ignored
     alice:$scrypt$16384$8$1$<salt>$<hash>
     alice:$token$<sha256 of the token>
+    bob:$7$101$<salt>$<hash>
 
 A user has at most one password and any number of tokens (for the HTTP API).
+Mosquitto's password files are read as they are, so users keep their
+credentials when they move: ``mosquitto_passwd`` writes ``$7$`` (PBKDF2-SHA512
+with its iteration count) and, before Mosquitto 2.0, ``$6$`` (one SHA-512 of
+the password and the salt). New passwords are always written as scrypt.
 Passwords are hashed with scrypt, which is slow on purpose, so they are
 checked on a thread and never on the reactor. Tokens are long random strings:
 one SHA-256 is enough to keep them safe at rest.
@@ -69,25 +74,65 @@ def hash_password(password: bytes, *, n: int = SCRYPT_N, r: int = SCRYPT_R,
     return f"$scrypt${n}${r}${p}${_b64(salt)}${_b64(digest)}"
 
 
-def _parse_scrypt(encoded: str) -> tuple[int, int, int, bytes, bytes]:
-    parts = encoded.split("$")
-    if len(parts) != 7 or parts[0] or parts[1] != "scrypt":
+def _parse_scrypt(parts: list[str]):
+    if len(parts) != 7:
         raise ValueError("not a $scrypt$n$r$p$salt$hash value")
     n, r, p = int(parts[2]), int(parts[3]), int(parts[4])
     if n < 2 or n & (n - 1) or r < 1 or p < 1 or 128 * r * n > _MAXMEM:
         raise ValueError("scrypt parameters out of range")
     salt, digest = _unb64(parts[5]), _unb64(parts[6])
+
+    def derive(password: bytes) -> bytes:
+        return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p,
+                              dklen=len(digest), maxmem=_MAXMEM)
+    return salt, digest, derive
+
+
+def _parse_pbkdf2(parts: list[str]):
+    """Mosquitto's ``$7$iterations$salt$hash``: PBKDF2-HMAC-SHA512."""
+    if len(parts) != 5:
+        raise ValueError("not a $7$iterations$salt$hash value")
+    iterations = int(parts[2])
+    if not 1 <= iterations <= _MAX_ITERATIONS:
+        raise ValueError("PBKDF2 iteration count out of range")
+    salt, digest = _unb64(parts[3]), _unb64(parts[4])
+    return salt, digest, lambda password: hashlib.pbkdf2_hmac(
+        "sha512", password, salt, iterations, len(digest))
+
+
+def _parse_sha512(parts: list[str]):
+    """Mosquitto 1.x's ``$6$salt$hash``: SHA-512 of the password, then the salt."""
+    if len(parts) != 4:
+        raise ValueError("not a $6$salt$hash value")
+    salt, digest = _unb64(parts[2]), _unb64(parts[3])
+    return salt, digest, lambda password: hashlib.sha512(password + salt).digest()
+
+
+_SCHEMES = {"scrypt": _parse_scrypt, "7": _parse_pbkdf2, "6": _parse_sha512}
+#: Far above Mosquitto's default (101), far below a check that takes seconds.
+_MAX_ITERATIONS = 10_000_000
+
+
+def parse_hash(encoded: str):
+    """``derive(password) -> bytes`` and the digest it must equal, from a
+    ``$scrypt$``, ``$7$`` or ``$6$`` value; ValueError if it is none of them."""
+    parts = encoded.split("$")
+    scheme = _SCHEMES.get(parts[1]) if len(parts) > 2 and not parts[0] else None
+    if scheme is None:
+        raise ValueError("not a $scrypt$, $7$ (mosquitto_passwd) or $6$ password hash")
+    try:
+        salt, digest, derive = scheme(parts)
+    except ValueError as e:  # from int() and base64 (binascii.Error) too
+        raise ValueError(str(e) or "malformed password hash") from None
     if not salt or not digest:
         raise ValueError("empty salt or hash")
-    return n, r, p, salt, digest
+    return derive, digest
 
 
 def verify_password(password: bytes, encoded: str) -> bool:
     """Whether ``password`` matches ``encoded``, compared in constant time."""
-    n, r, p, salt, digest = _parse_scrypt(encoded)
-    candidate = hashlib.scrypt(password, salt=salt, n=n, r=r, p=p,
-                               dklen=len(digest), maxmem=_MAXMEM)
-    return hmac.compare_digest(candidate, digest)
+    derive, digest = parse_hash(encoded)
+    return hmac.compare_digest(derive(password), digest)
 
 
 def new_token() -> str:
@@ -114,10 +159,15 @@ class Users:
     """The parsed content of a password file."""
 
     def __init__(self, passwords: dict[str, str], tokens: dict[str, str]) -> None:
-        #: user name -> ``$scrypt$...``
+        #: user name -> ``$scrypt$...`` (or ``$7$...``, ``$6$...``)
         self.passwords = passwords
         #: ``$token$...`` -> user name
         self.tokens = tokens
+        #: What an unknown user's password is checked against, so that a wrong
+        #: name costs as much as a wrong password: a hash of the kind most
+        #: users of this file have (PBKDF2 in a Mosquitto file is far quicker
+        #: than scrypt). None: the scrypt dummy.
+        self.decoy = _decoy(passwords.values())
 
     @classmethod
     def parse(cls, text: str, source: str) -> Users:
@@ -135,13 +185,23 @@ class Users:
                 tokens[secret] = name
                 continue
             try:
-                _parse_scrypt(secret)
+                parse_hash(secret)
             except ValueError as e:
                 raise PasswordFileError(f"{where}: {e}.") from None
             if name in passwords:
                 raise PasswordFileError(f"{where}: user {name!r} appears twice.")
             passwords[name] = secret
         return cls(passwords, tokens)
+
+
+def _decoy(hashes) -> str | None:
+    by_scheme: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for encoded in hashes:
+        scheme = encoded.split("$")[1]
+        by_scheme.setdefault(scheme, encoded)
+        counts[scheme] = counts.get(scheme, 0) + 1
+    return by_scheme[max(counts, key=counts.get)] if counts else None
 
 
 def read_users(path: str) -> Users:
@@ -169,10 +229,11 @@ class PasswordFile:
         return self._watch.check()
 
 
-def _check(password: bytes, encoded: str | None) -> bool:
-    """Runs off the reactor: the scrypt work, also for unknown users."""
+def _check(password: bytes, encoded: str | None, decoy: str | None = None) -> bool:
+    """Runs off the reactor: the hashing work, also for unknown users, who
+    are checked against ``decoy`` and always refused."""
     if encoded is None:
-        verify_password(password, _dummy())
+        verify_password(password, decoy or _dummy())
         return False
     return verify_password(password, encoded)
 
@@ -201,8 +262,8 @@ class PasswordFileAuthenticator:
             if self.allow_anonymous:
                 return succeed(Identity(None, client_id))
             return fail(NotAuthorized("anonymous clients are not allowed"))
-        encoded = self.passwords.users.passwords.get(username)
-        d = self._run(_check, password or b"", encoded)
+        users = self.passwords.users
+        d = self._run(_check, password or b"", users.passwords.get(username), users.decoy)
         d.addCallback(lambda ok: Identity(username, client_id) if ok else None)
         return d
 
@@ -257,7 +318,7 @@ def set_password(path: str, username: str, password: bytes, **cost) -> None:
     lines = _read_lines(path)
     for i, line in enumerate(lines):
         name, _, secret = line.strip().rpartition(":")
-        if name == username and secret.startswith("$scrypt$"):
+        if name == username and not secret.startswith("$token$"):
             lines[i] = entry
             break
     else:
@@ -283,7 +344,8 @@ def delete_user(path: str, username: str) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m reactorapp.passwd``."""
     parser = argparse.ArgumentParser(
         prog="python -m reactorapp.passwd",
         description="Add a user to a reactorapp password file or change its "
@@ -298,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
                       help="print a new bearer token for USER (shown once, only its hash is kept)")
     what.add_argument("--delete", action="store_true",
                       help="remove USER, its password and its tokens")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     try:
         if args.delete:
             if not delete_user(args.file, args.user):

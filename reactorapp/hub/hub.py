@@ -36,7 +36,7 @@ class HubStats:
     """
 
     __slots__ = (
-        "started_at", "clients_connected", "clients_maximum",
+        "started_at", "clients_connected", "clients_maximum", "connections",
         "messages_received", "messages_sent",
         "publish_received", "publish_sent", "publish_dropped",
         "bytes_received", "bytes_sent", "traffic",
@@ -48,6 +48,8 @@ class HubStats:
         self.started_at = started_at
         self.clients_connected = 0
         self.clients_maximum = 0
+        #: Clients accepted since start-up (CONNACK 0), for the connection rate.
+        self.connections = 0
         self.messages_received = 0
         self.messages_sent = 0
         self.publish_received = 0
@@ -86,6 +88,7 @@ class HubStats:
         return traffic
 
     def client_connected(self) -> None:
+        self.connections += 1
         self.clients_connected += 1
         if self.clients_connected > self.clients_maximum:
             self.clients_maximum = self.clients_connected

@@ -1,7 +1,7 @@
 """What a session holds for its client beyond the in-flight window, bounded.
 
-The policy, for one session (the README's Configuration section has the
-knobs):
+The policy, for one session (docs/configuration.md has the knobs,
+docs/security.md the whole story):
 
 - QoS 1/2 messages wait in memory, up to ``max_queued_messages`` and
   ``max_queued_bytes``. QoS 0 messages wait too while the client is connected

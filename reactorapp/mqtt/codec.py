@@ -112,14 +112,16 @@ class UnsupportedProtocol(ProtocolError):
     """CONNECT with a protocol name/level we do not speak.
 
     The server answers CONNACK 0x01 and closes [MQTT-3.1.2-2]. Raised for
-    "MQTT" with an unsupported level and for "MQIsdp" (MQTT 3.1); any other
-    protocol name is a plain ProtocolError, closed without CONNACK.
+    "MQTT" or "MQIsdp" with a level that is not theirs; any other protocol
+    name is a plain ProtocolError, closed without CONNACK.
     """
 
     reason_code = UNSUPPORTED_PROTOCOL_VERSION
 
 
-SUPPORTED_LEVELS = frozenset({MQTT_3_1_1})
+#: Protocol name -> the levels spoken under it. MQTT 3.1 ("MQIsdp", level 3)
+#: has the 3.1.1 packet layout; its other rules are the protocol's business.
+SUPPORTED_LEVELS = {"MQTT": frozenset({MQTT_3_1_1}), "MQIsdp": frozenset({MQTT_3_1})}
 
 _pack_h = struct.Struct(">H").pack
 _pack_bb = struct.Struct(">BB").pack
@@ -187,13 +189,12 @@ def _parse_connect(data, pos, end, flags, level):
         raise MalformedPacket("The CONNECT variable header is truncated.")
     # The CONNECT's own level decides its layout, not the parser's.
     level = data[pos]
-    if name != "MQTT":
-        if name == "MQIsdp":
-            raise UnsupportedProtocol(f"MQTT 3.1 (MQIsdp, level {level}) is not supported.")
-        raise ProtocolError(f"Unknown protocol name {name!r}.", PROTOCOL_ERROR)
-    if level not in SUPPORTED_LEVELS:
-        # MQTT 5: add MQTT_5 to SUPPORTED_LEVELS once its properties are decoded.
-        raise UnsupportedProtocol(f"MQTT protocol level {level} is not supported.")
+    levels = SUPPORTED_LEVELS.get(name)
+    if levels is None:
+        raise ProtocolError(f"Unknown protocol name {name!r}.", PROTOCOL_ERROR)  # [MQTT-3.1.2-1]
+    if level not in levels:
+        # MQTT 5: add MQTT_5 to the levels of "MQTT" once its properties are decoded.
+        raise UnsupportedProtocol(f"{name} protocol level {level} is not supported.")
     cflags = data[pos + 1]
     keep_alive = data[pos + 2] << 8 | data[pos + 3]
     pos += 4

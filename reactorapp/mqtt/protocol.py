@@ -483,6 +483,11 @@ class MQTTProtocol(Protocol):
 
     def _on_connect(self, connect: P.Connect) -> None:
         client_id = connect.client_id
+        if connect.protocol_level == P.MQTT_3_1 and not 0 < len(client_id) <= 23:
+            # MQTT 3.1 (section 3.1): a client id of 1 to 23 characters.
+            self._refuse(P.ConnectReturnCode.IDENTIFIER_REJECTED,
+                         "MQTT 3.1 client ids have 1 to 23 characters")
+            return
         if not client_id:
             if not connect.clean_session:
                 # [MQTT-3.1.3-8]
@@ -579,7 +584,8 @@ class MQTTProtocol(Protocol):
         if session is not None and (connect.clean_session or not session.persistent):
             session.discard()  # [MQTT-3.1.2-6]
             session = None
-        session_present = session is not None  # [MQTT-3.2.2-1..3]
+        # [MQTT-3.2.2-1..3]; in MQTT 3.1 that byte is reserved, always 0.
+        session_present = session is not None and connect.protocol_level != P.MQTT_3_1
         if session is None:
             session = Session(client_id, not connect.clean_session, hub, self.settings)
             hub.add_session(client_id, session)

@@ -165,9 +165,11 @@ class HubProtocol(Protocol):
 
         ``f`` may return a value, a Deferred or a coroutine (``async def``).
         Replies written by ``f`` so keep the order of the requests, even when
-        the hub takes time to place a message. A failure is passed to
-        `runFailed` and the next run still happens. While the peer is not
-        reading, runs wait; while ``maxPendingRuns`` wait, reading pauses.
+        the hub takes time to place a message. A failure ``f`` lets through
+        goes to `runFailed`, which by default logs it and drops the
+        connection, so nothing queued behind it runs; a `runFailed` that
+        answers the peer instead lets the next run go on. While the peer is
+        not reading, runs wait; while ``maxPendingRuns`` wait, reading pauses.
         """
         self._pending += 1
         self._queue.addCallback(self._step, f, args, kwargs)

@@ -84,7 +84,7 @@ class WebCollector:
         yield CounterMetricFamily(
             "reactorapp_sse_dropped",
             "QoS 0 messages dropped because an event stream's reader was too slow "
-            "(also counted in reactorapp_messages_dropped).",
+            "(also counted in reactorapp_messages_dropped_total).",
             value=stats.sse_dropped)
         yield CounterMetricFamily(
             "reactorapp_sse_overflowed",

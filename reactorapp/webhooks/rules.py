@@ -57,7 +57,7 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class WebhookRule:
-    """One endpoint and the messages it wants (see the README for each field)."""
+    """One endpoint and the messages it wants (docs/webhooks.md describes each field)."""
 
     name: str
     filters: tuple[str, ...]

@@ -7,7 +7,7 @@ from reactorapp.plugins import ProtocolPlugin
 
 line = ProtocolPlugin(
     "line",
-    "Text lines for telnet and netcat: SUB, UNSUB, PUB, PING.",
+    "Text lines for telnet and netcat: LOGIN, SUB, UNSUB, PUB, PING.",
     factory="reactorapp.protocols.line.LineFactory",
     options="reactorapp.protocols.line.LineOptions",
 )
