@@ -282,18 +282,23 @@ def process_cpu(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def process_rss(pid: int | None) -> int | None:
-    """Resident set size of ``pid`` in bytes."""
+def _status_bytes(pid: int | None, field: str) -> int | None:
+    """A size line of /proc/PID/status (``VmRSS``, ``VmHWM``) in bytes."""
     if pid is None:
         return None
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+def process_rss(pid: int | None) -> int | None:
+    """Resident set size of ``pid`` in bytes."""
+    return _status_bytes(pid, "VmRSS")
 
 
 def machine_busy() -> float | None:
@@ -885,16 +890,7 @@ def _blast_reader(client: Client, ledger: Ledger, streams: list[bytes], size: in
 
 def peak_rss(pid: int | None) -> int | None:
     """The most resident memory ``pid`` has used (VmHWM), in bytes."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return _status_bytes(pid, "VmHWM")
 
 
 CHUNK = 1 << 18  # bytes per write of an unpaced publisher

@@ -161,10 +161,8 @@ def test_a_stuck_subscriber_holds_publishers_for_the_timeout_only():
     stuck.take()
     stuck.protocol.resumeProducing()  # it read after all: no longer slow
     assert [p.payload for p in stuck.take()] == [b"16", b"17", b"18", b"19"]
-    stuck.protocol.pauseProducing()
     pub.publish("t", b"20")
-    assert [p.payload for p in stuck.take()] == [b"20"]  # written again
-    assert pub.transport.producerState == "paused"
+    assert [p.payload for p in stuck.take()] == [b"20"]  # written at once again
 
 
 def test_a_congested_subscriber_that_leaves_releases_its_publishers():
@@ -381,3 +379,28 @@ def test_a_plugin_publisher_is_held_back_by_a_congested_subscriber():
     while sub.take():
         pass
     assert user.transport.producerState == "producing"
+
+
+def test_a_client_slow_a_moment_ago_is_slow_at_once_when_congested_again():
+    """Reading a little now and then cannot keep publishers waiting: for a
+    minute after it was slow, a client's next congestion holds nobody."""
+    from reactorapp.hub.flow import SLOW_REMEMBERED
+
+    b = broker()
+    sub = b.connect("sub")
+    sub.subscribe(("t", 0))
+    pub = b.connect("pub")
+    sub.protocol.pauseProducing()
+    b.clock.advance(TIMEOUT)  # slow
+    sub.protocol.resumeProducing()  # it read its buffer after all
+    sub.take()
+    sub.protocol.pauseProducing()  # and stopped again
+    pub.publish("t", b"x")
+    assert pub.transport.producerState == "producing"
+    assert sub.take() == []  # kept in its queue, as for any slow client
+    sub.protocol.resumeProducing()
+    assert [p.payload for p in sub.take()] == [b"x"]
+    b.clock.advance(SLOW_REMEMBERED)
+    sub.protocol.pauseProducing()
+    pub.publish("t", b"y")
+    assert pub.transport.producerState == "paused"  # busy again, not suspect

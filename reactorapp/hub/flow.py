@@ -19,7 +19,9 @@ through TCP to the publishers.
   busy: its congestion turns ``slow``, it releases what it held and holds
   nobody back from then on; it drops QoS 0 messages instead (counted), and
   its QoS 1/2 messages follow the queue and spill policy. It stops being
-  slow once its transport has drained.
+  slow once its transport has drained; but for `SLOW_REMEMBERED` seconds
+  after, its next congestion is slow from the start, so that a client that
+  reads a little now and then cannot keep publishers waiting.
 
 So a subscriber that keeps reading loses nothing, its memory grows by at
 most one read of each input that feeds it, and one stuck client holds
@@ -43,6 +45,11 @@ class IInput(Interface):
         """End the hold ``by`` placed."""
 
 
+#: Seconds a subscriber that was slow stays suspect: congested again within
+#: them, it is slow at once instead of holding publishers back again.
+SLOW_REMEMBERED = 60.0
+
+
 class Flow:
     """The input whose messages the hub is routing now, if any.
 
@@ -63,12 +70,14 @@ class Congestion:
 
     __slots__ = ("held", "slow", "_call", "_on_slow")
 
-    def __init__(self, clock, timeout: float, on_slow=None) -> None:
+    def __init__(self, clock, timeout: float, on_slow=None, *, slow: bool = False) -> None:
+        """``slow``: the output was slow a moment ago (`SLOW_REMEMBERED`)
+        and is taken for stuck from the start."""
         self.held: set = set()
         #: Stuck: holds nobody back; the owner drops what it cannot keep.
-        self.slow = False
+        self.slow = slow
         self._on_slow = on_slow
-        self._call = clock.callLater(timeout, self._stuck) if timeout > 0 else None
+        self._call = clock.callLater(timeout, self._stuck) if timeout > 0 and not slow else None
 
     def hold(self, flow: Flow, owner=None) -> bool:
         """Hold back the input routing now, unless it is ``owner`` itself.

@@ -19,7 +19,7 @@ from reactorapp.auth.guard import Guard
 from reactorapp.auth.interfaces import Identity, NotAuthorized
 from reactorapp.auth.limits import TokenBucket
 from reactorapp.auth.tls import peer_certificate
-from reactorapp.hub.flow import Congestion, IInput
+from reactorapp.hub.flow import SLOW_REMEMBERED, Congestion, IInput
 from reactorapp.hub.hub import placed
 from reactorapp.hub.message import Message
 from reactorapp.hub.topics import is_valid_filter
@@ -152,8 +152,10 @@ class MQTTProtocol(Protocol):
         buffer of a client that sends but does not read."""
         self.writable = False
         if self._congestion is None and self.state != CLOSED:
-            self._congestion = Congestion(self.clock, self.settings.slow_subscriber_timeout,
-                                          self._on_stuck)
+            session = self.session
+            self._congestion = Congestion(
+                self.clock, self.settings.slow_subscriber_timeout, self._on_stuck,
+                slow=session is not None and session.slow_until > self.clock.seconds())
             self._pause_reading("output")
 
     def resumeProducing(self) -> None:
@@ -181,6 +183,8 @@ class MQTTProtocol(Protocol):
 
     def _on_stuck(self) -> None:
         self.stats.slow_subscribers += 1
+        if self.session is not None:
+            self.session.slow_until = self.clock.seconds() + SLOW_REMEMBERED
         log.info("Client {client_id} drained nothing for {timeout:g}s: marked slow, it holds"
                  " no publisher back and its QoS 0 messages are dropped until it reads",
                  client_id=self.client_id, timeout=self.settings.slow_subscriber_timeout)

@@ -129,6 +129,9 @@ class Session:
         self.may_read = None
         #: Who the client authenticated as (a persistent session keeps its owner).
         self.identity = None
+        #: Until when its connection counts as slow as soon as it is congested
+        #: (it was slow a moment ago: reactorapp/hub/flow.py).
+        self.slow_until = 0.0
         self._last_packet_id = 0
         self._seq = 0
         #: In-flight messages not yet written, in order: (packet_id, InFlight).

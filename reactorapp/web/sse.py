@@ -10,7 +10,6 @@ instead, and the client (EventSource reconnects by itself) learns of the gap.
 
 from __future__ import annotations
 
-import json
 import re
 
 from twisted.internet.interfaces import IPushProducer
@@ -21,10 +20,8 @@ from zope.interface import implementer
 from reactorapp.auth.http import read_filter, require_subscribe
 from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.web.errors import STREAMING, ApiError, Body, JSONResource, bad_request
-from reactorapp.web.messages import (
-    message_json, query_bool, query_filters, query_qos, query_text,
-)
-from reactorapp.web.streams import DEFAULT_EXPIRY, MAX_EXPIRY
+from reactorapp.web.messages import query_bool, query_filters, query_qos, query_text
+from reactorapp.web.streams import DEFAULT_EXPIRY, MAX_EXPIRY, event_data
 
 log = Logger()
 
@@ -44,17 +41,15 @@ HEARTBEAT_BYTES = b": heartbeat\n\n"
 
 
 def encode_event(message, qos: int, retained: bool) -> bytes:
-    """One event; encoded once per message for every stream that gets it."""
+    """One event, with the message's id; encoded once per message for every
+    stream that gets it (the ``data:`` part is the stream sessions' own)."""
+    data = event_data(message, qos, retained)  # makes message.encoded
     cache = message.encoded
-    if cache is None:
-        cache = message.encoded = {}
     key = ("sse", qos, retained)
-    data = cache.get(key)
-    if data is None:
-        body = json.dumps(message_json(message, qos, retained), ensure_ascii=False,
-                          separators=(",", ":"))
-        data = cache[key] = b"id: %d\ndata: %s\n\n" % (message.id, body.encode("utf-8"))
-    return data
+    event = cache.get(key)
+    if event is None:
+        event = cache[key] = b"id: %d\n%s" % (message.id, data)
+    return event
 
 
 @implementer(ISubscriber, IPushProducer)
