@@ -12,7 +12,7 @@ from reactorapp.hub.message import Message
 from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.protocol import MQTTFactory
 from reactorapp.mqtt.session import MQTTSettings, restore_sessions
-from reactorapp.store.commit import Commit
+from reactorapp.hub.commit import Commit
 from reactorapp.store.memory import MemoryStore
 from tests.mqtt_harness import Broker
 

@@ -14,10 +14,15 @@ class ISubscriber(Interface):
         was just made (the MQTT RETAIN flag on the way out), false for live
         traffic. Must not raise and must not block; called on the hot path.
 
-        Returns None once the message is taken. A subscriber that took it but
-        is over its bounds (a slow client whose queue and spill file are
-        full) may return a Deferred instead, fired when it has room again:
-        the publisher's acknowledgement waits for it (back-pressure).
+        Returns None once the message is taken. A subscriber that wrote it
+        to storage (a persistent session, an outbox) returns the
+        `reactorapp.hub.commit.Commit` that makes the write durable: the
+        publisher's acknowledgement waits for it. A subscriber that took it
+        but is over its bounds (a slow client whose queue and spill file are
+        full) may return a Deferred instead, fired when it has room again
+        (and, if it wrote, once that is durable): the acknowledgement waits
+        for it too (back-pressure). The hub combines what its subscribers
+        return (`IHub.route`).
 
         A subscriber whose output is congested but draining keeps taking
         messages and holds back the hub's ``flow.current`` input instead
@@ -43,10 +48,11 @@ class IHub(Interface):
         """
 
     def route(message):
-        """`publish` without a Deferred per message: return ``(commit, full)``,
-        the store's shared `reactorapp.store.commit.Commit` that makes the
-        message durable (or None) and a list of Deferreds of subscribers over
-        their bounds (or None). The acknowledgement waits for all of them.
+        """`publish` without a Deferred per message: return None if the
+        message is placed, else the `reactorapp.hub.commit.Commit` that
+        fires once it is (durable where it was written, taken by subscribers
+        over their bounds). The acknowledgement waits for it; messages
+        written in one store batch share one `Commit`.
         """
 
     def subscribe(subscriber, topic_filter, qos):

@@ -20,7 +20,6 @@ from reactorapp.auth.interfaces import Identity, NotAuthorized
 from reactorapp.auth.limits import TokenBucket
 from reactorapp.auth.tls import peer_certificate
 from reactorapp.hub.flow import Congestion, IInput
-from reactorapp.hub.hub import placed
 from reactorapp.hub.message import Message
 from reactorapp.hub.topics import is_valid_filter
 from reactorapp.mqtt import packets as P
@@ -32,7 +31,6 @@ from reactorapp.mqtt.codec import (
 from reactorapp.mqtt.session import MQTTSettings, Session
 from reactorapp.mqtt.timeouts import Timeouts
 from reactorapp.mqtt.writes import BATCH
-from reactorapp.store.commit import Commit
 
 log = Logger()
 
@@ -48,9 +46,6 @@ MAX_HELD_PACKETS = 1000
 
 #: Highest QoS this broker grants.
 MAXIMUM_QOS = 2
-
-#: An acknowledgement's wait while a Deferred (back-pressure) has not fired.
-WAITING = object()
 
 
 @implementer(IInput)
@@ -96,7 +91,7 @@ class MQTTProtocol(Protocol):
         self._bucket: TokenBucket | None = None
         self._throttle_call = None
         #: Acknowledgements not sent yet, in order: [bytes, wait], where wait
-        #: is None once it may go, a store `Commit`, or WAITING for a Deferred.
+        #: is None or the hub's `Commit` (it may go once that is done).
         #: (A deque once needed: an empty one costs 760 bytes per connection.)
         self._acks: deque | tuple = ()
         #: Output held while a read is handled, or None.
@@ -636,25 +631,21 @@ class MQTTProtocol(Protocol):
         else:
             message = Message(publish.topic, publish.payload, qos, publish.retain,
                               sender=self.client_id)
-            wait, full = self.hub.route(message)
-            if full is not None:  # subscribers over their bounds (rare)
-                wait = placed(wait, full)
+            wait = self.hub.route(message)
         if qos == 1:
             self._acknowledge(wait, encode_puback(publish.packet_id))
         elif qos == 2:
             self.session.awaiting_pubrel.add(publish.packet_id)
             self._acknowledge(wait, encode_pubrec(publish.packet_id))
         elif wait is not None:  # QoS 0 is never waited for; failures are logged
-            if isinstance(wait, Commit):
-                wait = wait.deferred()
-            wait.addErrback(self._eb_store)
+            wait.add(self._on_qos0_placed)
 
     def _acknowledge(self, wait, data: bytes) -> None:
         """Send PUBACK/PUBREC/PUBCOMP once the message is placed, in the order
         the packets arrived [MQTT-4.6.0-2] [MQTT-4.6.0-3].
 
-        ``wait`` is None (placed), the store's `Commit` (durable when it
-        fires: one callback per batch, not per message) or a Deferred.
+        ``wait`` is None (placed) or the hub's `Commit` (placed when it
+        fires: one callback per store batch, not per message).
         """
         acks = self._acks
         if wait is None and not acks:
@@ -662,19 +653,12 @@ class MQTTProtocol(Protocol):
             return
         if not acks:
             acks = self._acks = deque()
-        if wait is None:
-            acks.append([data, None])
-        elif isinstance(wait, Commit):
+        if wait is not None and (not acks or acks[-1][1] is not wait):
             # Once per commit: the acknowledgement before this one waits for
             # the same commit if it is in the same batch. (No attribute to
             # remember it by: one more would cost every connection 1.3 KB.)
-            if not acks or acks[-1][1] is not wait:
-                wait.add(self._on_commit)  # runs now if the store has failed
-            acks.append([data, wait])
-        else:
-            entry = [data, WAITING]
-            acks.append(entry)
-            wait.addCallbacks(self._cb_placed, self._eb_not_placed, callbackArgs=(entry,))
+            wait.add(self._on_commit)  # runs now if it has failed already
+        acks.append([data, wait])
         if len(acks) >= self.settings.max_pending_acks:
             # Its messages cannot be placed as fast as it sends them (a slow
             # store or full subscribers): stop reading from this publisher.
@@ -686,10 +670,6 @@ class MQTTProtocol(Protocol):
         else:
             self._send_acks()
 
-    def _cb_placed(self, _result, entry) -> None:
-        entry[1] = None
-        self._send_acks()
-
     def _send_acks(self) -> None:
         """Write, in one go, the acknowledgements at the head of the line
         that may go now."""
@@ -697,7 +677,7 @@ class MQTTProtocol(Protocol):
         ready = []
         while acks:
             wait = acks[0][1]
-            if wait is not None and (wait is WAITING or not wait.done):
+            if wait is not None and not wait.done:
                 break
             ready.append(acks.popleft()[0])
         if ready and self.state == CONNECTED:
@@ -717,9 +697,10 @@ class MQTTProtocol(Protocol):
         self._acks.clear()
         self._close(abort=True)
 
-    def _eb_store(self, failure) -> None:
-        log.failure("Could not place a QoS 0 message from {client_id}", failure,
-                    client_id=self.client_id)
+    def _on_qos0_placed(self, failure) -> None:
+        if failure is not None:
+            log.failure("Could not place a QoS 0 message from {client_id}", failure,
+                        client_id=self.client_id)
 
     def _on_pubrel(self, pubrel: P.PubRel) -> None:
         # [MQTT-4.3.3-2]: always answer, even for an id no longer held.

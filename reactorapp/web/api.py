@@ -12,7 +12,7 @@ from urllib.parse import unquote_to_bytes
 from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
-from reactorapp.auth.http import read_filter, require_publish
+from reactorapp.web.guard import read_filter, require_publish
 from reactorapp.hub.flow import Caller
 from reactorapp.hub.message import Message
 from reactorapp.web.errors import (
@@ -99,13 +99,11 @@ class Publish(JSONResource):
         try:
             for topic, payload, qos, retain in messages:
                 message = Message(topic, payload, qos, retain)
-                commit, full = route(message)
+                commit = route(message)
                 received[qos] += 1
                 results.append({"id": message.id, "topic": topic, "qos": qos, "retain": retain})
                 if commit is not None:
                     commits[id(commit)] = commit
-                if full is not None:
-                    waits.extend(full)
         finally:
             if caller is not None:
                 flow.current = None

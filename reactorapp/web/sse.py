@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from reactorapp.auth.http import read_filter, require_subscribe
+from reactorapp.web.guard import read_filter, require_subscribe
 from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.web.errors import STREAMING, ApiError, Body, JSONResource, bad_request
 from reactorapp.web.messages import (
@@ -76,7 +76,7 @@ class EventStream:
         self.heartbeat = heartbeat
         self.paused = False
         self.closed = False
-        #: The reader's ACL check on topics (`reactorapp.auth.http.read_filter`), or None.
+        #: The reader's ACL check on topics (`reactorapp.web.guard.read_filter`), or None.
         self.may_read = None
         #: (event bytes, qos) waiting while the client is slow.
         self.buffer: list[tuple[bytes, int]] = []

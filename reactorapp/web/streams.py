@@ -32,6 +32,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from reactorapp.hub.commit import placed
 from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.web.messages import message_json
 
@@ -138,32 +139,35 @@ class StreamSession:
             return None
         self.seq = seq = self.seq + 1
         self.tables.enqueue(self.name, seq, message, qos, retained)
-        self._watch_commit(seq)
+        commit = self._watch_commit(seq)
         queue.append((message, qos, retained, seq))
         if stream is not None:
             self._pump()
             if not retained and queue.full():
-                return queue.wait()  # back-pressure: the publisher's answer waits
-        return None
+                # Back-pressure: the publisher's answer waits for room.
+                return queue.wait() if commit is None else placed(commit, [queue.wait()])
+        return commit  # the publisher's answer waits until the event is durable
 
     def _dropped(self) -> None:
         self.dropped += 1
         self.hub.stats.publish_dropped += 1
 
-    def _watch_commit(self, seq: int) -> None:
+    def _watch_commit(self, seq: int):
         """Learn when the event ``seq`` is durable: it is written to a stream
-        only then, so that no id a client holds is lost in a crash."""
+        only then, so that no id a client holds is lost in a crash. Return
+        the `Commit` that makes it durable, or None."""
         commit = self.tables.pending_commit() if self.tables.durable else None
         if commit is None:
             self.durable_seq = seq
-            return
+            return None
         watch = self._watch
         if watch is not None and watch[0] is commit:
             watch[1][0] = seq
-            return
+            return commit
         highest = [seq]
         self._watch = (commit, highest)
         commit.add(lambda failure: self._committed(failure, highest))
+        return commit
 
     def _committed(self, failure, highest) -> None:
         if self._watch is not None and self._watch[1] is highest:

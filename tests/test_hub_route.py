@@ -1,0 +1,125 @@
+"""What an acknowledgement waits for: the value subscribers return and the
+hub combines (`ISubscriber.deliver`, `Hub.route`), not a guess from the
+store's counters."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from reactorapp.hub.commit import Commit
+from reactorapp.hub.hub import Hub
+from reactorapp.hub.interfaces import ISubscriber
+from reactorapp.hub.message import Message
+from reactorapp.store.memory import MemoryStore
+
+
+@implementer(ISubscriber)
+class Returns:
+    """A subscriber that answers each delivery with the next of ``answers``."""
+
+    def __init__(self, *answers) -> None:
+        self.answers = list(answers)
+        self.taken = []
+
+    def deliver(self, message, qos, retained):
+        self.taken.append((message.payload, qos))
+        return self.answers.pop(0) if self.answers else None
+
+
+class CountingStore(MemoryStore):
+    """A store whose writes the hub must not read as "wait for me"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commit = Commit()
+
+    def pending_commit(self):
+        return self.commit
+
+
+def hub_with(*subscribers, store=None) -> Hub:
+    hub = Hub(Clock(), store=store)
+    for subscriber in subscribers:
+        hub.subscribe(subscriber, "t/#", 2)
+    return hub
+
+
+def test_placed_at_once_when_nobody_wrote():
+    store = CountingStore()
+    store.writes = 10  # changed behind the hub's back: not a reason to wait
+    assert hub_with(Returns(None), store=store).route(Message("t/a", b"x", 1)) is None
+
+
+def test_the_commit_a_subscriber_returns_is_what_the_publisher_waits_for():
+    commit = Commit()
+    hub = hub_with(Returns(commit), Returns(None), Returns(commit))
+    assert hub.route(Message("t/a", b"x", 1)) is commit
+
+
+def test_two_batches_and_a_full_subscriber_are_waited_for_together():
+    first, second, full = Commit(), Commit(), Deferred()
+    hub = hub_with(Returns(first), Returns(second), Returns(full))
+    placed = hub.route(Message("t/a", b"x", 2))
+    assert isinstance(placed, Commit) and placed is not first and placed is not second
+    first.fire()
+    second.fire()
+    assert not placed.done
+    full.callback(None)
+    assert placed.done and placed.failure is None
+
+
+def test_a_failed_commit_fails_the_placement():
+    commit, failures = Commit(), []
+    hub_with(Returns(commit), Returns(Deferred())).route(Message("t/a", b"x", 1)).add(
+        failures.append)
+    commit.fire(Failure(OSError("disk full")))
+    assert failures and failures[0].value.subFailure.check(OSError)  # gatherResults
+
+
+def test_a_retained_qos1_message_waits_for_the_store_qos0_does_not():
+    store = CountingStore()
+    hub = hub_with(store=store)
+    assert hub.route(Message("t/r", b"x", 1, True)) is store.commit
+    assert hub.route(Message("t/r", b"y", 0, True)) is None
+    assert hub.route(Message("$SYS/x", b"y", 1, True)) is None
+
+
+def test_publish_turns_the_commit_into_one_deferred():
+    commit = Commit()
+    hub = hub_with(Returns(commit))
+    results = []
+    hub.publish(Message("t/a", b"x", 1)).addCallback(results.append)
+    assert results == []
+    commit.fire()
+    assert results == [None]
+    assert hub_with(Returns(None)).publish(Message("t/a", b"x", 1)) is None
+
+
+def test_commit_after_a_deferred():
+    d = Deferred()
+    commit = Commit.after(d)
+    assert not commit.done
+    d.errback(Failure(RuntimeError("no room")))
+    assert commit.done and commit.failure.check(RuntimeError)
+
+
+def test_feature_tables_are_chosen_by_adaptation(tmp_path):
+    """A feature's tables live with the feature; the hub's store picks them
+    by adaptation, not by an isinstance test in the wiring."""
+    from reactorapp.store.sqlite import SQLiteStore
+    from reactorapp.web.stream_tables import (
+        IStreamTables, MemoryStreamTables, SQLiteStreamTables,
+    )
+    from reactorapp.webhooks.service import store_for
+    from reactorapp.webhooks.memorystore import MemoryWebhookStore
+    from reactorapp.webhooks.sqlitestore import SQLiteWebhookStore
+
+    sqlite = SQLiteStore(str(tmp_path), Clock())
+    memory = MemoryStore()
+    assert type(store_for(sqlite)) is SQLiteWebhookStore and store_for(sqlite).store is sqlite
+    assert type(store_for(memory)) is MemoryWebhookStore and store_for(memory).store is memory
+    assert type(IStreamTables(sqlite)) is SQLiteStreamTables
+    assert type(IStreamTables(memory)) is MemoryStreamTables
