@@ -123,3 +123,48 @@ def test_feature_tables_are_chosen_by_adaptation(tmp_path):
     assert type(store_for(memory)) is MemoryWebhookStore and store_for(memory).store is memory
     assert type(IStreamTables(sqlite)) is SQLiteStreamTables
     assert type(IStreamTables(memory)) is MemoryStreamTables
+
+
+def test_every_hub_provides_all_that_its_callers_use():
+    """IHub declares what front ends, sessions and the service use (stats,
+    clock, store, flow, the session registry...), and each implementation
+    has it all."""
+    from zope.interface.verify import verifyObject
+
+    from reactorapp.hub.interfaces import IHub
+    from reactorapp.testing import MemoryHub, RecordingHub
+
+    for hub in (Hub(Clock()), Hub(Clock(), store=MemoryStore()), RecordingHub(Clock()),
+                MemoryHub().hub):
+        assert verifyObject(IHub, hub)
+    names = set(IHub.names())
+    assert {"stats", "clock", "store", "flow", "get_session", "add_session", "remove_session",
+            "session_count", "unsubscribe_all", "restore_retained"} <= names
+
+
+def test_callers_use_only_what_ihub_declares():
+    """Every ``hub.NAME`` (or ``self.hub.NAME``) outside hub/ is declared in
+    IHub. (HubClient's users, protocols/ and testing.py, hold a client
+    named ``hub``, not the hub, and are left out.)"""
+    import ast
+    from pathlib import Path
+
+    import reactorapp
+    from reactorapp.hub.interfaces import IHub
+
+    root = Path(reactorapp.__file__).resolve().parent
+    clients = {root / "protocols" / "__init__.py", root / "testing.py", root / "api.py"}
+    declared = set(IHub.names())
+    undeclared = []
+    for path in root.rglob("*.py"):
+        if path.relative_to(root).parts[0] == "hub" or path in clients:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            base = node.value
+            if ((isinstance(base, ast.Name) and base.id == "hub")
+                    or (isinstance(base, ast.Attribute) and base.attr == "hub")):
+                if node.attr not in declared:
+                    undeclared.append(f"{path.relative_to(root)}:{node.lineno} hub.{node.attr}")
+    assert undeclared == []

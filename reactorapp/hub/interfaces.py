@@ -31,12 +31,25 @@ class ISubscriber(Interface):
 
 
 class IHub(Interface):
-    """What front ends may ask of the hub."""
+    """What front ends, sessions and the service may ask of the hub: all of
+    it, so that an implementation checked with `verifyObject` serves them."""
 
-    retained_count = Attribute("How many retained messages are stored.")
+    clock = Attribute(
+        "The reactor's `IReactorTime` the hub and its sessions keep time with "
+        "(keep-alives, expiry, retries): a `Clock` in tests.")
+    stats = Attribute(
+        "The `reactorapp.hub.hub.HubStats` counters: front ends bump them "
+        "directly (one attribute increment on the hot path); $SYS, /metrics "
+        "and the admin API read them.")
+    store = Attribute(
+        "The `reactorapp.store.interfaces.IStore` keeping retained messages "
+        "and persistent sessions, or None: sessions write through it.")
     flow = Attribute(
         "The `reactorapp.hub.flow.Flow`: front ends set its ``current`` input "
         "around the calls that publish, so congested subscribers can hold it back.")
+    retained_count = Attribute("How many retained messages are stored.")
+    subscription_count = Attribute("How many subscriptions there are.")
+    session_count = Attribute("How many sessions are registered.")
 
     def publish(message):
         """Route ``message`` to matching subscribers and update retained state.
@@ -65,8 +78,25 @@ class IHub(Interface):
     def unsubscribe(subscriber, topic_filter):
         """Remove one subscription; return whether it existed."""
 
+    def unsubscribe_all(subscriber, topic_filters):
+        """Remove each of ``subscriber``'s subscriptions to ``topic_filters``
+        (a session or stream that ends)."""
+
     def retained(topic_filter):
         """Return the retained messages that ``topic_filter`` matches."""
 
+    def restore_retained(messages):
+        """Put back retained messages read from the store at start-up."""
+
     def sessions():
         """Return the mapping of client id to session object."""
+
+    def get_session(client_id):
+        """Return the session registered for ``client_id``, or None."""
+
+    def add_session(client_id, session):
+        """Register ``session`` for ``client_id`` (replacing any other)."""
+
+    def remove_session(client_id, session=None):
+        """Forget ``client_id``'s session; with ``session`` given, only if it
+        is still the registered one (a newer connection may have replaced it)."""
