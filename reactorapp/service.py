@@ -12,6 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from reactorapp import __version__
+from reactorapp.addresses import address_text
 from reactorapp.auth.acl import ACLAuthorizer, ACLFile
 from reactorapp.auth.configure import make_guard, on_thread, warn_if_open
 from reactorapp.auth.limits import ConnectionLimiter
@@ -82,11 +83,7 @@ class ListenerService(StreamServerEndpointService):
         self._waitingForPort.addCallback(self._listening)
 
     def _listening(self, port):
-        address = port.getHost()
-        if hasattr(address, "port"):
-            where = f"{address.host}:{address.port}"
-        else:
-            where = str(getattr(address, "name", address))
+        where = address_text(port.getHost())
         self._reactor.callWhenRunning(
             self.log.info, "{protocol} listening on {where}",
             protocol=self.protocolName, where=where,

@@ -15,6 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from reactorapp.addresses import address_text
 from reactorapp.auth.guard import Guard
 from reactorapp.auth.interfaces import Identity, NotAuthorized
 from reactorapp.auth.limits import TokenBucket
@@ -28,6 +29,7 @@ from reactorapp.mqtt.codec import (
     encode_puback, encode_pubcomp, encode_publish, encode_publish_parts,
     encode_pubrec, encode_pubrel,
 )
+from reactorapp.mqtt.interfaces import IConnection
 from reactorapp.mqtt.session import MQTTSettings, Session
 from reactorapp.mqtt.timeouts import Timeouts
 from reactorapp.mqtt.writes import BATCH
@@ -48,7 +50,7 @@ MAX_HELD_PACKETS = 1000
 MAXIMUM_QOS = 2
 
 
-@implementer(IInput)
+@implementer(IInput, IConnection)
 class MQTTProtocol(Protocol):
     """One MQTT connection, server side.
 
@@ -114,10 +116,9 @@ class MQTTProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._last_packet_at = self.clock.seconds()
-        address = _address(self.transport.getPeer())
-        if not self.guard.limiter.admit(address):
+        address = self.guard.admit(self.transport.getPeer())
+        if address is None:
             # Too many connections: close at once, before any work is done.
-            self.guard.stats.connections_refused += 1
             self.state = CLOSED
             self.transport.abortConnection()
             return
@@ -255,7 +256,7 @@ class MQTTProtocol(Protocol):
         self._cancel_connect_timeout()
         self._cancel_throttle()
         if self._address is not None:
-            self.guard.limiter.release(self._address)
+            self.guard.release(self._address)
             self._address = None
         self._release_session()
         # [MQTT-3.1.2-8]: a will still held here was not cancelled by a
@@ -369,6 +370,18 @@ class MQTTProtocol(Protocol):
         self._close(abort=True)
         self._publish_will()
 
+    def disconnect(self) -> None:
+        """Drop the connection as on a protocol error (asked for over the
+        admin API): the will goes out from connectionLost."""
+        self._close(abort=True)
+
+    def describe(self) -> dict:
+        """`IConnection.describe`: for the admin API."""
+        transport = self.transport
+        return {"front_end": getattr(self.factory, "front_end", "mqtt"),
+                "keep_alive": self.keep_alive,
+                "peer": address_text(transport.getPeer()) if transport is not None else None}
+
     def _release_session(self) -> None:
         """Unbind from the session; a clean session ends with its connection."""
         session, self.session = self.session, None
@@ -393,9 +406,7 @@ class MQTTProtocol(Protocol):
                 "Could not store the will of {client_id}", f, client_id=self.client_id))
 
     def _peer(self) -> str:
-        peer = self.transport.getPeer() if self.transport is not None else None
-        host = getattr(peer, "host", None)
-        return f"{host}:{peer.port}" if host is not None else str(peer)
+        return address_text(self.transport.getPeer() if self.transport is not None else None)
 
     # -- reading paused ------------------------------------------------
 
@@ -785,27 +796,21 @@ class MQTTProtocol(Protocol):
     }
 
 
-def _address(peer) -> str:
-    """The source address connections are counted by (per IP, not per port)."""
-    host = getattr(peer, "host", None)
-    return host if host is not None else type(peer).__name__
-
-
 class MQTTFactory(Factory):
     """Builds MQTT connections bound to one hub."""
 
     protocol = MQTTProtocol
-    #: Who may connect and what they may do; the service replaces this
-    #: open default, shared with the HTTP front end.
-    guard = Guard()
     #: The largest CONNECT accepted, in bytes (fixed header included).
     max_connect_size = MAX_CONNECT_SIZE
 
     def __init__(self, hub, clock, settings: MQTTSettings | None = None,
-                 front_end: str = "mqtt") -> None:
+                 front_end: str = "mqtt", guard: Guard | None = None) -> None:
         self.hub = hub
         self.clock = clock
         self.settings = settings if settings is not None else MQTTSettings()
+        #: Who may connect and what they may do: an open one of its own by
+        #: default; the service sets the one shared with the HTTP front end.
+        self.guard = guard if guard is not None else Guard()
         #: Names this factory's connections in the hub's traffic counters
         #: ("mqtt" for TCP, TLS and Unix sockets, "websocket" over HTTP).
         self.front_end = front_end

@@ -12,12 +12,13 @@ from urllib.parse import unquote_to_bytes
 from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
-from reactorapp.web.guard import read_filter, require_publish
+from reactorapp.addresses import address_text
 from reactorapp.hub.flow import Caller
 from reactorapp.hub.message import Message
 from reactorapp.web.errors import (
     ApiError, Body, JSONResource, bad_request, not_found,
 )
+from reactorapp.web.guard import read_filter, require_publish
 from reactorapp.web.messages import (
     check_topic, message_json, parse_batch, parse_publish, query_bool, query_filters, query_qos,
 )
@@ -166,7 +167,8 @@ class Retained(JSONResource):
 
 
 def session_json(session) -> dict:
-    """What the admin API shows of one session (and its connection, if any)."""
+    """What the admin API shows of one session (and its connection, if any,
+    through `reactorapp.mqtt.interfaces.IConnection` only)."""
     connection = session.connection
     info = {
         "client_id": session.client_id,
@@ -177,19 +179,8 @@ def session_json(session) -> dict:
         "queued": len(session.queue),
     }
     if connection is not None:
-        info["front_end"] = getattr(connection.factory, "front_end", "mqtt")
-        info["keep_alive"] = connection.keep_alive
-        transport = connection.transport
-        info["peer"] = address_text(transport.getPeer()) if transport is not None else None
+        info.update(connection.describe())
     return info
-
-
-def address_text(address) -> str:
-    """host:port for an IP address, the path or a repr for anything else."""
-    host = getattr(address, "host", None)
-    if host is not None:
-        return f"{host}:{address.port}"
-    return str(getattr(address, "name", address))
 
 
 def _connected(hub) -> list:
@@ -239,7 +230,7 @@ class Client(JSONResource):
         session = self._session()
         log.info("Disconnecting client {client_id} as asked over HTTP by {peer}",
                  client_id=session.client_id, peer=address_text(request.getClientAddress()))
-        session.connection.transport.abortConnection()
+        session.connection.disconnect()
         return None
 
 
