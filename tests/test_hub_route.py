@@ -168,3 +168,8 @@ def test_callers_use_only_what_ihub_declares():
                 if node.attr not in declared:
                     undeclared.append(f"{path.relative_to(root)}:{node.lineno} hub.{node.attr}")
     assert undeclared == []
+
+
+def test_a_message_equals_only_itself_as_its_hash_says():
+    a, b = Message("t", b"x"), Message("t", b"x")
+    assert a == a and a != b and len({a, b}) == 2

@@ -202,8 +202,7 @@ class Hub:
         return self._subscriptions.remove(topic_filter, subscriber)
 
     def unsubscribe_all(self, subscriber, topic_filters):
-        for topic_filter in list(topic_filters):
-            self._subscriptions.remove(topic_filter, subscriber)
+        self._subscriptions.remove_all(subscriber, topic_filters)
 
     def retained(self, topic_filter):
         return self._retained.match(topic_filter)

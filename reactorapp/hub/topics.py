@@ -235,14 +235,6 @@ class TopicTree:
     def __len__(self) -> int:
         return self._count
 
-    def filters(self) -> Iterator[str]:
-        """The filters with at least one subscriber (a snapshot, safe to unsubscribe while iterating)."""
-        return iter(list(self._filters))
-
-    def subscribers(self, topic_filter: str) -> dict[Hashable, int]:
-        """A copy of ``topic_filter``'s ``{subscriber: qos}``; empty if nobody subscribed."""
-        return dict(self._filters.get(topic_filter, ()))
-
     def add(self, topic_filter: str, subscriber: Hashable, qos: int) -> bool:
         """Subscribe; True if new, False if it replaced the QoS of an existing one [MQTT-3.8.4-3]."""
         if qos not in (0, 1, 2):
