@@ -60,7 +60,7 @@ class ConnectHandling:
         authenticator = self.guard.authenticator
         if authenticator is None:
             maybeDeferred(self._accept, connect, Identity(connect.username, client_id)
-                          ).addErrback(self._eb_accept)
+                          ).addErrback(self._ebAccept)
             return
         # [§3.1.4]: authentication may take a while (scrypt runs on a thread).
         # Packets sent behind the CONNECT wait, in order, and reading pauses.
@@ -69,9 +69,9 @@ class ConnectHandling:
         d = maybeDeferred(authenticator.authenticate, connect.username, connect.password,
                           client_id, self.transport.getPeer(), peer_certificate(self.transport))
         d.addTimeout(self.settings.connect_timeout or 60.0, self.clock)
-        d.addCallbacks(self._cb_authenticated, self._eb_authenticated,
+        d.addCallbacks(self._cbAuthenticated, self._ebAuthenticated,
                        callbackArgs=(connect,))
-        d.addErrback(self._eb_accept)
+        d.addErrback(self._ebAccept)
         if self.state is AUTHENTICATING:
             self._pause_reading("auth")
 
@@ -81,7 +81,7 @@ class ConnectHandling:
             return
         self._held.append(item)
 
-    def _cb_authenticated(self, identity, connect: P.Connect) -> None:
+    def _cbAuthenticated(self, identity, connect: P.Connect) -> None:
         if self.state is not AUTHENTICATING:
             return  # closed meanwhile
         if identity is None:
@@ -92,7 +92,7 @@ class ConnectHandling:
         self._resume_reading("auth")
         self._accept(connect, identity)
 
-    def _eb_authenticated(self, failure) -> None:
+    def _ebAuthenticated(self, failure) -> None:
         if self.state is not AUTHENTICATING:
             return
         if failure.check(NotAuthorized):
@@ -102,7 +102,7 @@ class ConnectHandling:
         log.failure("Could not authenticate {peer}", failure, peer=self._peer())
         self._refuse(P.ConnectReturnCode.SERVER_UNAVAILABLE, "authentication failed")
 
-    def _eb_accept(self, failure) -> None:
+    def _ebAccept(self, failure) -> None:
         """Accepting raised (a plugin authorizer, a bug): log it once, tell
         the client (CONNACK 3 if no CONNACK went out yet) and close."""
         log.failure("Could not accept {peer} ({client_id})", failure,

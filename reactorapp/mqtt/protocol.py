@@ -512,7 +512,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
 
     def _on_commit(self, failure) -> None:
         if failure is not None:
-            self._eb_not_placed(failure)
+            self._ebNotPlaced(failure)
         else:
             self._send_acks()
 
@@ -530,7 +530,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         if len(acks) < self.settings.max_pending_acks:
             self._resume_reading("acks")
 
-    def _eb_not_placed(self, failure) -> None:
+    def _ebNotPlaced(self, failure) -> None:
         """The message could not be made durable: no acknowledgement may go
         out for it, so drop the connection; the client will re-send."""
         log.failure("Could not place a message from {client_id}", failure,

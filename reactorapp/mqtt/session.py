@@ -211,13 +211,13 @@ class Session:
         self._unsent.append((packet_id, flight))  # behind earlier ones, in order
         if durable is not None:
             flight.ready = False
-            durable.addCallbacks(self._cb_stored, self._eb_stored, callbackArgs=(flight,))
+            durable.addCallbacks(self._cbStored, self._ebStored, callbackArgs=(flight,))
 
-    def _cb_stored(self, _result, flight) -> None:
+    def _cbStored(self, _result, flight) -> None:
         flight.ready = True
         self._send_unsent()
 
-    def _eb_stored(self, failure) -> None:
+    def _ebStored(self, failure) -> None:
         log.failure("Could not store a packet id for {client_id}; the message is held back",
                     failure, client_id=self.client_id)
 

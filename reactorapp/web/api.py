@@ -36,16 +36,16 @@ def _publish(hub, traffic, topic: str, payload: bytes, qos: int, retain: bool):
     answer = {"id": message.id, "topic": topic, "qos": qos, "retain": retain}
     if durable is None:
         return answer
-    return durable.addCallbacks(lambda _: answer, _eb_not_placed, errbackArgs=(topic,))
+    return durable.addCallbacks(lambda _: answer, _ebNotPlaced, errbackArgs=(topic,))
 
 
-def _eb_not_placed(failure, topic):
+def _ebNotPlaced(failure, topic):
     log.failure("Could not place a message to {topic} published over HTTP", failure, topic=topic)
     raise ApiError(503, "not stored",
                    "The message could not be stored; it may not be delivered. Try again.")
 
 
-def _eb_batch_not_placed(failure, count):
+def _ebBatchNotPlaced(failure, count):
     log.failure("Could not place a batch of {count} messages published over HTTP", failure,
                 count=count)
     raise ApiError(503, "not stored",
@@ -115,7 +115,7 @@ class Publish(JSONResource):
             return results
         waits.extend(commit.deferred() for commit in commits.values())
         done = waits[0] if len(waits) == 1 else gatherResults(waits, consumeErrors=True)
-        return done.addCallbacks(lambda _: results, _eb_batch_not_placed,
+        return done.addCallbacks(lambda _: results, _ebBatchNotPlaced,
                                  errbackArgs=(len(results),))
 
 
