@@ -173,3 +173,18 @@ def test_callers_use_only_what_ihub_declares():
 def test_a_message_equals_only_itself_as_its_hash_says():
     a, b = Message("t", b"x"), Message("t", b"x")
     assert a == a and a != b and len({a, b}) == 2
+
+
+def test_one_rule_for_topics_clients_may_publish_to():
+    """$SYS is the broker's: refused by the extension API and HTTP (one
+    check, `validate_publish_topic`); MQTT acknowledges and drops."""
+    import pytest
+
+    from reactorapp.hub.topics import InvalidTopic, is_broker_topic, validate_publish_topic
+
+    assert is_broker_topic("$SYS/broker/uptime") and not is_broker_topic("sys/x")
+    with pytest.raises(InvalidTopic, match=r"\$SYS belong to the broker"):
+        validate_publish_topic("$SYS/x")
+    with pytest.raises(InvalidTopic, match="wildcard"):
+        validate_publish_topic("a/+")
+    validate_publish_topic("a/b")

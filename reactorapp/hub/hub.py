@@ -9,7 +9,7 @@ from zope.interface import implementer
 from reactorapp.hub.commit import Commit, placed
 from reactorapp.hub.flow import Caller, Flow
 from reactorapp.hub.interfaces import IHub
-from reactorapp.hub.topics import RetainedTree, TopicTree, validate_filter
+from reactorapp.hub.topics import RetainedTree, TopicTree, is_broker_topic, validate_filter
 
 log = Logger()
 
@@ -155,7 +155,7 @@ class Hub:
                 # [MQTT-3.3.1-10] [MQTT-3.3.1-11]: an empty retained payload
                 # is delivered as usual but clears the stored message.
                 self._retained.remove(message.topic)
-            if store is not None and not message.topic.startswith("$SYS"):
+            if store is not None and not is_broker_topic(message.topic):
                 if message.payload:
                     store.set_retained(message)
                 else:

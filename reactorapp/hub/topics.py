@@ -68,6 +68,24 @@ def validate_topic(topic: str) -> None:
         )
 
 
+#: Where the broker publishes its own status; clients may not [§4.7.2].
+SYS_PREFIX = "$SYS"
+
+
+def is_broker_topic(topic: str) -> bool:
+    """True for the broker's own topics (``$SYS...``), which clients may
+    not publish to [§4.7.2] and the store does not keep."""
+    return topic.startswith(SYS_PREFIX)
+
+
+def validate_publish_topic(topic: str) -> None:
+    """Raise InvalidTopic unless a client may publish to ``topic``: a valid
+    topic name, not one of the broker's own."""
+    validate_topic(topic)
+    if topic.startswith(SYS_PREFIX):
+        raise InvalidTopic("Topics under $SYS belong to the broker.")
+
+
 def validate_filter(topic_filter: str) -> None:
     """Raise InvalidTopic unless ``topic_filter`` may be subscribed to."""
     _check_string(topic_filter, "topic filter")

@@ -19,7 +19,7 @@ from reactorapp.auth.interfaces import Identity
 from reactorapp.auth.limits import TokenBucket
 from reactorapp.hub.flow import Congestion, IInput
 from reactorapp.hub.message import Message
-from reactorapp.hub.topics import is_valid_filter
+from reactorapp.hub.topics import SYS_PREFIX, is_valid_filter
 from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.acks import AckLine
 from reactorapp.mqtt.codec import (
@@ -467,7 +467,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
             # never forwarded twice.
             self._acknowledge(None, encode_pubrec(publish.packet_id))
             return
-        if publish.topic.startswith("$SYS"):
+        if publish.topic.startswith(SYS_PREFIX):  # `is_broker_topic`, inlined: hot path
             # Clients may not write the broker's own status [§4.7.2]; the
             # publish is acknowledged and dropped [MQTT-3.3.5-2].
             self.stats.publish_dropped += 1
