@@ -10,7 +10,6 @@ instead, and the client (EventSource reconnects by itself) learns of the gap.
 
 from __future__ import annotations
 
-import json
 import re
 
 from twisted.internet.interfaces import IPushProducer
@@ -18,9 +17,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from reactorapp.web.guard import read_filter, require_subscribe
 from reactorapp.hub.interfaces import ISubscriber
-from reactorapp.web.errors import STREAMING, ApiError, Body, JSONResource, bad_request
+from reactorapp.web.errors import (
+    STREAMING, ApiError, Body, JSONResource, bad_request, compact_json,
+)
+from reactorapp.web.guard import read_filter, require_subscribe
 from reactorapp.web.messages import (
     message_json, query_bool, query_filters, query_qos, query_text,
 )
@@ -51,9 +52,8 @@ def encode_event(message, qos: int, retained: bool) -> bytes:
     key = ("sse", qos, retained)
     data = cache.get(key)
     if data is None:
-        body = json.dumps(message_json(message, qos, retained), ensure_ascii=False,
-                          separators=(",", ":"))
-        data = cache[key] = b"id: %d\ndata: %s\n\n" % (message.id, body.encode("utf-8"))
+        body = compact_json(message_json(message, qos, retained))
+        data = cache[key] = b"id: %d\ndata: %s\n\n" % (message.id, body)
     return data
 
 

@@ -25,7 +25,6 @@ acknowledges them (EventSource does it by itself, after a short delay).
 
 from __future__ import annotations
 
-import json
 from collections import deque
 
 from twisted.application.service import Service
@@ -34,6 +33,7 @@ from zope.interface import implementer
 
 from reactorapp.hub.commit import placed
 from reactorapp.hub.interfaces import ISubscriber
+from reactorapp.web.errors import compact_json
 from reactorapp.web.messages import message_json
 
 log = Logger()
@@ -61,9 +61,8 @@ def event_data(message, qos: int, retained: bool) -> bytes:
     key = ("sse-data", qos, retained)
     data = cache.get(key)
     if data is None:
-        body = json.dumps(message_json(message, qos, retained), ensure_ascii=False,
-                          separators=(",", ":"))
-        data = cache[key] = b"data: %s\n\n" % body.encode("utf-8")
+        body = compact_json(message_json(message, qos, retained))
+        data = cache[key] = b"data: %s\n\n" % body
     return data
 
 

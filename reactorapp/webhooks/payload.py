@@ -24,12 +24,12 @@ headers described in `reactorapp.webhooks.signing`.
 
 from __future__ import annotations
 
-import json
 from urllib.parse import quote
 
 from twisted.web.http_headers import Headers
 
 from reactorapp import __version__
+from reactorapp.web.errors import compact_json
 from reactorapp.web.messages import payload_fields
 from reactorapp.webhooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
@@ -44,7 +44,7 @@ def envelope(rule_name: str, delivery) -> bytes:
         "message_id": delivery.key, "timestamp": delivery.timestamp,
         "rule": rule_name,
     }
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return compact_json(document)
 
 
 def render(rule, delivery, attempt: int, now: float) -> tuple[Headers, bytes]:
