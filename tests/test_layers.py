@@ -109,6 +109,9 @@ def test_the_walk_sees_imports_at_any_depth():
     functions (the service wires everything, some of it lazily)."""
     assert "hub" in GRAPH["mqtt"]
     assert {"hub", "mqtt", "store", "web", "webhooks"} <= set(GRAPH["service"])
+    # tap.makeService imports the service inside the function (only a run
+    # needs the hub): the walk must see it.
+    assert "service" in GRAPH["tap"]
 
 
 def test_no_cycle_between_parts():
