@@ -162,7 +162,9 @@ class Session:
             # default queue_qos0_messages false) [MQTT-3.1.2-5].
             return None
         queue = self.queue
-        store = self.store
+        # A persistent session's write is waited for by live traffic only:
+        # retained messages sent for a SUBSCRIBE ride along with a later batch.
+        store = self.store if not retained else None
         if (connection is not None and (connection.writable or connection.hold_input())
                 and not queue and len(self.inflight) < self.settings.max_inflight):
             self._send_new(connection, message, qos, retained, self._keep(message, qos, retained))
