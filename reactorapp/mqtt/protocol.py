@@ -634,10 +634,11 @@ def _ignore(protocol, packet) -> None:
 
 
 # What a packet does, by state: one table each, shared by all connections.
+_PACKET_TYPES = tuple(MQTTProtocol._HANDLERS)
 CONNECTED.handlers.update(MQTTProtocol._HANDLERS)
-AWAITING_CONNECT.handlers.update(dict.fromkeys(MQTTProtocol._HANDLERS, MQTTProtocol._on_first_packet))
-AUTHENTICATING.handlers.update(dict.fromkeys(MQTTProtocol._HANDLERS, MQTTProtocol._hold))
-CLOSED.handlers.update(dict.fromkeys(MQTTProtocol._HANDLERS, _ignore))
+AWAITING_CONNECT.handlers.update(dict.fromkeys(_PACKET_TYPES, MQTTProtocol._on_first_packet))
+AUTHENTICATING.handlers.update(dict.fromkeys(_PACKET_TYPES, MQTTProtocol._hold))
+CLOSED.handlers.update(dict.fromkeys(_PACKET_TYPES, _ignore))
 
 
 class MQTTFactory(Factory):
