@@ -19,7 +19,7 @@ from reactorapp.auth.guard import Guard
 from reactorapp.auth.interfaces import Identity, NotAuthorized
 from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.hub.message import Message
-from reactorapp.hub.topics import InvalidTopic, validate_filter, validate_topic
+from reactorapp.hub.topics import InvalidTopic, validate_filter, validate_publish_topic
 
 __all__ = [
     "HubClient", "Subscription", "Forbidden", "TooManySubscriptions", "ClientClosed",
@@ -305,9 +305,7 @@ class HubClient:
     def _message(self, topic, payload, qos, retain) -> Message:
         _check_qos(qos)
         self._check_authenticated()
-        validate_topic(topic)
-        if topic.startswith("$SYS"):
-            raise InvalidTopic("Topics under $SYS belong to the broker.")
+        validate_publish_topic(topic)
         if isinstance(payload, str):
             payload = payload.encode("utf-8")
         elif isinstance(payload, (bytearray, memoryview)):

@@ -15,10 +15,12 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 
+from reactorapp.errors import SetupError
+
 MAX_MQTT_PACKET_SIZE = 268_435_460  # 5 header bytes + the largest remaining length
 
 
-class ConfigError(Exception):
+class ConfigError(SetupError):
     """A setting the operator has to fix; the message is one sentence."""
 
 
@@ -30,19 +32,11 @@ def setting(default, help, *, metavar, minimum=None, maximum=None):
     )
 
 
-def table(help, *, parse):
-    """Declare an array of tables of the TOML file (``[[name]]``), not a flag:
-    ``parse(list)`` checks it and returns what `Config` holds."""
-    return field(default=(), metadata={"help": help, "table": parse})
-
-
-def _webhook_rules(value):
-    from reactorapp.webhooks.rules import RuleError, rules_from_config
-
-    try:
-        return rules_from_config(value)
-    except RuleError as e:
-        raise ConfigError(str(e).rstrip(".")) from None
+def table(help):
+    """Declare an array of tables of the TOML file (``[[name]]``), not a flag.
+    The feature that reads it parses it: `load_config` is handed a parser
+    for each (config knows settings, not the features that use them)."""
+    return field(default=(), metadata={"help": help, "table": True})
 
 
 @dataclass(frozen=True)
@@ -233,7 +227,6 @@ class Config:
     )
     webhooks: tuple = table(
         "Webhook rules, one [[webhooks]] table each (see docs/webhooks.md).",
-        parse=_webhook_rules,
     )
 
 
@@ -318,13 +311,19 @@ def _settings() -> tuple[Setting, ...]:
 
 
 SETTINGS: tuple[Setting, ...] = _settings()
-#: Arrays of tables in the file, by key: how each is checked.
-TABLES = {f.name: f.metadata["table"] for f in dataclasses.fields(Config) if "table" in f.metadata}
+#: Arrays of tables in the file, by key.
+TABLES = frozenset(f.name for f in dataclasses.fields(Config) if "table" in f.metadata)
 _BY_KEY = {s.key: s for s in SETTINGS}
 
 
-def load_config(path: str) -> dict[str, object]:
-    """Read a TOML file into checked values keyed by `Config` attribute name."""
+def load_config(path: str, tables=None) -> dict[str, object]:
+    """Read a TOML file into checked values keyed by `Config` attribute name.
+
+    ``tables`` maps each array of tables (`TABLES`, e.g. ``webhooks``) to the
+    parser of the feature that reads it: ``parse(value)`` returns what
+    `Config` holds or raises `ValueError` with one sentence.
+    """
+    tables = tables or {}
     try:
         with open(path, "rb") as f:
             document = tomllib.load(f)
@@ -335,10 +334,13 @@ def load_config(path: str) -> dict[str, object]:
     values = {}
     for key, value in document.items():
         if key in TABLES:
+            parse = tables.get(key)
+            if parse is None:
+                raise ConfigError(f"{key!r} in config file {path!r} is not read by this program.")
             try:
-                values[key] = TABLES[key](value)
-            except ConfigError as e:
-                raise ConfigError(f"in config file {path!r}, {e}.") from None
+                values[key] = parse(value)
+            except ValueError as e:
+                raise ConfigError(f"in config file {path!r}, {str(e).rstrip('.')}.") from None
             continue
         setting = _BY_KEY.get(key)
         if setting is None:

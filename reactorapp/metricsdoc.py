@@ -50,12 +50,12 @@ def registry_families():
     with tempfile.TemporaryDirectory() as data:
         rule = {"name": "example", "filters": ["#"], "url": "http://127.0.0.1:9/"}
         config = Config(data=data, sys_interval=0, webhooks=rules_from_config([rule]))
-        hub = makeHubService(config, MemoryReactorClock())
-        hub.startService()
+        service = makeHubService(config, MemoryReactorClock())
+        service.startService()
         try:
-            families = list(hub.metrics.collect())
+            families = list(service.metrics.collect())
         finally:
-            hub.stopService()
+            service.stopService()
     rows = []
     for family in families:
         labels = set(getattr(family, "_labelnames", ()) or ())

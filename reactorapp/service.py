@@ -12,9 +12,9 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from reactorapp import __version__
+from reactorapp.addresses import address_text
 from reactorapp.auth.acl import ACLAuthorizer, ACLFile
 from reactorapp.auth.configure import make_guard, on_thread, warn_if_open
-from reactorapp.auth.http import GuardedRoot
 from reactorapp.auth.limits import ConnectionLimiter
 from reactorapp.auth.passwd import PasswordFile
 from reactorapp.auth.metrics import GuardCollector
@@ -31,13 +31,13 @@ from reactorapp.protocols import HubFactory
 from reactorapp.store import make_store
 from reactorapp.store.metrics import StoreCollector
 from reactorapp.store.service import StoreService
-from reactorapp.store.sqlite import SQLiteStore
 from reactorapp.web.backup import Backup
+from reactorapp.web.guard import GuardedRoot
 from reactorapp.web.health import Readiness
 from reactorapp.web.metrics import new_registry
 from reactorapp.web.site import make_site
 from reactorapp.web.stats import WebStats
-from reactorapp.web.stream_tables import MemoryStreamTables, SQLiteStreamTables
+from reactorapp.web.stream_tables import IStreamTables
 from reactorapp.web.streams import StreamSessions
 from reactorapp.webhooks.api import Webhooks as WebhooksResource
 from reactorapp.webhooks.service import WebhookService
@@ -83,11 +83,7 @@ class ListenerService(StreamServerEndpointService):
         self._waitingForPort.addCallback(self._listening)
 
     def _listening(self, port):
-        address = port.getHost()
-        if hasattr(address, "port"):
-            where = f"{address.host}:{address.port}"
-        else:
-            where = str(getattr(address, "name", address))
+        where = address_text(port.getHost())
         self._reactor.callWhenRunning(
             self.log.info, "{protocol} listening on {where}",
             protocol=self.protocolName, where=where,
@@ -240,10 +236,8 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
 
 def stream_tables_for(store):
     """Where named event-stream sessions are kept: the SQLite database, or
-    nowhere beyond the process."""
-    if isinstance(store, SQLiteStore):
-        return SQLiteStreamTables(store)
-    return MemoryStreamTables()
+    nowhere beyond the process (chosen by adaptation)."""
+    return IStreamTables(store)
 
 
 def _restore(hub, settings, state) -> None:

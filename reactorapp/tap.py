@@ -11,7 +11,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from reactorapp.config import SETTINGS, ConfigError, load_config, merge
+from reactorapp.errors import SetupError
 from reactorapp.logs import check_format, json_observer
+from reactorapp.webhooks.rules import rules_from_config
 
 
 def _described(setting) -> str:
@@ -105,6 +107,10 @@ for _setting in SETTINGS:
         setattr(Options, "opt_" + _setting.name, _collector(_setting))
 
 
+#: The arrays of tables of the config file and the feature that reads each.
+TABLES = {"webhooks": rules_from_config}
+
+
 def makeService(options: Options):
     """Load the config file, merge the flags, and build the hub's services.
 
@@ -114,14 +120,14 @@ def makeService(options: Options):
     from twisted.internet import reactor
 
     try:
-        fileValues = load_config(options["config"]) if options["config"] else {}
+        fileValues = load_config(options["config"], TABLES) if options["config"] else {}
         config = merge(fileValues, options.flags)
         check_format(config.log_format)
         observer = json_observer(options.parent or {}) if config.log_format == "json" else None
         from reactorapp.service import makeHubService  # only a run needs the hub
 
         hubService = makeHubService(config, reactor, _serviceOwner(options.parent))
-    except ConfigError as e:
+    except SetupError as e:
         raise SystemExit(f"reactorapp: {e}") from None
     warn_if_few_files(config.max_connections, reactor)
     return _ExitOnStartupError(hubService, options.parent, observer)
@@ -198,13 +204,13 @@ class _ExitOnStartupError(MultiService):
     def privilegedStartService(self):
         try:
             super().privilegedStartService()
-        except ConfigError as e:
+        except SetupError as e:
             self._exit(e)
 
     def startService(self):
         try:
             super().startService()
-        except ConfigError as e:
+        except SetupError as e:
             self._exit(e)
         tune_garbage_collector()
 

@@ -8,7 +8,7 @@ import pytest
 from twisted.python import usage
 
 from reactorapp.config import SETTINGS, Config, ConfigError, load_config, merge
-from reactorapp.tap import Options, makeService
+from reactorapp.tap import TABLES, Options, makeService
 
 
 def write(tmp_path, text: str) -> str:
@@ -21,7 +21,7 @@ def configure(argv: list[str]) -> Config:
     """What makeService does before building anything."""
     options = Options()
     options.parseOptions(argv)
-    file_values = load_config(options["config"]) if options["config"] else {}
+    file_values = load_config(options["config"], TABLES) if options["config"] else {}
     return merge(file_values, options.flags)
 
 

@@ -35,6 +35,7 @@ from reactorapp.auth.acl import ACL
 from reactorapp.auth import passwd
 from reactorapp import backup
 from reactorapp.config import SETTINGS, load_config
+from reactorapp.tap import TABLES
 from reactorapp.webhooks.signing import sign
 from tests.brokerproc import REPO, running_broker
 from tests.paho_client import PahoClient
@@ -225,7 +226,7 @@ def test_toml_examples_load(tmp_path):
     for i, block in enumerate(examples):
         path = tmp_path / f"{i}.toml"
         path.write_text(block.text)
-        assert load_config(str(path)), block
+        assert load_config(str(path), TABLES), block
 
 
 def test_json_examples_parse():

@@ -10,7 +10,7 @@ from zope.interface import implementer
 
 from reactorapp.auth.acl import ACL, ACLAuthorizer
 from reactorapp.auth.guard import Guard
-from reactorapp.auth.http import GuardedRoot
+from reactorapp.web.guard import GuardedRoot
 from reactorapp.auth.interfaces import IAuthenticator
 from reactorapp.auth.passwd import (
     PasswordFile, PasswordFileAuthenticator, add_token, set_password,
@@ -166,7 +166,7 @@ def test_basic_logins_checked_at_once_are_bounded(passwd):
     (counted), so a flood of bad log-ins cannot queue work without end."""
     from twisted.internet.defer import Deferred
 
-    from reactorapp.auth.http import MAX_BASIC_CHECKS
+    from reactorapp.web.guard import MAX_BASIC_CHECKS
     from tests.test_web_api import Response
 
     pool = []

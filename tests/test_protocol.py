@@ -598,10 +598,10 @@ def test_pubrels_follow_the_order_pubrecs_arrived():
 def test_a_message_that_cannot_be_placed_closes_without_acknowledgement(broker):
     """[MQTT-4.8.0-2]: a transient failure (the store refusing a write) closes
     the connection; no PUBACK promises what was not kept."""
-    from reactorapp.store.commit import Commit
+    from reactorapp.hub.commit import Commit
 
     pub = broker.connect("pub")
-    broker.hub.route = lambda message: (Commit.failed(OSError("disk full")), None)
+    broker.hub.route = lambda message: Commit.failed(OSError("disk full"))
     pub.publish("t", b"x", qos=1)
     assert pub.take() == []
     assert pub.closed

@@ -12,7 +12,7 @@ from reactorapp.hub.message import Message
 from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.protocol import MQTTFactory
 from reactorapp.mqtt.session import MQTTSettings, restore_sessions
-from reactorapp.store.commit import Commit
+from reactorapp.hub.commit import Commit
 from reactorapp.store.memory import MemoryStore
 from tests.mqtt_harness import Broker
 
@@ -349,3 +349,18 @@ def test_a_restart_remembers_incoming_qos2_ids():
     assert sub.take() == []  # its packet id is not durable yet
     broker.store.commit()
     assert [p.payload for p in sub.take()] == [b"once"]
+
+
+def test_retained_messages_for_a_subscribe_are_written_without_asking_for_a_commit():
+    """Only live traffic waits for a persistent session's write: the retained
+    messages a SUBSCRIBE sends are kept, and ride along with a later batch
+    (no prompt commit, no fsync of their own)."""
+    broker = StoredBroker(ManualStore())
+    pub = broker.connect("pub")
+    pub.publish("t/r", b"kept", qos=1, retain=True)
+    broker.store.commit()
+    sub = broker.connect("sub", clean=False)
+    writes, syncs = broker.store.writes, broker.store.syncs
+    _, retained = sub.subscribe(("t/#", 1))
+    assert broker.store.writes > writes and broker.store.syncs == syncs
+    assert [p.payload for p in retained] == [b"kept"]

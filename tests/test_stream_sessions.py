@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 
 from reactorapp.hub.message import Message
 from reactorapp.mqtt.session import MQTTSettings
-from reactorapp.store.commit import Commit
+from reactorapp.hub.commit import Commit
 from reactorapp.web.stream_tables import MemoryStreamTables
 from reactorapp.web.streams import ACK_RETRY, DEFAULT_EXPIRY, MAX_EXPIRY
 from tests.test_http_auth import basic, guarded, passwd  # noqa: F401 (a fixture)

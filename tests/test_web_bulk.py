@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from reactorapp.mqtt import packets as P
-from reactorapp.store.commit import Commit
+from reactorapp.hub.commit import Commit
 from reactorapp.web.messages import MAX_LISTED_ERRORS
 from tests.test_web_api import Response, Web
 
@@ -108,7 +108,7 @@ def test_answer_waits_for_every_commit_and_full_subscriber(web):
     def route(message):
         routed.append(message)
         n = len(routed)
-        return commits[n % 2], ([full] if n == 2 else None)
+        return Commit.after(full) if n == 2 else commits[n % 2]
 
     web.hub.route = route
     channel, transport = web.send(
@@ -125,7 +125,7 @@ def test_answer_waits_for_every_commit_and_full_subscriber(web):
 
 def test_a_failed_commit_is_a_503(web):
     commit = Commit()
-    web.hub.route = lambda message: (commit, None)
+    web.hub.route = lambda message: commit
     channel, transport = web.send(
         b"POST /api/v1/publish HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s"
         % (len(json.dumps(batch(2))), json.dumps(batch(2)).encode()))

@@ -308,3 +308,31 @@ def test_retry_after_is_parsed_strictly():
     assert retry_after_seconds("\u00b2".encode("latin-1"), 0) is None
     assert retry_after_seconds("\u0663".encode("utf-8"), 0) is None
     assert retry_after_seconds(b"9" * 5000, 0) == 3600.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_connections_do_not_log_their_factories(receivers):
+    """Without a pool every delivery opens a connection; Twisted would log
+    "Starting factory" and "Stopping factory" for each. The client's
+    endpoints (public Agent API) keep them quiet."""
+    from twisted.logger import globalLogPublisher
+
+    receiver = receivers()
+    client, pool = make_client(the_reactor(), persistent=False)
+    logged = []
+
+    def observe(event):
+        factory = event.get("factory")
+        if factory is not None and "Client" in type(factory).__name__:
+            logged.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        for _ in range(2):
+            result = await within(Dispatcher(WatchedClock(), client).deliver(
+                target(receiver.url), delivery()))
+            assert result.delivered
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await pool.closeCachedConnections()
+    assert len(receiver.requests) == 2 and logged == []

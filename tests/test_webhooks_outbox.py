@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 from reactorapp.hub.hub import Hub
 from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.hub.message import Message
-from reactorapp.store.commit import Commit
+from reactorapp.hub.commit import Commit
 from reactorapp.webhooks.delivery import DeadLetter, Delivery
 from reactorapp.webhooks.dispatcher import Result
 from reactorapp.webhooks.interfaces import IWebhookStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reactorapp.config import ConfigError, load_config
-from reactorapp.webhooks.rules import RetryPolicy, RuleError, parse_rule
+from reactorapp.webhooks.rules import RetryPolicy, RuleError, parse_rule, rules_from_config
 from reactorapp.webhooks.signing import sign, verify
 
 BASE = {"name": "kitchen", "filters": ["sensors/kitchen/#"], "url": "https://example.com/hook"}
@@ -104,7 +104,7 @@ def test_config_file_rules(tmp_path):
         '[[webhooks]]\nname = "a"\nfilters = ["x/#"]\nurl = "http://127.0.0.1:9/a"\n'
         'retry = { max_attempts = 3, base_delay = 0.1 }\n'
         '[[webhooks]]\nname = "b"\nfilters = "y"\nurl = "http://127.0.0.1:9/b"\nformat = "raw"\n')
-    rules = load_config(str(path))["webhooks"]
+    rules = load_config(str(path), {"webhooks": rules_from_config})["webhooks"]
     assert [r.name for r in rules] == ["a", "b"]
     assert rules[0].retry.max_attempts == 3 and rules[1].format == "raw"
 
@@ -120,7 +120,7 @@ def test_config_file_mistakes(tmp_path, text, message):
     path = tmp_path / "hub.toml"
     path.write_text(text)
     with pytest.raises(ConfigError) as error:
-        load_config(str(path))
+        load_config(str(path), {"webhooks": rules_from_config})
     assert message in str(error.value) and str(path) in str(error.value)
 
 

@@ -11,7 +11,7 @@ from zope.interface.verify import verifyObject
 from reactorapp.hub.hub import Hub
 from reactorapp.hub.message import Message
 from reactorapp.store.sqlite import SQLiteStore
-from reactorapp.store.webhooks_sqlite import SQLiteWebhookStore
+from reactorapp.webhooks.sqlitestore import SQLiteWebhookStore
 from reactorapp.webhooks.delivery import DeadLetter, Delivery
 from reactorapp.webhooks.dispatcher import Result
 from reactorapp.webhooks.interfaces import IWebhookStore

@@ -3,6 +3,7 @@ do, and where refusals are counted."""
 
 from __future__ import annotations
 
+from reactorapp.addresses import address_key
 from reactorapp.auth.limits import ConnectionLimiter
 
 
@@ -53,6 +54,20 @@ class Guard:
         #: limit); MQTT has its own setting from the same option.
         self.max_subscriptions = max_subscriptions
         self.stats = GuardStats()
+
+    def admit(self, peer) -> str | None:
+        """Admit a connection from ``peer`` (an `IAddress`) under the
+        connection limits: return the key to `release` when it ends, or None
+        (refused, counted): close it at once."""
+        key = address_key(peer)
+        if self.limiter.admit(key):
+            return key
+        self.stats.connections_refused += 1
+        return None
+
+    def release(self, key: str) -> None:
+        """A connection `admit` let in has ended."""
+        self.limiter.release(key)
 
     def read_filter(self, identity):
         """A ``may_read(topic) -> bool`` for one client that counts what it

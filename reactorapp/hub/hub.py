@@ -3,13 +3,13 @@ messages and the registry of sessions. It knows no protocol."""
 
 from __future__ import annotations
 
-from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from reactorapp.hub.commit import Commit, placed
 from reactorapp.hub.flow import Caller, Flow
 from reactorapp.hub.interfaces import IHub
-from reactorapp.hub.topics import RetainedTree, TopicTree, validate_filter
+from reactorapp.hub.topics import RetainedTree, TopicTree, is_broker_topic, validate_filter
 
 log = Logger()
 
@@ -97,15 +97,6 @@ class HubStats:
         self.clients_connected -= 1
 
 
-def placed(commit, full):
-    """One Deferred for a message that subscribers took over their bounds
-    (``full``, their Deferreds) and, unless ``commit`` is None, that must be
-    durable: back-pressure, the acknowledgement waits for all of them."""
-    if commit is not None:
-        full.append(commit.deferred())
-    return full[0] if len(full) == 1 else gatherResults(full, consumeErrors=True)
-
-
 @implementer(IHub)
 class Hub:
     """Publish/subscribe with MQTT semantics, shared by every front end."""
@@ -139,28 +130,27 @@ class Hub:
         """
         flow = self.flow
         if flow.current is not None:  # an input that is held back by itself
-            commit, full = self.route(message)
-        else:
-            caller = flow.current = Caller()
-            try:
-                commit, full = self.route(message)
-            finally:
-                flow.current = None
-            drained = caller.drained()
-            if drained is not None:
-                full = [drained] if full is None else [*full, drained]
-        if full is None:
+            commit = self.route(message)
             return None if commit is None else commit.deferred()
-        return placed(commit, full)
+        caller = flow.current = Caller()
+        try:
+            commit = self.route(message)
+        finally:
+            flow.current = None
+        drained = caller.drained()
+        if drained is None:
+            return None if commit is None else commit.deferred()
+        return placed(commit, [drained])
 
     def route(self, message):
         """`publish` for front ends that acknowledge many messages a second:
-        return ``(commit, full)``, the store's `Commit` that makes the
-        message durable (or None) and the Deferreds of subscribers that took
-        it over their bounds (or None). A batch's `Commit` is shared, so
-        waiting for it costs no Deferred per message."""
+        return the `Commit` that fires once the message is placed (durable
+        where a subscriber or the retained store wrote it, taken by
+        subscribers over their bounds), or None if it is placed already.
+        A store batch's `Commit` is shared, so waiting for it costs no
+        Deferred per message."""
         store = self.store
-        writes = store.writes if store is not None else 0
+        commit = None  # what the acknowledgement waits for
         if message.retain:
             if message.payload:
                 self._retained.set(message.topic, message)
@@ -168,11 +158,13 @@ class Hub:
                 # [MQTT-3.3.1-10] [MQTT-3.3.1-11]: an empty retained payload
                 # is delivered as usual but clears the stored message.
                 self._retained.remove(message.topic)
-            if store is not None and not message.topic.startswith("$SYS"):
+            if store is not None and not is_broker_topic(message.topic):
                 if message.payload:
                     store.set_retained(message)
                 else:
                     store.remove_retained(message.topic)
+                if message.qos:  # QoS 0 is never waited for to be stored
+                    commit = store.pending_commit()
         published_qos = message.qos
         full = None  # Deferreds of subscribers that took it over their bounds
         for subscriber, granted in self._subscriptions.match(message.topic):
@@ -183,14 +175,19 @@ class Hub:
                 log.failure("Subscriber {subscriber!r} failed to take a message",
                             subscriber=subscriber)
             else:
-                if wait is not None:
-                    if full is None:
-                        full = []
+                if wait is None or wait is commit:
+                    continue
+                if isinstance(wait, Commit):
+                    if commit is not None:  # another batch (rare): wait for both
+                        full = [commit.deferred()] if full is None else [*full, commit.deferred()]
+                    commit = wait
+                elif full is None:
+                    full = [wait]
+                else:
                     full.append(wait)
-        if published_qos and store is not None and store.writes != writes:
-            # Persistent sessions wrote what they owe; acknowledge once durable.
-            return store.pending_commit(), full
-        return None, full
+        if full is None:
+            return commit
+        return Commit.after(placed(commit, full))
 
     def restore_retained(self, messages) -> None:
         """Put back retained messages read from the store at start-up."""
@@ -208,8 +205,7 @@ class Hub:
         return self._subscriptions.remove(topic_filter, subscriber)
 
     def unsubscribe_all(self, subscriber, topic_filters):
-        for topic_filter in list(topic_filters):
-            self._subscriptions.remove(topic_filter, subscriber)
+        self._subscriptions.remove_all(subscriber, topic_filters)
 
     def retained(self, topic_filter):
         return self._retained.match(topic_filter)

@@ -14,10 +14,15 @@ class ISubscriber(Interface):
         was just made (the MQTT RETAIN flag on the way out), false for live
         traffic. Must not raise and must not block; called on the hot path.
 
-        Returns None once the message is taken. A subscriber that took it but
-        is over its bounds (a slow client whose queue and spill file are
-        full) may return a Deferred instead, fired when it has room again:
-        the publisher's acknowledgement waits for it (back-pressure).
+        Returns None once the message is taken. A subscriber that wrote it
+        to storage (a persistent session, an outbox) returns the
+        `reactorapp.hub.commit.Commit` that makes the write durable: the
+        publisher's acknowledgement waits for it. A subscriber that took it
+        but is over its bounds (a slow client whose queue and spill file are
+        full) may return a Deferred instead, fired when it has room again
+        (and, if it wrote, once that is durable): the acknowledgement waits
+        for it too (back-pressure). The hub combines what its subscribers
+        return (`IHub.route`).
 
         A subscriber whose output is congested but draining keeps taking
         messages and holds back the hub's ``flow.current`` input instead
@@ -26,12 +31,25 @@ class ISubscriber(Interface):
 
 
 class IHub(Interface):
-    """What front ends may ask of the hub."""
+    """What front ends, sessions and the service may ask of the hub: all of
+    it, so that an implementation checked with `verifyObject` serves them."""
 
-    retained_count = Attribute("How many retained messages are stored.")
+    clock = Attribute(
+        "The reactor's `IReactorTime` the hub and its sessions keep time with "
+        "(keep-alives, expiry, retries): a `Clock` in tests.")
+    stats = Attribute(
+        "The `reactorapp.hub.hub.HubStats` counters: front ends bump them "
+        "directly (one attribute increment on the hot path); $SYS, /metrics "
+        "and the admin API read them.")
+    store = Attribute(
+        "The `reactorapp.store.interfaces.IStore` keeping retained messages "
+        "and persistent sessions, or None: sessions write through it.")
     flow = Attribute(
         "The `reactorapp.hub.flow.Flow`: front ends set its ``current`` input "
         "around the calls that publish, so congested subscribers can hold it back.")
+    retained_count = Attribute("How many retained messages are stored.")
+    subscription_count = Attribute("How many subscriptions there are.")
+    session_count = Attribute("How many sessions are registered.")
 
     def publish(message):
         """Route ``message`` to matching subscribers and update retained state.
@@ -43,10 +61,11 @@ class IHub(Interface):
         """
 
     def route(message):
-        """`publish` without a Deferred per message: return ``(commit, full)``,
-        the store's shared `reactorapp.store.commit.Commit` that makes the
-        message durable (or None) and a list of Deferreds of subscribers over
-        their bounds (or None). The acknowledgement waits for all of them.
+        """`publish` without a Deferred per message: return None if the
+        message is placed, else the `reactorapp.hub.commit.Commit` that
+        fires once it is (durable where it was written, taken by subscribers
+        over their bounds). The acknowledgement waits for it; messages
+        written in one store batch share one `Commit`.
         """
 
     def subscribe(subscriber, topic_filter, qos):
@@ -59,8 +78,25 @@ class IHub(Interface):
     def unsubscribe(subscriber, topic_filter):
         """Remove one subscription; return whether it existed."""
 
+    def unsubscribe_all(subscriber, topic_filters):
+        """Remove each of ``subscriber``'s subscriptions to ``topic_filters``
+        (a session or stream that ends)."""
+
     def retained(topic_filter):
         """Return the retained messages that ``topic_filter`` matches."""
 
+    def restore_retained(messages):
+        """Put back retained messages read from the store at start-up."""
+
     def sessions():
         """Return the mapping of client id to session object."""
+
+    def get_session(client_id):
+        """Return the session registered for ``client_id``, or None."""
+
+    def add_session(client_id, session):
+        """Register ``session`` for ``client_id`` (replacing any other)."""
+
+    def remove_session(client_id, session=None):
+        """Forget ``client_id``'s session; with ``session`` given, only if it
+        is still the registered one (a newer connection may have replaced it)."""

@@ -14,6 +14,9 @@ class Message:
     Front ends never mutate a message once published; that is what lets them
     cache its wire form in ``encoded`` (keyed by whatever the front end
     needs, e.g. QoS and retain flag) and encode it once for all subscribers.
+
+    Equality is identity, like the hash: two publishes of the same bytes
+    are two messages (each has its own ``id``).
     """
 
     __slots__ = (
@@ -48,12 +51,3 @@ class Message:
             f"qos={self.qos}, retain={self.retain}, id={self.id})"
         )
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Message):
-            return NotImplemented
-        return (
-            self.topic == other.topic and self.payload == other.payload
-            and self.qos == other.qos and self.retain == other.retain
-        )
-
-    __hash__ = object.__hash__

@@ -68,6 +68,24 @@ def validate_topic(topic: str) -> None:
         )
 
 
+#: Where the broker publishes its own status; clients may not [§4.7.2].
+SYS_PREFIX = "$SYS"
+
+
+def is_broker_topic(topic: str) -> bool:
+    """True for the broker's own topics (``$SYS...``), which clients may
+    not publish to [§4.7.2] and the store does not keep."""
+    return topic.startswith(SYS_PREFIX)
+
+
+def validate_publish_topic(topic: str) -> None:
+    """Raise InvalidTopic unless a client may publish to ``topic``: a valid
+    topic name, not one of the broker's own."""
+    validate_topic(topic)
+    if topic.startswith(SYS_PREFIX):
+        raise InvalidTopic("Topics under $SYS belong to the broker.")
+
+
 def validate_filter(topic_filter: str) -> None:
     """Raise InvalidTopic unless ``topic_filter`` may be subscribed to."""
     _check_string(topic_filter, "topic filter")
@@ -234,14 +252,6 @@ class TopicTree:
 
     def __len__(self) -> int:
         return self._count
-
-    def filters(self) -> Iterator[str]:
-        """The filters with at least one subscriber (a snapshot, safe to unsubscribe while iterating)."""
-        return iter(list(self._filters))
-
-    def subscribers(self, topic_filter: str) -> dict[Hashable, int]:
-        """A copy of ``topic_filter``'s ``{subscriber: qos}``; empty if nobody subscribed."""
-        return dict(self._filters.get(topic_filter, ()))
 
     def add(self, topic_filter: str, subscriber: Hashable, qos: int) -> bool:
         """Subscribe; True if new, False if it replaced the QoS of an existing one [MQTT-3.8.4-3]."""

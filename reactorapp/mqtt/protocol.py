@@ -1,60 +1,47 @@
 """The Twisted side of MQTT: bytes in, calls to the session and hub out.
 
-Everything the specification asks of a server's connection handling lives
-here (CONNECT rules, keep-alive, QoS handshakes, wills); what a client is
-owed lives in its :class:`Session`; routing lives in the hub.
+A connected client's packets are handled here (QoS handshakes, keep-alive,
+wills, flow control); CONNECT and authentication in `reactorapp.mqtt.connect`;
+the order acknowledgements leave in, sans I/O, in `reactorapp.mqtt.acks`;
+the states and their handler tables in `reactorapp.mqtt.states`. What a
+client is owed lives in its :class:`Session`; routing lives in the hub.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections import deque
-
-from twisted.internet.defer import maybeDeferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from reactorapp.addresses import address_text
 from reactorapp.auth.guard import Guard
-from reactorapp.auth.interfaces import Identity, NotAuthorized
+from reactorapp.auth.interfaces import Identity
 from reactorapp.auth.limits import TokenBucket
-from reactorapp.auth.tls import peer_certificate
 from reactorapp.hub.flow import SLOW_REMEMBERED, Congestion, IInput
-from reactorapp.hub.hub import placed
 from reactorapp.hub.message import Message
-from reactorapp.hub.topics import is_valid_filter
+from reactorapp.hub.topics import SYS_PREFIX, is_valid_filter
 from reactorapp.mqtt import packets as P
+from reactorapp.mqtt.acks import AckLine
 from reactorapp.mqtt.codec import (
     MAX_CONNECT_SIZE, PINGRESP_BYTES, Parser, ProtocolError, UnsupportedProtocol, encode,
     encode_puback, encode_pubcomp, encode_publish, encode_publish_parts,
     encode_pubrec, encode_pubrel,
 )
+from reactorapp.mqtt.connect import ConnectHandling
+from reactorapp.mqtt.interfaces import IConnection
 from reactorapp.mqtt.session import MQTTSettings, Session
+from reactorapp.mqtt.states import AUTHENTICATING, AWAITING_CONNECT, CLOSED, CONNECTED
 from reactorapp.mqtt.timeouts import Timeouts
 from reactorapp.mqtt.writes import BATCH
-from reactorapp.store.commit import Commit
 
 log = Logger()
-
-# Connection states.
-AWAITING_CONNECT = 0
-CONNECTED = 1
-CLOSED = 2
-AUTHENTICATING = 3  # CONNECT received, the authenticator has not answered yet
-
-#: Packets a client may send between CONNECT and CONNACK (reading is paused
-#: meanwhile, so only what arrived with the CONNECT is ever held).
-MAX_HELD_PACKETS = 1000
 
 #: Highest QoS this broker grants.
 MAXIMUM_QOS = 2
 
-#: An acknowledgement's wait while a Deferred (back-pressure) has not fired.
-WAITING = object()
 
-
-@implementer(IInput)
-class MQTTProtocol(Protocol):
+@implementer(IInput, IConnection)
+class MQTTProtocol(ConnectHandling, Protocol):
     """One MQTT connection, server side.
 
     As an output it is its transport's streaming producer; as an input it
@@ -95,10 +82,9 @@ class MQTTProtocol(Protocol):
         self._read_pauses: set = set()
         self._bucket: TokenBucket | None = None
         self._throttle_call = None
-        #: Acknowledgements not sent yet, in order: [bytes, wait], where wait
-        #: is None once it may go, a store `Commit`, or WAITING for a Deferred.
-        #: (A deque once needed: an empty one costs 760 bytes per connection.)
-        self._acks: deque | tuple = ()
+        #: Acknowledgements not sent yet, in order (`reactorapp.mqtt.acks`).
+        #: (An `AckLine` once needed: an empty one costs 760 bytes.)
+        self._acks: AckLine | tuple = ()
         #: Output held while a read is handled, or None.
         self._out: list | None = None
         # Until CONNECT, anything else is refused from its first byte and
@@ -119,10 +105,9 @@ class MQTTProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._last_packet_at = self.clock.seconds()
-        address = _address(self.transport.getPeer())
-        if not self.guard.limiter.admit(address):
+        address = self.guard.admit(self.transport.getPeer())
+        if address is None:
             # Too many connections: close at once, before any work is done.
-            self.guard.stats.connections_refused += 1
             self.state = CLOSED
             self.transport.abortConnection()
             return
@@ -151,7 +136,7 @@ class MQTTProtocol(Protocol):
         answering it (acknowledgements, SUBACKs, PINGRESPs) cannot grow the
         buffer of a client that sends but does not read."""
         self.writable = False
-        if self._congestion is None and self.state != CLOSED:
+        if self._congestion is None and self.state is not CLOSED:
             session = self.session
             self._congestion = Congestion(
                 self.clock, self.settings.slow_subscriber_timeout, self._on_stuck,
@@ -162,7 +147,7 @@ class MQTTProtocol(Protocol):
         self.writable = True
         self._end_congestion()
         self._resume_reading("output")
-        if self.session is not None and self.state == CONNECTED:
+        if self.session is not None and self.state is CONNECTED:
             self.session.resume()
 
     def stopProducing(self) -> None:
@@ -226,7 +211,7 @@ class MQTTProtocol(Protocol):
                 batch.flush()
 
     def _handle_read(self, data: bytes) -> None:
-        if self.state == CLOSED:
+        if self.state is CLOSED:
             return  # [MQTT-3.1.4-5] [§3.14.4]: nothing after the end counts
         self.stats.bytes_received += len(data)
         try:
@@ -238,20 +223,15 @@ class MQTTProtocol(Protocol):
         if packets:
             self._last_packet_at = self.clock.seconds()
             self.stats.messages_received += len(packets)
-            handlers = self._HANDLERS
             for packet in packets:
-                if self.state == CONNECTED:
-                    handlers[type(packet)](self, packet)
-                elif self.state == AWAITING_CONNECT:
-                    self._on_first_packet(packet)
-                elif self.state == AUTHENTICATING:
-                    self._hold(packet)
-                else:
-                    return
-        if error is not None and self.state != CLOSED:
-            if self.state == AUTHENTICATING:
+                # The table of the state the connection is in now (a packet
+                # may change it: CONNECT, DISCONNECT, a protocol error).
+                self.state.handlers[type(packet)](self, packet)
+        state = self.state
+        if error is not None and state is not CLOSED:
+            if state is AUTHENTICATING:
                 self._hold(error)  # in its place, after the packets before it
-            elif isinstance(error, UnsupportedProtocol) and self.state == AWAITING_CONNECT:
+            elif isinstance(error, UnsupportedProtocol) and state is AWAITING_CONNECT:
                 # [MQTT-3.1.2-2]: a 3.1.1 CONNACK 0x01, then close.
                 self._refuse(P.ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION, error.reason)
             else:
@@ -264,7 +244,7 @@ class MQTTProtocol(Protocol):
         self._cancel_connect_timeout()
         self._cancel_throttle()
         if self._address is not None:
-            self.guard.limiter.release(self._address)
+            self.guard.release(self._address)
             self._address = None
         self._release_session()
         # [MQTT-3.1.2-8]: a will still held here was not cancelled by a
@@ -343,17 +323,10 @@ class MQTTProtocol(Protocol):
                  peer=self._peer(), client_id=self.client_id, reason=reason)
         self._close(abort=True)
 
-    def _refuse(self, return_code: int, reason: str) -> None:
-        """CONNACK with a non-zero code, then close [MQTT-3.2.2-5];
-        Session Present is 0 [MQTT-3.2.2-4]."""
-        log.info("Refusing {peer}: {reason}", peer=self._peer(), reason=reason)
-        self._write(encode(P.ConnAck(False, return_code)))
-        self._close(abort=False)
-
     def _close(self, abort: bool) -> None:
         """Stop reading and drop the connection; the will, if any, goes out
         from connectionLost."""
-        if self.state == CLOSED:
+        if self.state is CLOSED:
             return
         self.state = CLOSED
         self._stop_keepalive()
@@ -377,6 +350,18 @@ class MQTTProtocol(Protocol):
         self._release_session()
         self._close(abort=True)
         self._publish_will()
+
+    def disconnect(self) -> None:
+        """Drop the connection as on a protocol error (asked for over the
+        admin API): the will goes out from connectionLost."""
+        self._close(abort=True)
+
+    def describe(self) -> dict:
+        """`IConnection.describe`: for the admin API."""
+        transport = self.transport
+        return {"front_end": getattr(self.factory, "front_end", "mqtt"),
+                "keep_alive": self.keep_alive,
+                "peer": address_text(transport.getPeer()) if transport is not None else None}
 
     def _release_session(self) -> None:
         """Unbind from the session; a clean session ends with its connection."""
@@ -402,16 +387,14 @@ class MQTTProtocol(Protocol):
                 "Could not store the will of {client_id}", f, client_id=self.client_id))
 
     def _peer(self) -> str:
-        peer = self.transport.getPeer() if self.transport is not None else None
-        host = getattr(peer, "host", None)
-        return f"{host}:{peer.port}" if host is not None else str(peer)
+        return address_text(self.transport.getPeer() if self.transport is not None else None)
 
     # -- reading paused ------------------------------------------------
 
     def _pause_reading(self, reason: str) -> None:
         """Stop reading from the client (back-pressure) until every reason
         to pause is gone; TCP then slows the client down for us."""
-        if not self._read_pauses and self.state != CLOSED:
+        if not self._read_pauses and self.state is not CLOSED:
             self.transport.pauseProducing()
         self._read_pauses.add(reason)
 
@@ -419,7 +402,7 @@ class MQTTProtocol(Protocol):
         pauses = self._read_pauses
         if reason in pauses:
             pauses.discard(reason)
-            if not pauses and self.state != CLOSED:
+            if not pauses and self.state is not CLOSED:
                 self._last_packet_at = self.clock.seconds()
                 self.transport.resumeProducing()
 
@@ -472,150 +455,6 @@ class MQTTProtocol(Protocol):
             self.factory.keepalives.remove(self._keepalive_call, self)
             self._keepalive_call = None
 
-    # -- CONNECT ---------------------------------------------------------
-
-    def _on_first_packet(self, packet) -> None:
-        self._cancel_connect_timeout()
-        if type(packet) is not P.Connect:
-            # [MQTT-3.1.0-1]: close without CONNACK.
-            self._protocol_error(f"first packet was {type(packet).__name__}, not CONNECT")
-            return
-        self._on_connect(packet)
-
-    def _on_second_connect(self, packet) -> None:
-        self._protocol_error("second CONNECT on one connection")  # [MQTT-3.1.0-2]
-
-    def _on_connect(self, connect: P.Connect) -> None:
-        client_id = connect.client_id
-        if connect.protocol_level == P.MQTT_3_1 and not 0 < len(client_id) <= 23:
-            # MQTT 3.1 (section 3.1): a client id of 1 to 23 characters.
-            self._refuse(P.ConnectReturnCode.IDENTIFIER_REJECTED,
-                         "MQTT 3.1 client ids have 1 to 23 characters")
-            return
-        if not client_id:
-            if not connect.clean_session:
-                # [MQTT-3.1.3-8]
-                self._refuse(P.ConnectReturnCode.IDENTIFIER_REJECTED,
-                             "empty client id without Clean Session")
-                return
-            client_id = "auto-" + uuid.uuid4().hex  # [MQTT-3.1.3-6]
-        self.client_id = client_id
-        authenticator = self.guard.authenticator
-        if authenticator is None:
-            maybeDeferred(self._accept, connect, Identity(connect.username, client_id)
-                          ).addErrback(self._eb_accept)
-            return
-        # [§3.1.4]: authentication may take a while (scrypt runs on a thread).
-        # Packets sent behind the CONNECT wait, in order, and reading pauses.
-        self.state = AUTHENTICATING
-        self._held = []
-        d = maybeDeferred(authenticator.authenticate, connect.username, connect.password,
-                          client_id, self.transport.getPeer(), peer_certificate(self.transport))
-        d.addTimeout(self.settings.connect_timeout or 60.0, self.clock)
-        d.addCallbacks(self._cb_authenticated, self._eb_authenticated,
-                       callbackArgs=(connect,))
-        d.addErrback(self._eb_accept)
-        if self.state == AUTHENTICATING:
-            self._pause_reading("auth")
-
-    def _hold(self, item) -> None:
-        if len(self._held) >= MAX_HELD_PACKETS:
-            self._protocol_error("too many packets before CONNACK")
-            return
-        self._held.append(item)
-
-    def _cb_authenticated(self, identity, connect: P.Connect) -> None:
-        if self.state != AUTHENTICATING:
-            return  # closed meanwhile
-        if identity is None:
-            self.guard.stats.bad_credentials += 1
-            self._refuse(P.ConnectReturnCode.BAD_USERNAME_OR_PASSWORD,
-                         f"bad user name or password for {connect.username!r}")
-            return
-        self._resume_reading("auth")
-        self._accept(connect, identity)
-
-    def _eb_authenticated(self, failure) -> None:
-        if self.state != AUTHENTICATING:
-            return
-        if failure.check(NotAuthorized):
-            self.guard.stats.not_authorized += 1
-            self._refuse(P.ConnectReturnCode.NOT_AUTHORIZED, str(failure.value) or "not authorised")
-            return
-        log.failure("Could not authenticate {peer}", failure, peer=self._peer())
-        self._refuse(P.ConnectReturnCode.SERVER_UNAVAILABLE, "authentication failed")
-
-    def _eb_accept(self, failure) -> None:
-        """Accepting raised (a plugin authorizer, a bug): log it once, tell
-        the client (CONNACK 3 if no CONNACK went out yet) and close."""
-        log.failure("Could not accept {peer} ({client_id})", failure,
-                    peer=self._peer(), client_id=self.client_id)
-        if self.state in (AWAITING_CONNECT, AUTHENTICATING):
-            self._refuse(P.ConnectReturnCode.SERVER_UNAVAILABLE, "accepting the connection failed")
-        else:
-            self._close(abort=True)
-
-    def _accept(self, connect: P.Connect, identity: Identity) -> None:
-        """The client is who it says: apply the session rules, CONNACK 0,
-        then handle what it sent while it waited."""
-        client_id = self.client_id
-        will = connect.will
-        if (will is not None and self.authorizer is not None
-                and not self.authorizer.can_publish(identity, will.topic)):
-            self.guard.stats.not_authorized += 1
-            self._refuse(P.ConnectReturnCode.NOT_AUTHORIZED,
-                         f"will topic {will.topic!r} not allowed")
-            return
-        self.identity = identity
-        self.keep_alive = min(connect.keep_alive, self.settings.max_keepalive)
-        self.will = will
-        if self.settings.publish_rate:
-            self._bucket = TokenBucket(self.settings.publish_rate,
-                                       self.settings.publish_burst, self.clock)
-
-        hub = self.hub
-        session = hub.get_session(client_id)
-        if (session is not None and session.identity is not None
-                and session.identity.username != identity.username):
-            # A session belongs to the user who made it: another user with
-            # the same client id starts afresh and never sees its messages.
-            if session.connection is not None:
-                session.connection.take_over()
-            session.discard()
-            session = None
-        if session is not None and session.connection is not None:
-            session.connection.take_over()
-        if session is not None and (connect.clean_session or not session.persistent):
-            session.discard()  # [MQTT-3.1.2-6]
-            session = None
-        # [MQTT-3.2.2-1..3]; in MQTT 3.1 that byte is reserved, always 0.
-        session_present = session is not None and connect.protocol_level != P.MQTT_3_1
-        if session is None:
-            session = Session(client_id, not connect.clean_session, hub, self.settings)
-            hub.add_session(client_id, session)
-        session.identity = identity
-        session.may_read = self.guard.read_filter(identity)
-        self.session = session
-        self.state = CONNECTED
-        self.stats.client_connected()
-        # [MQTT-3.2.0-1]: CONNACK goes out before anything queued.
-        self._write(encode(P.ConnAck(session_present, P.ConnectReturnCode.ACCEPTED)))
-        self._start_keepalive()
-        session.attach(self)
-        held, self._held = self._held, None
-        if held:
-            self._replay(held)
-
-    def _replay(self, held: list) -> None:
-        handlers = self._HANDLERS
-        for item in held:
-            if self.state != CONNECTED:
-                return
-            if isinstance(item, ProtocolError):
-                self._protocol_error(item.reason)
-                return
-            handlers[type(item)](self, item)
-
     # -- PUBLISH from the client -----------------------------------------
 
     def _on_publish(self, publish: P.Publish) -> None:
@@ -632,7 +471,7 @@ class MQTTProtocol(Protocol):
             # never forwarded twice.
             self._acknowledge(None, encode_pubrec(publish.packet_id))
             return
-        if publish.topic.startswith("$SYS"):
+        if publish.topic.startswith(SYS_PREFIX):  # `is_broker_topic`, inlined: hot path
             # Clients may not write the broker's own status [§4.7.2]; the
             # publish is acknowledged and dropped [MQTT-3.3.5-2].
             self.stats.publish_dropped += 1
@@ -646,45 +485,30 @@ class MQTTProtocol(Protocol):
         else:
             message = Message(publish.topic, publish.payload, qos, publish.retain,
                               sender=self.client_id)
-            wait, full = self.hub.route(message)
-            if full is not None:  # subscribers over their bounds (rare)
-                wait = placed(wait, full)
+            wait = self.hub.route(message)
         if qos == 1:
             self._acknowledge(wait, encode_puback(publish.packet_id))
         elif qos == 2:
             self.session.awaiting_pubrel.add(publish.packet_id)
             self._acknowledge(wait, encode_pubrec(publish.packet_id))
         elif wait is not None:  # QoS 0 is never waited for; failures are logged
-            if isinstance(wait, Commit):
-                wait = wait.deferred()
-            wait.addErrback(self._eb_store)
+            wait.add(self._on_qos0_placed)
 
     def _acknowledge(self, wait, data: bytes) -> None:
         """Send PUBACK/PUBREC/PUBCOMP once the message is placed, in the order
         the packets arrived [MQTT-4.6.0-2] [MQTT-4.6.0-3].
 
-        ``wait`` is None (placed), the store's `Commit` (durable when it
-        fires: one callback per batch, not per message) or a Deferred.
+        ``wait`` is None (placed) or the hub's `Commit` (placed when it
+        fires: one callback per store batch, not per message).
         """
         acks = self._acks
         if wait is None and not acks:
             self._write(data)
             return
         if not acks:
-            acks = self._acks = deque()
-        if wait is None:
-            acks.append([data, None])
-        elif isinstance(wait, Commit):
-            # Once per commit: the acknowledgement before this one waits for
-            # the same commit if it is in the same batch. (No attribute to
-            # remember it by: one more would cost every connection 1.3 KB.)
-            if not acks or acks[-1][1] is not wait:
-                wait.add(self._on_commit)  # runs now if the store has failed
-            acks.append([data, wait])
-        else:
-            entry = [data, WAITING]
-            acks.append(entry)
-            wait.addCallbacks(self._cb_placed, self._eb_not_placed, callbackArgs=(entry,))
+            acks = self._acks = AckLine()
+        if acks.add(data, wait):
+            wait.add(self._on_commit)  # runs now if it has failed already
         if len(acks) >= self.settings.max_pending_acks:
             # Its messages cannot be placed as fast as it sends them (a slow
             # store or full subscribers): stop reading from this publisher.
@@ -692,25 +516,16 @@ class MQTTProtocol(Protocol):
 
     def _on_commit(self, failure) -> None:
         if failure is not None:
-            self._eb_not_placed(failure)
+            self._ebNotPlaced(failure)
         else:
             self._send_acks()
-
-    def _cb_placed(self, _result, entry) -> None:
-        entry[1] = None
-        self._send_acks()
 
     def _send_acks(self) -> None:
         """Write, in one go, the acknowledgements at the head of the line
         that may go now."""
         acks = self._acks
-        ready = []
-        while acks:
-            wait = acks[0][1]
-            if wait is not None and (wait is WAITING or not wait.done):
-                break
-            ready.append(acks.popleft()[0])
-        if ready and self.state == CONNECTED:
+        ready = acks.ready()
+        if ready and self.state is CONNECTED:
             data = ready[0] if len(ready) == 1 else b"".join(ready)
             self._send(data)
             stats = self.stats
@@ -719,7 +534,7 @@ class MQTTProtocol(Protocol):
         if len(acks) < self.settings.max_pending_acks:
             self._resume_reading("acks")
 
-    def _eb_not_placed(self, failure) -> None:
+    def _ebNotPlaced(self, failure) -> None:
         """The message could not be made durable: no acknowledgement may go
         out for it, so drop the connection; the client will re-send."""
         log.failure("Could not place a message from {client_id}", failure,
@@ -727,9 +542,10 @@ class MQTTProtocol(Protocol):
         self._acks.clear()
         self._close(abort=True)
 
-    def _eb_store(self, failure) -> None:
-        log.failure("Could not place a QoS 0 message from {client_id}", failure,
-                    client_id=self.client_id)
+    def _on_qos0_placed(self, failure) -> None:
+        if failure is not None:
+            log.failure("Could not place a QoS 0 message from {client_id}", failure,
+                        client_id=self.client_id)
 
     def _on_pubrel(self, pubrel: P.PubRel) -> None:
         # [MQTT-4.3.3-2]: always answer, even for an id no longer held.
@@ -790,6 +606,9 @@ class MQTTProtocol(Protocol):
 
     # -- the rest ------------------------------------------------------------
 
+    def _on_second_connect(self, packet) -> None:
+        self._protocol_error("second CONNECT on one connection")  # [MQTT-3.1.0-2]
+
     def _on_pingreq(self, _packet) -> None:
         self._write(PINGRESP_BYTES)  # [MQTT-3.12.4-1]
 
@@ -814,27 +633,33 @@ class MQTTProtocol(Protocol):
     }
 
 
-def _address(peer) -> str:
-    """The source address connections are counted by (per IP, not per port)."""
-    host = getattr(peer, "host", None)
-    return host if host is not None else type(peer).__name__
+def _ignore(protocol, packet) -> None:
+    """Closed: nothing after the end counts [MQTT-3.1.4-5] [§3.14.4]."""
+
+
+# What a packet does, by state: one table each, shared by all connections.
+_PACKET_TYPES = tuple(MQTTProtocol._HANDLERS)
+CONNECTED.handlers.update(MQTTProtocol._HANDLERS)
+AWAITING_CONNECT.handlers.update(dict.fromkeys(_PACKET_TYPES, MQTTProtocol._on_first_packet))
+AUTHENTICATING.handlers.update(dict.fromkeys(_PACKET_TYPES, MQTTProtocol._hold))
+CLOSED.handlers.update(dict.fromkeys(_PACKET_TYPES, _ignore))
 
 
 class MQTTFactory(Factory):
     """Builds MQTT connections bound to one hub."""
 
     protocol = MQTTProtocol
-    #: Who may connect and what they may do; the service replaces this
-    #: open default, shared with the HTTP front end.
-    guard = Guard()
     #: The largest CONNECT accepted, in bytes (fixed header included).
     max_connect_size = MAX_CONNECT_SIZE
 
     def __init__(self, hub, clock, settings: MQTTSettings | None = None,
-                 front_end: str = "mqtt") -> None:
+                 front_end: str = "mqtt", guard: Guard | None = None) -> None:
         self.hub = hub
         self.clock = clock
         self.settings = settings if settings is not None else MQTTSettings()
+        #: Who may connect and what they may do: an open one of its own by
+        #: default; the service sets the one shared with the HTTP front end.
+        self.guard = guard if guard is not None else Guard()
         #: Names this factory's connections in the hub's traffic counters
         #: ("mqtt" for TCP, TLS and Unix sockets, "websocket" over HTTP).
         self.front_end = front_end

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from reactorapp.hub.commit import placed
 from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.mqtt.backlog import Backlog
 
@@ -124,7 +125,6 @@ class Session:
         #: When the client went away (the hub's clock), None while connected;
         #: a restored session counts from start-up (--session-expiry).
         self.detached_at = hub.clock.seconds() if stored else None
-        self.dropped = 0
         #: The client's ACL check on topics it receives, or None with no ACL.
         self.may_read = None
         #: Who the client authenticated as (a persistent session keeps its owner).
@@ -165,27 +165,32 @@ class Session:
             # default queue_qos0_messages false) [MQTT-3.1.2-5].
             return None
         queue = self.queue
+        # A persistent session's write is waited for by live traffic only:
+        # retained messages sent for a SUBSCRIBE ride along with a later batch.
+        store = self.store if not retained else None
         if (connection is not None and (connection.writable or connection.hold_input())
                 and not queue and len(self.inflight) < self.settings.max_inflight):
             self._send_new(connection, message, qos, retained, self._keep(message, qos, retained))
-            return None
+            # A persistent session wrote it: acknowledged once durable.
+            return None if store is None else store.pending_commit()
         if (connection is None or retained) and queue.full(message):
             # No room in memory nor on disk, and no publisher to hold back:
             # the client is offline, or these are retained messages sent
             # for a SUBSCRIBE (a client repeating it cannot grow the queue
             # past its bounds). Refused, counted.
-            self.dropped += 1
             self.hub.stats.queue_refused += 1
             self.hub.stats.publish_dropped += 1
             return None
         queue.append((message, qos, retained, self._keep(message, qos, retained)))
+        commit = None if store is None else store.pending_commit()
         if connection is not None and not retained and queue.full():
-            return queue.wait()  # back-pressure: the publisher's ack waits
-        return None
+            # Back-pressure: the publisher's acknowledgement waits for room.
+            return queue.wait() if commit is None else placed(commit, [queue.wait()])
+        return commit
 
     def _keep(self, message, qos, retained) -> int:
-        """Write a message a persistent session owes to the store (the hub
-        waits for it before acknowledging); return its number there."""
+        """Write a message a persistent session owes to the store (`deliver`
+        returns the store's `Commit` for it); return its number there."""
         store = self.store
         if store is None:
             return 0
@@ -211,13 +216,13 @@ class Session:
         self._unsent.append((packet_id, flight))  # behind earlier ones, in order
         if durable is not None:
             flight.ready = False
-            durable.addCallbacks(self._cb_stored, self._eb_stored, callbackArgs=(flight,))
+            durable.addCallbacks(self._cbStored, self._ebStored, callbackArgs=(flight,))
 
-    def _cb_stored(self, _result, flight) -> None:
+    def _cbStored(self, _result, flight) -> None:
         flight.ready = True
         self._send_unsent()
 
-    def _eb_stored(self, failure) -> None:
+    def _ebStored(self, failure) -> None:
         log.failure("Could not store a packet id for {client_id}; the message is held back",
                     failure, client_id=self.client_id)
 

@@ -13,14 +13,13 @@ Subclass `HubFactory` to say which protocol it builds and under which name.
 
 from __future__ import annotations
 
-import os
-
 from twisted.internet.defer import maybeDeferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from reactorapp.addresses import address_text
 from reactorapp.api import HubClient, NotAuthorized
 from reactorapp.auth.guard import Guard
 from reactorapp.auth.tls import peer_certificate
@@ -66,9 +65,8 @@ class HubProtocol(Protocol):
         self._held = None  # bytes read but not parsed yet, while requests wait
         self._readPaused = False
         guard = self.factory.guard
-        address = str(getattr(transport.getPeer(), "host", "local"))
-        if not guard.limiter.admit(address):
-            guard.stats.connections_refused += 1
+        address = guard.admit(transport.getPeer())
+        if address is None:
             self.transport = transport
             transport.abortConnection()
             return
@@ -90,7 +88,7 @@ class HubProtocol(Protocol):
         self.connected = False
         self.hub.close()
         if self._address is not None:
-            self.factory.guard.limiter.release(self._address)
+            self.factory.guard.release(self._address)
             self._address = None
         self.log.debug("{client} disconnected: {reason}",
                        client=self.hub.client_id, reason=reason.getErrorMessage())
@@ -225,17 +223,9 @@ class HubFactory(Factory):
 
     def makeClient(self, addr) -> HubClient:
         """The `HubClient` for a connection from ``addr``."""
-        return HubClient(self.hub, f"{self.name}:{_peer(addr)}",
+        return HubClient(self.hub, f"{self.name}:{address_text(addr)}",
                          front_end=self.name, guard=self.guard)
 
 
 def _ignoreNotAuthorized(failure) -> None:
     failure.trap(NotAuthorized)
-
-
-def _peer(addr) -> str:
-    host, port = getattr(addr, "host", None), getattr(addr, "port", None)
-    if host is not None and port is not None:
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    name = getattr(addr, "name", None)  # a Unix socket's path, often unnamed
-    return os.fsdecode(name) if name else "local"

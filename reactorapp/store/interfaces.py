@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 
 from zope.interface import Attribute, Interface
 
-from reactorapp.config import ConfigError
+from reactorapp.errors import SetupError
 
 
-class StoreError(ConfigError):
+class StoreError(SetupError):
     """The store cannot be opened as it is; the message is one sentence.
 
-    A `ConfigError`, because the operator has to act (move a file, free the
+    A `SetupError`, because the operator has to act (move a file, free the
     data directory, upgrade reactorapp) before the hub can start.
     """
 
@@ -65,9 +65,7 @@ class IStore(Interface):
     is durable, every write made before it is durable too.
     """
 
-    writes = Attribute(
-        "How many writes were accepted so far. The hub compares it before and"
-        " after delivering a message to learn whether anything was written.")
+    writes = Attribute("How many writes were accepted so far (for tests and tuning).")
 
     writable = Attribute(
         "False while writes fail and are being tried again (a full disk): what"
@@ -119,7 +117,7 @@ class IStore(Interface):
 
     def pending_commit():
         """Return None if every write so far is durable, else the
-        `reactorapp.store.commit.Commit` that makes them durable (or fails).
+        `reactorapp.hub.commit.Commit` that makes them durable (or fails).
 
         Everybody who writes during one batch gets the same `Commit`, so a
         connection can wait once per batch instead of once per message.

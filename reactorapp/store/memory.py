@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.internet.defer import fail, succeed
 from zope.interface import implementer
 
-from reactorapp.store.commit import Commit
+from reactorapp.hub.commit import Commit
 from reactorapp.store.interfaces import (
     IStore, StoreClosed, StoredMessage, StoredSession, StoredState,
 )

@@ -48,7 +48,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
             client_id TEXT NOT NULL, packet_id INTEGER NOT NULL,
             PRIMARY KEY (client_id, packet_id)) WITHOUT ROWID""",
     ),
-    # Webhook rules, the outbox and dead letters (reactorapp/store/webhooks_sqlite.py).
+    # Webhook rules, the outbox and dead letters (reactorapp/webhooks/sqlitestore.py).
     # IF NOT EXISTS: they were once created outside the migrations, so some
     # databases at version 1 have them already.
     (

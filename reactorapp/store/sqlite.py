@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from reactorapp.hub.message import Message
-from reactorapp.store.commit import Commit
+from reactorapp.hub.commit import Commit
 from reactorapp.store.interfaces import (
     IStore, StoreClosed, StoredMessage, StoredSession, StoredState, StoreError,
 )

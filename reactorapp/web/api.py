@@ -12,12 +12,13 @@ from urllib.parse import unquote_to_bytes
 from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
-from reactorapp.auth.http import read_filter, require_publish
+from reactorapp.addresses import address_text
 from reactorapp.hub.flow import Caller
 from reactorapp.hub.message import Message
 from reactorapp.web.errors import (
     ApiError, Body, JSONResource, bad_request, not_found,
 )
+from reactorapp.web.guard import read_filter, require_publish
 from reactorapp.web.messages import (
     check_topic, message_json, parse_batch, parse_publish, query_bool, query_filters, query_qos,
 )
@@ -35,16 +36,16 @@ def _publish(hub, traffic, topic: str, payload: bytes, qos: int, retain: bool):
     answer = {"id": message.id, "topic": topic, "qos": qos, "retain": retain}
     if durable is None:
         return answer
-    return durable.addCallbacks(lambda _: answer, _eb_not_placed, errbackArgs=(topic,))
+    return durable.addCallbacks(lambda _: answer, _ebNotPlaced, errbackArgs=(topic,))
 
 
-def _eb_not_placed(failure, topic):
+def _ebNotPlaced(failure, topic):
     log.failure("Could not place a message to {topic} published over HTTP", failure, topic=topic)
     raise ApiError(503, "not stored",
                    "The message could not be stored; it may not be delivered. Try again.")
 
 
-def _eb_batch_not_placed(failure, count):
+def _ebBatchNotPlaced(failure, count):
     log.failure("Could not place a batch of {count} messages published over HTTP", failure,
                 count=count)
     raise ApiError(503, "not stored",
@@ -99,13 +100,11 @@ class Publish(JSONResource):
         try:
             for topic, payload, qos, retain in messages:
                 message = Message(topic, payload, qos, retain)
-                commit, full = route(message)
+                commit = route(message)
                 received[qos] += 1
                 results.append({"id": message.id, "topic": topic, "qos": qos, "retain": retain})
                 if commit is not None:
                     commits[id(commit)] = commit
-                if full is not None:
-                    waits.extend(full)
         finally:
             if caller is not None:
                 flow.current = None
@@ -116,7 +115,7 @@ class Publish(JSONResource):
             return results
         waits.extend(commit.deferred() for commit in commits.values())
         done = waits[0] if len(waits) == 1 else gatherResults(waits, consumeErrors=True)
-        return done.addCallbacks(lambda _: results, _eb_batch_not_placed,
+        return done.addCallbacks(lambda _: results, _ebBatchNotPlaced,
                                  errbackArgs=(len(results),))
 
 
@@ -168,7 +167,8 @@ class Retained(JSONResource):
 
 
 def session_json(session) -> dict:
-    """What the admin API shows of one session (and its connection, if any)."""
+    """What the admin API shows of one session (and its connection, if any,
+    through `reactorapp.mqtt.interfaces.IConnection` only)."""
     connection = session.connection
     info = {
         "client_id": session.client_id,
@@ -179,19 +179,8 @@ def session_json(session) -> dict:
         "queued": len(session.queue),
     }
     if connection is not None:
-        info["front_end"] = getattr(connection.factory, "front_end", "mqtt")
-        info["keep_alive"] = connection.keep_alive
-        transport = connection.transport
-        info["peer"] = address_text(transport.getPeer()) if transport is not None else None
+        info.update(connection.describe())
     return info
-
-
-def address_text(address) -> str:
-    """host:port for an IP address, the path or a repr for anything else."""
-    host = getattr(address, "host", None)
-    if host is not None:
-        return f"{host}:{address.port}"
-    return str(getattr(address, "name", address))
 
 
 def _connected(hub) -> list:
@@ -241,7 +230,7 @@ class Client(JSONResource):
         session = self._session()
         log.info("Disconnecting client {client_id} as asked over HTTP by {peer}",
                  client_id=session.client_id, peer=address_text(request.getClientAddress()))
-        session.connection.transport.abortConnection()
+        session.connection.disconnect()
         return None
 
 

@@ -47,8 +47,14 @@ def not_found(detail: str) -> ApiError:
     return ApiError(404, "not found", detail)
 
 
+def compact_json(value) -> bytes:
+    """``value`` as compact UTF-8 JSON: answers, events and webhook bodies."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def json_bytes(value) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    """A JSON answer's body: compact, one line."""
+    return compact_json(value) + b"\n"
 
 
 def write_json(request, value, code: int = 200) -> bytes:

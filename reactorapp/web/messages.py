@@ -7,24 +7,28 @@ import binascii
 import json
 from urllib.parse import parse_qsl, urlsplit
 
-from reactorapp.hub.topics import InvalidTopic, validate_filter, validate_topic
+from reactorapp.hub.topics import InvalidTopic, validate_filter, validate_publish_topic
 from reactorapp.web.errors import ApiError, bad_request
 
 PUBLISH_FIELDS = ("topic", "payload", "encoding", "qos", "retain")
 ENCODINGS = ("utf-8", "base64")
 
 
+def payload_fields(payload: bytes) -> dict:
+    """``payload`` and ``encoding`` for a JSON document (the API, SSE,
+    webhooks): text as text, anything else in base64."""
+    try:
+        return {"payload": payload.decode("utf-8"), "encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"payload": base64.b64encode(payload).decode("ascii"), "encoding": "base64"}
+
+
 def message_json(message, qos: int | None = None, retained: bool | None = None) -> dict:
     """A message as the API shows it: text payloads as text, others in base64."""
-    try:
-        payload, encoding = message.payload.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        payload, encoding = base64.b64encode(message.payload).decode("ascii"), "base64"
     return {
         "id": message.id,
         "topic": message.topic,
-        "payload": payload,
-        "encoding": encoding,
+        **payload_fields(message.payload),
         "qos": message.qos if qos is None else qos,
         "retain": message.retain if retained is None else retained,
         "timestamp": message.timestamp,
@@ -170,11 +174,9 @@ def _payload(value, encoding: str) -> bytes:
 def check_topic(topic) -> str:
     """A topic an HTTP client may publish to, or a 400."""
     try:
-        validate_topic(topic)
+        validate_publish_topic(topic)
     except InvalidTopic as e:
         raise bad_request(str(e), "bad topic") from None
-    if topic.startswith("$SYS"):
-        raise bad_request("Topics under $SYS belong to the broker.", "bad topic")
     return topic
 
 

@@ -8,6 +8,7 @@ from io import BytesIO
 from twisted.logger import Logger
 from twisted.web import http, server
 
+from reactorapp.addresses import address_key
 from reactorapp.auth.limits import ConnectionLimiter
 
 from reactorapp.web.api import Clients, OpenAPI, Publish, Retained, Sessions, Stats, Topics
@@ -152,7 +153,7 @@ class WebSite(server.Site):
         self.refused = 0
 
     def buildProtocol(self, addr):
-        address = getattr(addr, "host", None) or type(addr).__name__
+        address = address_key(addr)
         if not self.limiter.admit(address):
             self.refused += 1
             return None  # the listening port closes the connection

@@ -17,9 +17,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from reactorapp.auth.http import read_filter, require_subscribe
 from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.web.errors import STREAMING, ApiError, Body, JSONResource, bad_request
+from reactorapp.web.guard import read_filter, require_subscribe
 from reactorapp.web.messages import query_bool, query_filters, query_qos, query_text
 from reactorapp.web.streams import DEFAULT_EXPIRY, MAX_EXPIRY, event_data
 
@@ -71,7 +71,7 @@ class EventStream:
         self.heartbeat = heartbeat
         self.paused = False
         self.closed = False
-        #: The reader's ACL check on topics (`reactorapp.auth.http.read_filter`), or None.
+        #: The reader's ACL check on topics (`reactorapp.web.guard.read_filter`), or None.
         self.may_read = None
         #: (event bytes, qos) waiting while the client is slow.
         self.buffer: list[tuple[bytes, int]] = []

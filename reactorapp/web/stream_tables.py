@@ -6,6 +6,8 @@ The SQLite tables ride on the `SQLiteStore` (its public ``write``,
 the same group commit as the rest of a publish, so the publisher's answer
 waits for it like for an MQTT persistent session. The tables are part of the
 store's schema (``reactorapp.store.schema.MIGRATIONS``, version 3).
+
+``IStreamTables(store)`` picks them for the hub's store (adapters below).
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ import ast
 import json
 from dataclasses import dataclass, field
 
+from twisted.python.components import registerAdapter
+from zope.interface import Attribute, Interface, implementer
+
 from reactorapp.hub.message import Message
+from reactorapp.store.interfaces import IStore
+from reactorapp.store.sqlite import SQLiteStore
 
 _SAVE = ("INSERT INTO stream_sessions (name, owner, qos, filters, expiry, detached_at, acked)"
          " VALUES (?, ?, ?, ?, ?, NULL, ?) ON CONFLICT (name) DO UPDATE SET"
@@ -46,6 +53,36 @@ class StoredStreamSession:
     events: list[tuple] = field(default_factory=list)
 
 
+class IStreamTables(Interface):
+    """Where named stream sessions and their owed events are kept. Writes
+    are recorded in the reactor thread, in order, like `IStore`'s."""
+
+    durable = Attribute("True if what is written survives a restart.")
+
+    def load():
+        """Every `StoredStreamSession` (at start-up, before any write)."""
+
+    def save(name, owner, qos, filters, expiry, acked):
+        """Create or update a session."""
+
+    def detached(name, when):
+        """Record that the session's last stream ended at ``when``."""
+
+    def enqueue(name, seq, message, qos, retained):
+        """Keep an event the session owes under its id ``seq``."""
+
+    def ack(name, seq):
+        """Forget the events up to ``seq``, acknowledged by the client."""
+
+    def remove(name):
+        """Forget a session and its events."""
+
+    def pending_commit():
+        """None if every write so far is durable, else the
+        `reactorapp.hub.commit.Commit` that makes them durable."""
+
+
+@implementer(IStreamTables)
 class MemoryStreamTables:
     """Nothing is kept beyond the process: every write is a no-op."""
 
@@ -73,6 +110,7 @@ class MemoryStreamTables:
         return None
 
 
+@implementer(IStreamTables)
 class SQLiteStreamTables:
     """The two tables in the hub's SQLite database."""
 
@@ -132,3 +170,7 @@ def _read(connection) -> list[StoredStreamSession]:
                           sender or None, timestamp)
         session.events.append((seq, message, qos, bool(retained)))
     return list(sessions.values())
+
+
+registerAdapter(SQLiteStreamTables, SQLiteStore, IStreamTables)
+registerAdapter(lambda store: MemoryStreamTables(), IStore, IStreamTables)

@@ -25,14 +25,15 @@ acknowledges them (EventSource does it by itself, after a short delay).
 
 from __future__ import annotations
 
-import json
 from collections import deque
 
 from twisted.application.service import Service
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from reactorapp.hub.commit import placed
 from reactorapp.hub.interfaces import ISubscriber
+from reactorapp.web.errors import compact_json
 from reactorapp.web.messages import message_json
 
 log = Logger()
@@ -60,9 +61,8 @@ def event_data(message, qos: int, retained: bool) -> bytes:
     key = ("sse-data", qos, retained)
     data = cache.get(key)
     if data is None:
-        body = json.dumps(message_json(message, qos, retained), ensure_ascii=False,
-                          separators=(",", ":"))
-        data = cache[key] = b"data: %s\n\n" % body.encode("utf-8")
+        body = compact_json(message_json(message, qos, retained))
+        data = cache[key] = b"data: %s\n\n" % body
     return data
 
 
@@ -138,32 +138,35 @@ class StreamSession:
             return None
         self.seq = seq = self.seq + 1
         self.tables.enqueue(self.name, seq, message, qos, retained)
-        self._watch_commit(seq)
+        commit = self._watch_commit(seq)
         queue.append((message, qos, retained, seq))
         if stream is not None:
             self._pump()
             if not retained and queue.full():
-                return queue.wait()  # back-pressure: the publisher's answer waits
-        return None
+                # Back-pressure: the publisher's answer waits for room.
+                return queue.wait() if commit is None else placed(commit, [queue.wait()])
+        return commit  # the publisher's answer waits until the event is durable
 
     def _dropped(self) -> None:
         self.dropped += 1
         self.hub.stats.publish_dropped += 1
 
-    def _watch_commit(self, seq: int) -> None:
+    def _watch_commit(self, seq: int):
         """Learn when the event ``seq`` is durable: it is written to a stream
-        only then, so that no id a client holds is lost in a crash."""
+        only then, so that no id a client holds is lost in a crash. Return
+        the `Commit` that makes it durable, or None."""
         commit = self.tables.pending_commit() if self.tables.durable else None
         if commit is None:
             self.durable_seq = seq
-            return
+            return None
         watch = self._watch
         if watch is not None and watch[0] is commit:
             watch[1][0] = seq
-            return
+            return commit
         highest = [seq]
         self._watch = (commit, highest)
         commit.add(lambda failure: self._committed(failure, highest))
+        return commit
 
     def _committed(self, failure, highest) -> None:
         if self._watch is not None and self._watch[1] is highest:

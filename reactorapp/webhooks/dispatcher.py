@@ -24,12 +24,17 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import (
+    Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone,
+)
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from treq.client import HTTPClient
 from zope.interface import implementer
 
@@ -49,10 +54,10 @@ def make_client(reactor, *, persistent: bool = True, max_per_host: int = 64,
     connection, which is only useful to measure what the pool saves.
     """
     pool = HTTPConnectionPool(reactor, persistent=persistent)
-    pool._factory = _QuietClientFactory
     pool.maxPersistentPerHost = max_per_host
     pool.retryAutomatically = False  # retries are ours, with back-off
-    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
+    agent = Agent.usingEndpointFactory(reactor, _QuietEndpoints(reactor, connect_timeout),
+                                       pool=pool)
     return HTTPClient(agent, data_to_body_producer=_Body), pool
 
 
@@ -85,11 +90,43 @@ class _Body:
         pass
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """Twisted logs the start and stop of every client connection's factory;
-    with one connection per request (no pool), that is two lines a delivery."""
+@implementer(IAgentEndpointFactory)
+class _QuietEndpoints:
+    """The endpoints `Agent` would make (TCP, TLS checked as a browser
+    does), whose connections do not log.
 
-    noisy = False
+    Twisted logs the start and stop of every client connection's factory;
+    with one connection per request (no pool), that is two lines a delivery.
+    """
+
+    def __init__(self, reactor, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._timeout = connect_timeout
+        self._tls = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri):
+        try:
+            host = uri.host.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"the host {uri.host!r} is not ASCII") from None
+        endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        elif uri.scheme != b"http":
+            raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
+        return _Quiet(endpoint)
+
+
+@implementer(IStreamClientEndpoint)
+class _Quiet:
+    """An endpoint whose factories are told not to log their start and stop."""
+
+    def __init__(self, endpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, factory):
+        factory.noisy = False
+        return self._endpoint.connect(factory)
 
 
 @dataclass(frozen=True, slots=True)

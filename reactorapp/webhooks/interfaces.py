@@ -8,10 +8,14 @@ class IWebhookStore(Interface):
 
     It follows `reactorapp.store.interfaces.IStore` and shares the hub's
     store where there is one: writes are only recorded, in order, in the
-    reactor thread, and count in that store's ``writes``, so the hub learns
-    that a publish wrote to the outbox and waits for `sync` before the
-    publisher is acknowledged. Reads see every write recorded before them.
-    Delivery ids are chosen by the caller and never reused.
+    reactor thread, and become durable with that store's batches, so a
+    publish that wrote to the outbox is acknowledged once `pending_commit`
+    fires. Reads see every write recorded before them. Delivery ids are
+    chosen by the caller and never reused.
+
+    Pick the one for a hub's store by adaptation: ``IWebhookStore(store)``
+    (registered in `reactorapp.webhooks.sqlitestore` and
+    `reactorapp.webhooks.memorystore`).
     """
 
     durable = Attribute("True if what is stored survives a restart.")
@@ -44,6 +48,10 @@ class IWebhookStore(Interface):
     def revive(dead_id, delivery):
         """Replace dead letter ``dead_id`` by ``delivery`` (the same message
         under a new id) in the outbox."""
+
+    def pending_commit():
+        """None if every write so far is durable, else the
+        `reactorapp.hub.commit.Commit` that makes them durable."""
 
     def sync():
         """None if every write so far is durable, else a Deferred that fires

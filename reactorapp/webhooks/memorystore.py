@@ -1,10 +1,17 @@
-"""A webhook store in memory: for tests and for hubs that keep no state."""
+"""A webhook store in memory: for tests and for hubs that keep no state.
+
+``IWebhookStore(store)`` gives one for any `IStore` that has no webhook
+tables of its own (an adapter; `reactorapp.webhooks.sqlitestore` registers
+the SQLite one).
+"""
 
 from __future__ import annotations
 
 from twisted.internet.defer import succeed
+from twisted.python.components import registerAdapter
 from zope.interface import implementer
 
+from reactorapp.store.interfaces import IStore
 from reactorapp.webhooks.delivery import WebhookState
 from reactorapp.webhooks.interfaces import IWebhookStore
 
@@ -85,6 +92,9 @@ class MemoryWebhookStore:
         self.tables.dead.pop(dead_id, None)
         self.tables.outbox[delivery.id] = delivery
 
+    def pending_commit(self):
+        return self.store.pending_commit() if self.store is not None else None
+
     def sync(self):
         return self.store.sync() if self.store is not None else None
 
@@ -103,3 +113,6 @@ class MemoryWebhookStore:
     def dead_letter(self, rule, dead_id):
         found = self.tables.dead.get(dead_id)
         return succeed(found if found is not None and found.delivery.rule == rule else None)
+
+
+registerAdapter(MemoryWebhookStore, IStore, IWebhookStore)

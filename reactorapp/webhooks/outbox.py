@@ -162,16 +162,18 @@ class RuleOutbox:
 
     def deliver(self, message, qos, retained):
         """Queue ``message`` (live traffic only: retained messages sent on
-        subscription are not pushed)."""
+        subscription are not pushed). Return the store's `Commit` that makes
+        a QoS 1/2 delivery durable, or None."""
         if retained or self.stopped:
-            return
+            return None
         outbox = self.outbox
         delivery = Delivery.of(outbox.next_id(), self.rule.name, message, qos,
                                f"{outbox.epoch}-{message.id}", outbox.clock.seconds())
         if qos:
-            outbox.store.add(delivery)  # the hub waits for it to be durable
+            outbox.store.add(delivery)
             self.take_durable(delivery)
-        elif self._spilled or len(self.queue) >= outbox.queue_size:
+            return outbox.store.pending_commit()  # the publisher waits until it is durable
+        if self._spilled or len(self.queue) >= outbox.queue_size:
             self.dropped += 1
             self.metrics.dropped.inc()
         else:

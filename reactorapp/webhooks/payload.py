@@ -24,25 +24,16 @@ headers described in `reactorapp.webhooks.signing`.
 
 from __future__ import annotations
 
-import base64
-import json
 from urllib.parse import quote
 
 from twisted.web.http_headers import Headers
 
 from reactorapp import __version__
+from reactorapp.web.errors import compact_json
+from reactorapp.web.messages import payload_fields
 from reactorapp.webhooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 USER_AGENT = f"reactorapp/{__version__} webhooks".encode("ascii")
-
-
-def payload_fields(payload: bytes) -> dict:
-    """``payload`` and ``encoding`` for a JSON document."""
-    try:
-        return {"payload": payload.decode("utf-8"), "encoding": "utf-8"}
-    except UnicodeDecodeError:
-        return {"payload": base64.b64encode(payload).decode("ascii"),
-                "encoding": "base64"}
 
 
 def envelope(rule_name: str, delivery) -> bytes:
@@ -53,7 +44,7 @@ def envelope(rule_name: str, delivery) -> bytes:
         "message_id": delivery.key, "timestamp": delivery.timestamp,
         "rule": rule_name,
     }
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return compact_json(document)
 
 
 def render(rule, delivery, attempt: int, now: float) -> tuple[Headers, bytes]:

@@ -14,10 +14,9 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from reactorapp.store.sqlite import SQLiteStore
-from reactorapp.store.webhooks_sqlite import SQLiteWebhookStore
+from reactorapp.webhooks import memorystore, sqlitestore  # noqa: F401 (the adapters)
 from reactorapp.webhooks.dispatcher import Dispatcher, make_client
-from reactorapp.webhooks.memorystore import MemoryWebhookStore
+from reactorapp.webhooks.interfaces import IWebhookStore
 from reactorapp.webhooks.metrics import WebhookMetrics
 from reactorapp.webhooks.outbox import Outbox
 
@@ -28,11 +27,9 @@ RETRY_PAGE = 500
 
 
 def store_for(store):
-    """The webhook store that rides on the hub's store (same writes, same
-    `sync`): the SQLite database, or memory."""
-    if isinstance(store, SQLiteStore):
-        return SQLiteWebhookStore(store)
-    return MemoryWebhookStore(store)
+    """The webhook store that rides on the hub's store (same batches, same
+    `sync`): the SQLite database, or memory, chosen by adaptation."""
+    return IWebhookStore(store)
 
 
 class UnknownRule(LookupError):

@@ -6,6 +6,8 @@ publisher's acknowledgement waits for one fsync however many rules and
 sessions the message went to. Reads run in the writer thread too (the
 database is opened in exclusive mode), after the writes recorded before
 them. The tables are part of the store's schema (``schema.MIGRATIONS``).
+
+``IWebhookStore(store)`` gives one for a `SQLiteStore` (an adapter).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from twisted.python.components import registerAdapter
 from zope.interface import implementer
 
 from reactorapp.store.interfaces import StoreError
+from reactorapp.store.sqlite import SQLiteStore
 from reactorapp.webhooks.delivery import DeadLetter, Delivery, WebhookState
 from reactorapp.webhooks.interfaces import IWebhookStore
 from reactorapp.webhooks.rules import RuleError, parse_rule
@@ -86,6 +90,9 @@ class SQLiteWebhookStore:
         self.store.write(_UNBURY, (dead_id,))
         self.store.write(_ADD, _row(delivery))
 
+    def pending_commit(self):
+        return self.store.pending_commit()
+
     def sync(self):
         return self.store.sync()
 
@@ -137,3 +144,6 @@ def _dead_letter(row) -> DeadLetter:
     delivery = _delivery(row[:9])
     delivery.durable = False
     return DeadLetter(delivery, row[9], row[10], row[11])
+
+
+registerAdapter(SQLiteWebhookStore, SQLiteStore, IWebhookStore)

@@ -128,7 +128,7 @@ class GuardedRoot(resource.Resource):
         if path in OPEN:
             return self.wrapped
         d = self._authenticate(request)
-        d.addCallbacks(self._cb_authenticated, self._eb_authenticated,
+        d.addCallbacks(self._cbAuthenticated, self._ebAuthenticated,
                        callbackArgs=(request,), errbackArgs=(request,))
         # Usually answered at once (no password to check, or one checked
         # lately): go on without a DeferredResource, a fifth of a small request.
@@ -196,7 +196,7 @@ class GuardedRoot(resource.Resource):
             self._cache.put(username, password, identity)
         return identity
 
-    def _cb_authenticated(self, identity, request):
+    def _cbAuthenticated(self, identity, request):
         if identity is None:
             self.guard.stats.bad_credentials += 1
             return _Answer(unauthorized("Wrong user name, password or token."))
@@ -206,7 +206,7 @@ class GuardedRoot(resource.Resource):
             return _Answer(denied)
         return self.wrapped
 
-    def _eb_authenticated(self, failure, request):
+    def _ebAuthenticated(self, failure, request):
         if failure.check(_Busy):
             return _Answer(ApiError(
                 503, "busy", "Too many log-ins are being checked; try again shortly,"

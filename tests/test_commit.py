@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.python.failure import Failure
 
-from reactorapp.store.commit import Commit
+from reactorapp.hub.commit import Commit
 
 
 def test_callbacks_run_once_in_order_when_the_batch_is_durable():

@@ -1,4 +1,9 @@
-"""The moment a batch of writes becomes durable, shared by all who wait for it.
+"""The moment a message is placed: what an acknowledgement waits for.
+
+A subscriber that wrote a message to storage returns, from
+`ISubscriber.deliver`, the `Commit` that makes it durable; the hub combines
+what its subscribers return into one `Commit` (or None: placed already), and
+a front end sends its acknowledgement once that fires.
 
 A store commits writes in batches, and hundreds of acknowledgements can wait
 for one batch. A Deferred for each of them costs more than the write itself,
@@ -8,7 +13,7 @@ registers once per batch however many of its messages are in it.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -31,6 +36,14 @@ class Commit:
         """A commit that already failed, for a store that cannot write."""
         commit = cls()
         commit.fire(failure if isinstance(failure, Failure) else Failure(failure))
+        return commit
+
+    @classmethod
+    def after(cls, deferred: Deferred) -> Commit:
+        """A commit settled when ``deferred`` fires (a subscriber over its
+        bounds): rare, so that front ends wait on one type only."""
+        commit = cls()
+        deferred.addCallbacks(lambda _: commit.fire(), commit.fire)
         return commit
 
     def add(self, callback) -> None:
@@ -56,3 +69,12 @@ class Commit:
                 callback(failure)
             except Exception:
                 log.failure("A callback of {commit!r} failed", commit=self)
+
+
+def placed(commit: Commit | None, waits: list) -> Deferred:
+    """One Deferred for a message that must be durable (``commit``, unless
+    None) and that subscribers took over their bounds (``waits``, their
+    Deferreds, at least one): back-pressure, the answer waits for all."""
+    if commit is not None:
+        waits = [*waits, commit.deferred()]
+    return waits[0] if len(waits) == 1 else gatherResults(waits, consumeErrors=True)
