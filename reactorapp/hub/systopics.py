@@ -11,36 +11,12 @@ from twisted.application import service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from reactorapp.hub.counters import sys_topics
 from reactorapp.hub.message import Message
 
 
-def _stat(name):
-    return lambda hub: getattr(hub.stats, name)
-
-
-def _disconnected(hub) -> int:
-    return hub.session_count - hub.stats.clients_connected
-
-
 # Topic -> how to read its value from the hub. Same names as Mosquitto's.
-SYS_TOPICS = {
-    "$SYS/broker/clients/connected": _stat("clients_connected"),
-    "$SYS/broker/clients/active": _stat("clients_connected"),  # Mosquitto 1.x's name
-    "$SYS/broker/clients/maximum": _stat("clients_maximum"),
-    "$SYS/broker/clients/total": lambda hub: hub.session_count,
-    "$SYS/broker/clients/disconnected": _disconnected,
-    "$SYS/broker/clients/inactive": _disconnected,  # Mosquitto 1.x's name
-    "$SYS/broker/clients/expired": _stat("sessions_expired"),
-    "$SYS/broker/messages/received": _stat("messages_received"),
-    "$SYS/broker/messages/sent": _stat("messages_sent"),
-    "$SYS/broker/publish/messages/received": _stat("publish_received"),
-    "$SYS/broker/publish/messages/sent": _stat("publish_sent"),
-    "$SYS/broker/publish/messages/dropped": _stat("publish_dropped"),
-    "$SYS/broker/bytes/received": _stat("bytes_received"),
-    "$SYS/broker/bytes/sent": _stat("bytes_sent"),
-    "$SYS/broker/subscriptions/count": lambda hub: hub.subscription_count,
-    "$SYS/broker/retained messages/count": lambda hub: hub.retained_count,
-}
+SYS_TOPICS = sys_topics()
 
 #: ``$SYS/broker/load/NAME/{1min,5min,15min}`` -> the counter it is the rate of.
 LOAD_TOPICS = {

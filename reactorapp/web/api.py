@@ -13,6 +13,7 @@ from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
 from reactorapp.addresses import address_text
+from reactorapp.hub.counters import api_tree
 from reactorapp.hub.flow import Caller
 from reactorapp.hub.message import Message
 from reactorapp.web.errors import (
@@ -305,27 +306,16 @@ class Stats(JSONResource):
             name: {"received": list(t.received), "sent": list(t.sent)}
             for name, t in sorted(stats.traffic.items())
         }
-        return {
-            "uptime": hub.clock.seconds() - stats.started_at,
-            "clients": {"connected": stats.clients_connected,
-                        "maximum": stats.clients_maximum,
-                        "sessions": hub.session_count},
-            "subscriptions": hub.subscription_count,
-            "retained": hub.retained_count,
-            "messages": {
-                "received": sum(sum(t["received"]) for t in traffic.values()),
-                "sent": sum(sum(t["sent"]) for t in traffic.values()),
-                "dropped": stats.publish_dropped,
-            },
-            "traffic": traffic,
-            "mqtt": {"packets_received": stats.messages_received,
-                     "packets_sent": stats.messages_sent,
-                     "bytes_received": stats.bytes_received,
-                     "bytes_sent": stats.bytes_sent},
-            "sse": {"streams": web.sse_streams, "dropped": web.sse_dropped,
-                    "overflowed": web.sse_overflowed},
-            "websocket": {"connections": web.websocket_connections},
-        }
+        answer = {"uptime": hub.clock.seconds() - stats.started_at, **api_tree(hub)}
+        answer["messages"].update(
+            received=sum(sum(t["received"]) for t in traffic.values()),
+            sent=sum(sum(t["sent"]) for t in traffic.values()))
+        answer.update(
+            traffic=traffic,
+            sse={"streams": web.sse_streams, "dropped": web.sse_dropped,
+                 "overflowed": web.sse_overflowed},
+            websocket={"connections": web.websocket_connections})
+        return answer
 
 
 def openapi_document(extensions=()) -> bytes:

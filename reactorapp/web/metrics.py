@@ -13,10 +13,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from reactorapp.hub.counters import FIGURES
 from reactorapp.web.errors import Body, JSONResource
 
 QOS_LABELS = ("0", "1", "2")
-
 
 class HubCollector:
     """Clients, sessions and messages in and out by front end and QoS."""
@@ -29,19 +29,10 @@ class HubCollector:
         yield GaugeMetricFamily("reactorapp_start_time_seconds",
                                 "When the hub started, in seconds since the epoch.",
                                 value=stats.started_at)
-        yield GaugeMetricFamily("reactorapp_clients_connected",
-                                "MQTT clients connected now.", value=stats.clients_connected)
-        yield GaugeMetricFamily("reactorapp_clients_maximum",
-                                "Most MQTT clients connected at once.",
-                                value=stats.clients_maximum)
-        yield GaugeMetricFamily("reactorapp_sessions",
-                                "MQTT sessions, connected or kept for later.",
-                                value=hub.session_count)
-        yield GaugeMetricFamily("reactorapp_subscriptions", "Subscriptions in the hub.",
-                                value=hub.subscription_count)
-        yield GaugeMetricFamily("reactorapp_retained_messages", "Retained messages stored.",
-                                value=hub.retained_count)
-
+        for figure in FIGURES:
+            if figure.metric is not None:
+                family = GaugeMetricFamily if figure.kind == "gauge" else CounterMetricFamily
+                yield family(f"reactorapp_{figure.metric}", figure.help, value=figure.read(hub))
         received = CounterMetricFamily(
             "reactorapp_messages_received",
             "Messages published into the hub, by front end and QoS.",
@@ -56,20 +47,6 @@ class HubCollector:
                 sent.add_metric((name, QOS_LABELS[qos]), traffic.sent[qos])
         yield received
         yield sent
-        yield CounterMetricFamily(
-            "reactorapp_messages_dropped",
-            "Messages not delivered because a queue or buffer was full.",
-            value=stats.publish_dropped)
-        yield CounterMetricFamily("reactorapp_mqtt_packets_received",
-                                  "MQTT control packets received.", value=stats.messages_received)
-        yield CounterMetricFamily("reactorapp_mqtt_packets_sent",
-                                  "MQTT control packets sent.", value=stats.messages_sent)
-        yield CounterMetricFamily("reactorapp_mqtt_received_bytes",
-                                  "Bytes received on MQTT connections.",
-                                  value=stats.bytes_received)
-        yield CounterMetricFamily("reactorapp_mqtt_sent_bytes",
-                                  "Bytes sent on MQTT connections.", value=stats.bytes_sent)
-
 
 class WebCollector:
     """Server-Sent Events streams and WebSocket connections."""
@@ -106,12 +83,10 @@ class WebCollector:
                                 "MQTT connections over WebSocket open now.",
                                 value=stats.websocket_connections)
 
-
 def new_registry() -> CollectorRegistry:
     """A registry of our own: the process-wide default one would collect
     every hub a test process builds."""
     return CollectorRegistry(auto_describe=True)
-
 
 class Metrics(JSONResource):
     """GET /metrics."""
