@@ -603,3 +603,27 @@ def test_retained_tree_agrees_with_reference(operations, filter_list):
     for topic in list(reference):
         tree.remove(topic)
     assert tree._root.is_empty()
+
+
+def test_the_codec_and_the_hub_share_the_topic_name_rule():
+    """One rule for what a topic name is: what the codec refuses in a
+    PUBLISH, the hub refuses from any front end, and the other way round."""
+    import pytest
+
+    from reactorapp.hub.topics import InvalidTopic, validate_topic
+    from reactorapp.mqtt.codec import MalformedPacket, ProtocolError, _check_topic_name
+
+    for topic in ["a/b", "", "a/+", "#", "a/#/b", "$SYS/x", "x\x00y", "  ", "é/ü"]:
+        try:
+            validate_topic(topic)
+            hub_refuses = False
+        except InvalidTopic:
+            hub_refuses = True
+        try:
+            _check_topic_name(topic, "topic")
+            codec_refuses = "\x00" in topic  # the codec reads U+0000 as malformed
+        except (ProtocolError, MalformedPacket):
+            codec_refuses = True
+        assert hub_refuses == codec_refuses, topic
+    with pytest.raises(ProtocolError, match="contains a wildcard"):
+        _check_topic_name("a/+", "PUBLISH Topic Name")

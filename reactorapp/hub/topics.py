@@ -58,10 +58,28 @@ def _check_string(value: object, what: str) -> None:
         )
 
 
+#: What `topic_name_problem` finds, and how to say it.
+EMPTY, NULL, WILDCARD = "is empty", "contains U+0000", "contains a wildcard"
+
+
+def topic_name_problem(topic: str) -> str | None:
+    """What makes the string ``topic`` no topic name (`EMPTY`, `NULL`,
+    `WILDCARD`), or None [MQTT-4.7.3-1] [MQTT-4.7.3-2] [MQTT-4.7.1-1].
+    The rule the codec (which tells a malformed packet from a protocol
+    error) and `validate_topic` share."""
+    if not topic:
+        return EMPTY
+    if "\x00" in topic:
+        return NULL
+    if "+" in topic or "#" in topic:
+        return WILDCARD
+    return None
+
+
 def validate_topic(topic: str) -> None:
     """Raise InvalidTopic unless ``topic`` may be published to (PUBLISH or Will)."""
     _check_string(topic, "topic name")
-    if "+" in topic or "#" in topic:  # [MQTT-4.7.1-1]
+    if topic_name_problem(topic) is not None:  # [MQTT-4.7.1-1]: what is left, wildcards
         raise InvalidTopic(
             f"The topic name {topic!r} contains a wildcard ('+' or '#'); "
             "wildcards are only allowed in topic filters."

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import struct
 
+from reactorapp.hub.topics import NULL, topic_name_problem
 from reactorapp.mqtt.packets import (
     MQTT_3_1,
     MQTT_3_1_1,
@@ -169,11 +170,11 @@ def _read_packet_id(data: bytes, pos: int, end: int, what: str) -> int:
 
 
 def _check_topic_name(topic: str, what: str) -> None:
-    """A topic name is not empty and has no wildcards [MQTT-4.7.3-1, MQTT-4.7.1-1]."""
-    if not topic:
-        raise ProtocolError(f"The {what} is empty.", PROTOCOL_ERROR)
-    if "+" in topic or "#" in topic:
-        raise ProtocolError(f"The {what} contains a wildcard.", PROTOCOL_ERROR)
+    """A topic name is not empty and has no wildcards [MQTT-4.7.3-1, MQTT-4.7.1-1]
+    (U+0000 is checked as the string is read: a malformed packet)."""
+    problem = topic_name_problem(topic)
+    if problem is not None:
+        raise ProtocolError(f"The {what} {problem}.", PROTOCOL_ERROR)
 
 
 def _read_properties(data: bytes, pos: int, end: int) -> tuple[dict, int]:
@@ -257,11 +258,12 @@ def _parse_publish(data, pos, end, flags, level):
         topic = data[pos + 2:stop].decode()
     except UnicodeDecodeError:
         raise MalformedPacket("The PUBLISH Topic Name is not well-formed UTF-8.") from None
-    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
-        if "\x00" in topic:
+    problem = topic_name_problem(topic)
+    if problem is not None:
+        if problem is NULL:
             raise MalformedPacket("The PUBLISH Topic Name contains U+0000.")
         # MQTT 5: an empty topic is legal when a Topic Alias is present.
-        _check_topic_name(topic, "PUBLISH Topic Name")
+        raise ProtocolError(f"The PUBLISH Topic Name {problem}.", PROTOCOL_ERROR)
     qos = flags >> 1 & 3
     if qos:
         if stop + 2 > end:
@@ -486,7 +488,7 @@ def _valid_topic(raw: bytes) -> str | None:
         topic = raw.decode()
     except UnicodeDecodeError:
         return None
-    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+    if topic_name_problem(topic) is not None:
         return None
     size = len(raw)
     if size <= _TOPIC_CACHED_MAX:
