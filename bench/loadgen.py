@@ -770,14 +770,7 @@ def idle(host: str, port: int, *, connections: int, concurrency: int, time_limit
                           rss_per_connection=round((rss_after - rss_before) / max(1, len(held))))
         return result
     finally:
-        linger = struct.pack("ii", 1, 0)  # reset: no TIME_WAIT pile-up between runs
-        for sock in list(pending) + held:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-            except OSError:
-                pass
-            sock.close()
-        sel.close()
+        _reset_all(list(pending) + held, sel)
 
 
 # -- unpaced scenarios -----------------------------------------------------------------
@@ -1114,14 +1107,19 @@ def storm(host: str, port: int, *, connections: int, time_limit: float,
             result["broker_peak_rss"] = peak_rss(broker_pid)
         return result
     finally:
-        linger = struct.pack("ii", 1, 0)  # reset: no TIME_WAIT pile-up between runs
-        for sock in list(pending) + done:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-            except OSError:
-                pass
-            sock.close()
-        sel.close()
+        _reset_all(list(pending) + done, sel)
+
+
+def _reset_all(sockets, selector) -> None:
+    """Close with a reset (SO_LINGER 0): no TIME_WAIT pile-up between runs."""
+    linger = struct.pack("ii", 1, 0)
+    for sock in sockets:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        except OSError:
+            pass
+        sock.close()
+    selector.close()
 
 
 def raise_fd_limit(wanted: int) -> None:

@@ -490,15 +490,21 @@ def _valid_topic(raw: bytes) -> str | None:
         return None
     if topic_name_problem(topic) is not None:
         return None
-    size = len(raw)
-    if size <= _TOPIC_CACHED_MAX:
-        if (len(_TOPIC_NAMES) >= _TOPIC_NAMES_MAX
-                or _cached_bytes[0] + size > _TOPIC_CACHE_BYTES):
-            _TOPIC_NAMES.clear()
-            _cached_bytes[0] = 0
-        _TOPIC_NAMES[raw] = topic
-        _cached_bytes[0] += size
+    _remember(_TOPIC_NAMES, 0, raw, topic, len(raw))
     return topic
+
+
+def _remember(cache: dict, which: int, key, value, size: int) -> None:
+    """Keep ``key -> value`` in one of the topic caches, within their bounds:
+    names of at most _TOPIC_CACHED_MAX bytes, and a cache that starts afresh
+    past _TOPIC_NAMES_MAX names or _TOPIC_CACHE_BYTES of them (``which``
+    picks its byte count in _cached_bytes)."""
+    if size <= _TOPIC_CACHED_MAX:
+        if len(cache) >= _TOPIC_NAMES_MAX or _cached_bytes[which] + size > _TOPIC_CACHE_BYTES:
+            cache.clear()
+            _cached_bytes[which] = 0
+        cache[key] = value
+        _cached_bytes[which] += size
 
 
 def _remaining_length(data: bytes, pos: int, n: int):
@@ -735,14 +741,7 @@ def _topic_field(topic: str) -> bytes:
         if len(encoded) > 0xFFFF:
             raise ValueError("The topic is longer than 65535 bytes.")
         field = _pack_h(len(encoded)) + encoded
-        size = len(encoded)
-        if size <= _TOPIC_CACHED_MAX:  # bounded as _TOPIC_NAMES is
-            if (len(_TOPIC_FIELDS) >= _TOPIC_NAMES_MAX
-                    or _cached_bytes[1] + size > _TOPIC_CACHE_BYTES):
-                _TOPIC_FIELDS.clear()
-                _cached_bytes[1] = 0
-            _TOPIC_FIELDS[topic] = field
-            _cached_bytes[1] += size
+        _remember(_TOPIC_FIELDS, 1, topic, field, len(encoded))
     return field
 
 
