@@ -193,6 +193,11 @@ class RedisStore:
             return read(None)
         return written.addCallback(read)
 
+    def forget_session(self, client_id) -> None:
+        """Remove the session of ``client_id`` wherever it is held."""
+        self.add_session(client_id)  # held here first: removing is the holder's
+        self.remove_session(client_id)
+
     def _read_session(self, connection, client: bytes, claim: bytes,
                       shared: dict | None = None) -> Deferred:
         return connection.execute_command(

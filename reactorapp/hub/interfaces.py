@@ -113,3 +113,8 @@ class ISessionLoader(Interface):
         (the process that held it can no longer write to it): a Deferred
         firing with a `reactorapp.store.interfaces.StoredSession`, or None
         when there is none."""
+
+    def forget_session(client_id):
+        """Remove the stored session of ``client_id`` wherever it is held
+        (its client connected with a clean session); only recorded, like
+        the writes of `reactorapp.store.interfaces.IStore`."""
