@@ -17,7 +17,7 @@ from zope.interface.verify import verifyObject
 
 from reactorapp.cluster import redisstore
 from reactorapp.cluster.encoding import pack_message, unpack_message
-from reactorapp.cluster.redisstore import RedisStore, SessionMoved, parse_url
+from reactorapp.cluster.redisstore import RedisStore, SessionMoved
 from reactorapp.hub.interfaces import ISessionLoader
 from reactorapp.hub.message import Message
 from reactorapp.store.interfaces import StoreClosed, StoreError
@@ -45,7 +45,7 @@ def reactor():
 
 
 def connect(server, prefix, node="a") -> RedisStore:
-    return RedisStore.connect(reactor(), host="127.0.0.1", port=server.port, prefix=prefix,
+    return RedisStore(reactor(), host="127.0.0.1", port=server.port, prefix=prefix,
                               node=node)
 
 
@@ -77,19 +77,10 @@ def test_messages_pack_small_and_come_back_whole():
     assert unpack_message(pack_message(Message("t", b"", 0, sender=""))).sender == ""
 
 
-def test_redis_urls():
-    assert parse_url("redis://h:7000/3") == {
-        "host": "h", "port": 7000, "dbid": 3, "password": None, "username": None, "tls": False}
-    assert parse_url("rediss://u:p%40ss@h")["password"] == "p@ss"
-    for bad in ("http://h", "redis://h:x/0", "redis://h/zero", "redis:///0"):
-        with pytest.raises(StoreError, match="cannot use"):
-            parse_url(bad)
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_commit_fires_once_redis_has_answered(redis, prefix):
     store = connect(redis, prefix)
-    await bounded(store.load())
+    store.load()
     assert verifyObject(ISessionLoader, store)
     store.add_session("c")
     store.enqueue("c", 1, message(), 1, False)
@@ -98,7 +89,7 @@ async def test_a_commit_fires_once_redis_has_answered(redis, prefix):
     await bounded(commit.deferred())
     assert store.pending_commit() is None
     other = connect(redis, prefix)
-    state = await bounded(other.load())
+    state = other.load()
     assert [m.message.payload for m in state.sessions[0].messages] == [b"p"]
     await store.close()
     await other.close()
@@ -108,7 +99,7 @@ async def test_a_commit_fires_once_redis_has_answered(redis, prefix):
 async def test_long_batches_are_cut_and_keep_their_order(redis, prefix, monkeypatch):
     monkeypatch.setattr(redisstore, "MAX_ARGS", 10)
     store = connect(redis, prefix)
-    await bounded(store.load())
+    store.load()
     store.add_session("c")
     for seq in range(1, 41):
         store.enqueue("c", seq, message(str(seq).encode()), 1, False)
@@ -116,18 +107,21 @@ async def test_long_batches_are_cut_and_keep_their_order(redis, prefix, monkeypa
         store.dequeue("c", seq)
     await bounded(store.sync())
     store2 = connect(redis, prefix)
-    state = await bounded(store2.load())
+    state = store2.load()
     assert [m.seq for m in state.sessions[0].messages] == list(range(2, 41, 2))
     await store.close()
     await store2.close()
 
 
 @pytest_twisted.ensureDeferred
-async def test_start_up_without_redis_fails_with_one_sentence(prefix, monkeypatch):
-    monkeypatch.setattr(RedisStore, "connect_timeout", 0.5)
-    store = RedisStore.connect(reactor(), port=free_port(), prefix=prefix)
+async def test_start_up_without_redis_fails_with_one_sentence(redis, prefix):
+    store = RedisStore(reactor(), port=free_port(), prefix=prefix)
     with pytest.raises(StoreError, match=r"^cannot reach Redis at 127\.0\.0\.1:\d+: .*\.$"):
-        await bounded(store.load())
+        store.load()
+    await store.close()
+    store = RedisStore(reactor(), port=redis.port, db=100_000, prefix=prefix)
+    with pytest.raises(StoreError, match="^cannot reach Redis at .*DB index is out of range"):
+        store.load()
     await store.close()
 
 
@@ -137,7 +131,7 @@ async def test_nothing_is_acknowledged_while_redis_is_away_and_nothing_is_lost(p
     append-only file): the writes are sent again and the commit fires."""
     with redis_server() as server:
         store = connect(server, prefix)
-        await bounded(store.load())
+        store.load()
         store.add_session("c")
         await bounded(store.sync())
         server.stop(kill=True)
@@ -151,7 +145,7 @@ async def test_nothing_is_acknowledged_while_redis_is_away_and_nothing_is_lost(p
         await bounded(later.deferred())
         assert commit.done and commit.failure is None and store.writable
         other = connect(server, prefix)
-        state = await bounded(other.load())
+        state = other.load()
         assert [m.message.payload for m in state.sessions[0].messages] == [
             b"while away", b"later"]
         await store.close()
@@ -162,7 +156,8 @@ async def test_nothing_is_acknowledged_while_redis_is_away_and_nothing_is_lost(p
 async def test_closing_while_redis_is_away_fails_what_waits(prefix):
     with redis_server() as server:
         store = connect(server, prefix)
-        await bounded(store.load())
+        store.connect_timeout = 0.5
+        store.load()
         server.stop(kill=True)
         store.set_retained(message(retain=True))
         commit = store.pending_commit()
@@ -177,8 +172,8 @@ async def test_a_session_moves_to_the_node_that_loads_it(redis, prefix):
     subscriptions, queued and in-flight messages and incoming QoS 2 ids;
     a's late writes for it are refused, and what waited for them fails."""
     a, b = connect(redis, prefix, "a"), connect(redis, prefix, "b")
-    await bounded(a.load())
-    assert (await bounded(b.load())).sessions == []
+    a.load()
+    assert (b.load()).sessions == []
     a.add_session("c")
     a.add_subscription("c", "t/#", 1)
     for seq in (1, 2, 3):
@@ -206,11 +201,11 @@ async def test_a_session_moves_to_the_node_that_loads_it(redis, prefix):
     await bounded(b.sync())
 
     b2 = connect(redis, prefix, "b")  # b restarts: it holds c now, a holds "stays"
-    (again,) = (await bounded(b2.load())).sessions
+    (again,) = (b2.load()).sessions
     assert again.client_id == "c"
     assert [m.message.payload for m in again.messages] == [b"1", b"3", b"on b"]
     a2 = connect(redis, prefix, "a")
-    (kept,) = (await bounded(a2.load())).sessions
+    (kept,) = (a2.load()).sessions
     assert (kept.client_id, kept.subscriptions) == ("stays", {"x": 0})
     for store in (a, b, b2, a2):
         await store.close()

@@ -150,9 +150,10 @@ async def until(condition) -> None:
 async def start_node(redis, prefix, name) -> Node:
     from twisted.internet import reactor
 
-    store = RedisStore.connect(reactor, port=redis.port, prefix=prefix, node=name)
-    await store.load().addTimeout(TIMEOUT, reactor)
-    return Node(store)
+    store = RedisStore(reactor, port=redis.port, prefix=prefix, node=name)
+    node = Node(store)
+    node.state = store.load()
+    return node
 
 
 async def connect(node, client_id, clean=False):
@@ -191,6 +192,6 @@ async def test_queued_messages_follow_their_session_to_another_node(redis):
     a.hub.get_session("sub").discard()
     await bounded(b.store.sync())
     c = await start_node(redis, prefix, "b")
-    assert [s.client_id for s in (await c.store.load()).sessions] == ["sub"]
+    assert [s.client_id for s in c.state.sessions] == ["sub"]
     for node in (a, b, c):
         await node.store.close()

@@ -37,7 +37,7 @@ class Stores:
         if self.kind == "memory":
             self.current = MemoryStore(self.tables)
         elif self.kind == "redis":
-            self.current = RedisStore.connect(
+            self.current = RedisStore(
                 reactor, host="127.0.0.1", port=self.redis.port, prefix=self.directory,
                 node="n1")
         else:

@@ -29,16 +29,15 @@ so nothing acknowledged is lost to a node that was slow to let go.
 from __future__ import annotations
 
 from collections import deque
-from urllib.parse import unquote, urlsplit
 
-import txredisapi
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from reactorapp.cluster import scripts
+from reactorapp.cluster.blocking import BlockingRedis
 from reactorapp.cluster.encoding import (
     ENTRY_HEADER, pack_entry, pack_flight, pack_message, unpack_entry, unpack_flight, unpack_message,
 )
@@ -59,27 +58,10 @@ class SessionMoved(Exception):
     """Writes for a session another node holds now were skipped."""
 
 
-def key_prefix(prefix: str) -> bytes:
-    """``reactorapp:{prefix}:``, the start of every key and channel."""
-    return f"reactorapp:{prefix}:".encode()
-
-
-def parse_url(url: str) -> dict:
-    """``redis://[[user]:password@]host[:port][/db]`` as keyword arguments of
-    `RedisStore.connect`; a `StoreError` for anything else."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise StoreError(f"cannot use {url!r}: a Redis URL is redis://HOST:PORT/DB.")
-    path = parts.path.strip("/")
-    try:
-        port = parts.port or 6379
-        dbid = int(path) if path else 0
-    except ValueError:
-        raise StoreError(f"cannot use {url!r}: the port and database are numbers.") from None
-    return {"host": parts.hostname, "port": port, "dbid": dbid,
-            "password": unquote(parts.password) if parts.password else None,
-            "username": unquote(parts.username) if parts.username else None,
-            "tls": parts.scheme == "rediss"}
+def key_prefix(prefix: str = "") -> bytes:
+    """``reactorapp:`` (``reactorapp:{prefix}:`` with a prefix), the start of
+    every key: a prefix lets several hubs share one Redis database."""
+    return f"reactorapp:{prefix}:".encode() if prefix else b"reactorapp:"
 
 
 class Batch:
@@ -99,15 +81,19 @@ class RedisStore:
     #: Seconds `load` waits for Redis before start-up fails.
     connect_timeout = 10.0
 
-    def __init__(self, factory, reactor, *, prefix: str = "default", node: str = "",
-                 where: str = "Redis") -> None:
-        """``factory``: a started `txredisapi.RedisFactory` (see `connect`);
-        ``node``: this node's name, the holder of the sessions it creates."""
-        self._factory = factory
+    def __init__(self, reactor, *, host: str = "127.0.0.1", port: int = 6379, db: int = 0,
+                 username: str | None = None, password: str | None = None, tls: bool = False,
+                 prefix: str = "", node: str = "") -> None:
+        """Where Redis is (the fields of ``--cluster``'s URL); ``node``: this
+        node's name, the holder of the sessions it makes. Nothing is opened
+        before `load`."""
         self._reactor = reactor
+        self._address = {"host": host, "port": port, "db": db, "username": username,
+                         "password": password, "tls": tls}
+        self._factory = None
         self.prefix = key_prefix(prefix)
         self.node = node
-        self.where = where
+        self.where = f"Redis at {host}:{port}"
         self.writes = 0
         self.writable = True
         self.write_failures = 0
@@ -120,62 +106,64 @@ class RedisStore:
         #: The connection batches go out on; None while Redis is away.
         self._connection = None
         self._recovering = False
+        #: Reads waiting for the connection.
+        self._reconnected: list[Deferred] = []
         self._closed = False
         self._failure: Failure | None = None
 
-    @classmethod
-    def connect(cls, reactor, *, host: str = "127.0.0.1", port: int = 6379, dbid: int = 0,
-                password: str | None = None, username: str | None = None, tls: bool = False,
-                prefix: str = "default", node: str = "") -> RedisStore:
-        """A store on a connection that txredisapi keeps open (reconnecting
-        with back-off); nothing is read until `load`."""
+    def _connect(self) -> None:
+        """The connection writes go out on, kept open by txredisapi
+        (reconnecting with back-off); made after start-up read the state."""
+        import txredisapi  # imports the global reactor: only when Redis is used
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+        address = self._address
         factory = txredisapi.RedisFactory(
-            f"{host}:{port}", dbid, 1, isLazy=True, charset=None, password=password,
-            convertNumbers=False, username=username)
+            self.where, address["db"] or None, 1, isLazy=True, charset=None,
+            password=address["password"], convertNumbers=False, username=address["username"])
         factory.initialDelay, factory.maxDelay = 0.5, 5.0
-        endpoint = HostnameEndpoint(reactor, host, port, timeout=cls.connect_timeout)
-        if tls:
-            from twisted.internet.endpoints import wrapClientTLS
+        endpoint = HostnameEndpoint(self._reactor, address["host"], address["port"],
+                                    timeout=self.connect_timeout)
+        if address["tls"]:
             from twisted.internet.ssl import optionsForClientTLS
 
-            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+            endpoint = wrapClientTLS(optionsForClientTLS(address["host"]), endpoint)
+        self._factory = factory
         factory.startConnecting(endpoint)
-        return cls(factory, reactor, prefix=prefix, node=node, where=f"Redis at {host}:{port}")
+        self._recover(None)
 
     def __repr__(self) -> str:
         return f"<RedisStore {self.where} {self.prefix.decode()!r}>"
 
     # -- reads ----------------------------------------------------------------
 
-    def load(self) -> Deferred:
-        """Wait for Redis (`connect_timeout`), then read the retained
-        messages and the sessions this node holds: a Deferred of a
-        `StoredState`, failing with `StoreError` if Redis cannot be reached."""
-        d = self._factory.getConnection(peek=True)
-        d.addTimeout(self.connect_timeout, self._reactor)
-        d.addCallbacks(lambda connection: Deferred.fromCoroutine(self._read_all(connection)),
-                       self._ebUnreachable)
-        return d
-
-    def _ebUnreachable(self, failure: Failure):
-        reason = failure.getErrorMessage() or failure.type.__name__
-        if failure.check(Exception) and "Timeout" in failure.type.__name__ + reason:
-            reason = f"no answer within {self.connect_timeout:g} s"
-        raise StoreError(f"cannot reach {self.where}: {reason}.")
-
-    async def _read_all(self, connection):
-        self._connection = connection
+    def load(self) -> StoredState:
+        """Read the retained messages and the sessions this node holds
+        (blocking: at start-up, before the reactor runs), then open the
+        connection writes go out on. `StoreError` if Redis cannot be read."""
         try:
-            retained = await connection.execute_command(b"HGETALL", self.prefix + b"retained")
-            holders = await connection.execute_command(b"HGETALL", self.prefix + b"sessions")
-            held = [client for client, holder in _pairs(holders)
-                    if not self.node or holder.decode() == self.node]
-            shared: dict = {}  # one Message for a message queued in several sessions
-            sessions = await gatherResults(
-                [self._read_session(connection, client, b"", shared) for client in held],
-                consumeErrors=True)
-        except Exception as e:
+            redis = BlockingRedis(**self._address, timeout=self.connect_timeout)
+        except (OSError, ConnectionError) as e:
+            raise StoreError(f"cannot reach {self.where}: {_reason(e)}.") from None
+        try:
+            state = self._read_all(redis)
+        except Exception as e:  # any answer Redis or the parser can give
             raise StoreError(f"cannot read {self.where}: {_reason(e)}.") from None
+        finally:
+            redis.close()
+        self._connect()
+        return state
+
+    def _read_all(self, redis: BlockingRedis) -> StoredState:
+        retained = redis.call(b"HGETALL", self.prefix + b"retained")
+        holders = redis.call(b"HGETALL", self.prefix + b"sessions")
+        held = [client for client, holder in _pairs(holders)
+                if not self.node or holder.decode() == self.node]
+        answers = [redis.send(b"EVAL", scripts.READ_SESSION, b"0", self.prefix, client, b"")
+                   for client in held]  # pipelined
+        shared: dict = {}  # one Message for a message queued in several sessions
+        sessions = [_stored_session(redis.wait(answer), client.decode(), shared)
+                    for client, answer in zip(held, answers)]
         return StoredState([unpack_message(value) for _, value in _pairs(retained)],
                            [session for session in sessions if session is not None])
 
@@ -184,25 +172,33 @@ class RedisStore:
         of the node that held it are skipped): a Deferred of a
         `StoredSession`, or None if Redis has none. Writes made before are
         sent first, so that what this node did with the client id is in."""
-        if self._connection is None or self._closed:
-            return fail(StoreError(f"{self.where} cannot be reached"))
+        if self._closed or self._factory is None:
+            return fail(StoreClosed("the store is closed"))
         written = self.sync()
-        read = lambda _: self._read_session(self._connection, client_id.encode(),  # noqa: E731
-                                            self.node.encode() or b"")
-        if written is None:
-            return read(None)
-        return written.addCallback(read)
+        written = succeed(None) if written is None else written
+        return written.addCallback(self._cbWritten, client_id)
+
+    def _cbWritten(self, _ignored, client_id: str) -> Deferred:
+        if self._connection is not None:
+            return self._read_session(self._connection, client_id.encode(), self.node.encode())
+        # Redis is away (or not connected yet): read once it is back; the
+        # caller bounds the wait (a CONNECT, by --connect-timeout).
+        back = Deferred()
+        self._reconnected.append(back)
+        return back.addCallback(self._cbWritten, client_id)
 
     def forget_session(self, client_id) -> None:
         """Remove the session of ``client_id`` wherever it is held."""
         self.add_session(client_id)  # held here first: removing is the holder's
         self.remove_session(client_id)
 
-    def _read_session(self, connection, client: bytes, claim: bytes,
-                      shared: dict | None = None) -> Deferred:
-        return connection.execute_command(
-            b"EVAL", scripts.READ_SESSION, b"0", self.prefix, client, claim
-        ).addCallback(_stored_session, client.decode(), {} if shared is None else shared)
+    def _read_session(self, connection, client: bytes, claim: bytes) -> Deferred:
+        try:
+            d = connection.execute_command(
+                b"EVAL", scripts.READ_SESSION, b"0", self.prefix, client, claim)
+        except Exception:  # txredisapi raises when the connection is gone
+            return fail()
+        return d.addCallback(_stored_session, client.decode(), {})
 
     # -- writes (reactor thread) ----------------------------------------------
 
@@ -282,6 +278,8 @@ class RedisStore:
             self._unanswered.append(batch)
             if self._connection is not None:
                 self._send(self._connection, batch)
+            else:
+                self._away("not connected")
 
     def _send(self, connection, batch: Batch) -> None:
         try:
@@ -314,18 +312,18 @@ class RedisStore:
             return
         self.write_failures += 1
         self._connection = None
+        self._away(failure.getErrorMessage())
+        transport = getattr(connection, "transport", None)
+        if connection.connected and transport is not None:
+            transport.abortConnection()  # later answers on it must not count
+        self._recover(connection)
+
+    def _away(self, reason: str) -> None:
         if self.writable:
             self.writable = False
             log.warn("Could not write to {store} ({reason}); trying again once it answers."
                      " Nothing that needs the store is acknowledged until then",
-                     store=self, reason=failure.getErrorMessage())
-        transport = getattr(connection, "transport", None)
-        if connection.connected and transport is not None:
-            transport.abortConnection()  # later answers on it must not count
-        if self._closed:
-            self._give_up(failure)
-            return
-        self._recover(connection)
+                     store=self, reason=reason)
 
     def _recover(self, lost) -> None:
         if self._recovering:
@@ -336,8 +334,8 @@ class RedisStore:
 
     def _cbReconnected(self, connection, lost) -> None:
         self._recovering = False
-        if self._closed:
-            return
+        if self._failure is not None:
+            return  # given up on close
         if connection is lost or not connection.connected:
             # The connection given up is still in the pool until it closes.
             self._reactor.callLater(0.1, self._recover, lost)
@@ -345,10 +343,13 @@ class RedisStore:
         self._connection = connection
         for batch in list(self._unanswered):
             self._send(connection, batch)
+        waiting, self._reconnected = self._reconnected, []
+        for d in waiting:
+            d.callback(None)  # reads after the writes, on the same connection
 
     def _ebReconnected(self, failure: Failure) -> None:
         self._recovering = False
-        if not self._closed:
+        if self._failure is None:
             log.failure("Cannot wait for {store}", failure, store=self)
 
     def _give_up(self, failure: Failure) -> None:
@@ -369,19 +370,30 @@ class RedisStore:
     # -- shutdown -------------------------------------------------------------
 
     def close(self) -> Deferred:
-        """Send what was written and wait for it (unless Redis is away:
-        then give it up), then close the connection."""
+        """Send what was written and wait for Redis's answer, for at most
+        `connect_timeout` (then what is not answered is given up: it was
+        never acknowledged), and close the connection."""
         if self._closed:
             return succeed(None)
         if self._timer is not None:
             self._timer.cancel()
             self._submit()
         self._closed = True
-        if self._unanswered and self._connection is None:
-            self._give_up(Failure(StoreClosed(f"{self.where} was away when the store closed")))
-        last = self._unanswered[-1].commit.deferred() if self._unanswered else succeed(None)
-        last.addErrback(lambda f: None)  # logged by _give_up / _ebAnswered
-        return last.addCallback(lambda _: self._factory.disconnect())
+        if not self._unanswered:
+            return succeed(None).addCallback(self._disconnect)
+        last = self._unanswered[-1].commit.deferred()
+        last.addTimeout(self.connect_timeout, self._reactor)
+        last.addErrback(self._ebClosing)
+        return last.addCallback(self._disconnect)
+
+    def _ebClosing(self, failure: Failure) -> None:
+        if self._failure is None:
+            self._give_up(Failure(StoreClosed(
+                f"{self.where} did not answer within {self.connect_timeout:g} s"
+                " of closing the store")))
+
+    def _disconnect(self, _ignored) -> Deferred | None:
+        return None if self._factory is None else self._factory.disconnect()
 
 
 def _cut(pending: list) -> list[tuple[int, int]]:

@@ -5,7 +5,7 @@ always`` Redis answers it only once its effects are in the append-only file
 on disk: one script per batch makes the batch one command, one reply and one
 Deferred, however many writes it holds.
 
-Keys (``P`` is ``reactorapp:{prefix}:``)::
+Keys (``P`` is ``reactorapp:``, or ``reactorapp:{prefix}:``)::
 
     P retained            hash  topic -> packed message
     P sessions            hash  client id -> the node that holds the session
@@ -13,7 +13,6 @@ Keys (``P`` is ``reactorapp:{prefix}:``)::
     P q: client id        hash  seq -> packed queue entry
     P f: client id        hash  seq -> packet id and state (in flight)
     P rel: client id      set   incoming QoS 2 packet ids awaiting PUBREL
-    P retained (channel)  a notice per retained change: node NUL topic NUL message
 
 Writes to a session held by another node are skipped (it moved there: see
 `reactorapp.cluster.redisstore`). The script answers with the client ids
@@ -43,10 +42,8 @@ while i <= n do
   i = i + 1 + arity[op]
   if op == 'R' then
     redis.call('HSET', prefix .. 'retained', a, b)
-    redis.call('PUBLISH', prefix .. 'retained', node .. '\\0' .. a .. '\\0' .. b)
   elseif op == 'r' then
     redis.call('HDEL', prefix .. 'retained', a)
-    redis.call('PUBLISH', prefix .. 'retained', node .. '\\0' .. a .. '\\0')
   elseif op == 'S' then
     redis.call('HSET', sessions, a, node)
     owners[a] = node
