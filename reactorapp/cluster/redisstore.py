@@ -141,10 +141,7 @@ class RedisStore:
         """Read the retained messages and the sessions this node holds
         (blocking: at start-up, before the reactor runs), then open the
         connection writes go out on. `StoreError` if Redis cannot be read."""
-        try:
-            redis = BlockingRedis(**self._address, timeout=self.connect_timeout)
-        except (OSError, ConnectionError) as e:
-            raise StoreError(f"cannot reach {self.where}: {_reason(e)}.") from None
+        redis = self.blocking()
         try:
             state = self._read_all(redis)
         except Exception as e:  # any answer Redis or the parser can give
@@ -170,35 +167,51 @@ class RedisStore:
     def load_session(self, client_id: str) -> Deferred:
         """Read the session of ``client_id`` and hold it from now on (writes
         of the node that held it are skipped): a Deferred of a
-        `StoredSession`, or None if Redis has none. Writes made before are
-        sent first, so that what this node did with the client id is in."""
-        if self._closed or self._factory is None:
-            return fail(StoreClosed("the store is closed"))
-        written = self.sync()
-        written = succeed(None) if written is None else written
-        return written.addCallback(self._cbWritten, client_id)
-
-    def _cbWritten(self, _ignored, client_id: str) -> Deferred:
-        if self._connection is not None:
-            return self._read_session(self._connection, client_id.encode(), self.node.encode())
-        # Redis is away (or not connected yet): read once it is back; the
-        # caller bounds the wait (a CONNECT, by --connect-timeout).
-        back = Deferred()
-        self._reconnected.append(back)
-        return back.addCallback(self._cbWritten, client_id)
+        `StoredSession`, or None if Redis has none."""
+        d = self.read(b"EVAL", scripts.READ_SESSION, b"0", self.prefix, client_id,
+                      self.node)
+        return d.addCallback(_stored_session, client_id, {})
 
     def forget_session(self, client_id) -> None:
         """Remove the session of ``client_id`` wherever it is held."""
         self.add_session(client_id)  # held here first: removing is the holder's
         self.remove_session(client_id)
 
-    def _read_session(self, connection, client: bytes, claim: bytes) -> Deferred:
+    def read(self, *command) -> Deferred:
+        """Send ``command`` once every write recorded before it was sent
+        (Redis answers in order: it sees them), and fire with its answer.
+        While Redis is away it waits for it; the caller bounds the wait."""
+        if self._closed or self._factory is None:
+            return fail(StoreClosed("the store is closed"))
+        written = self.sync()
+        written = succeed(None) if written is None else written
+        return written.addCallback(self._cbWritten, command)
+
+    def _cbWritten(self, _ignored, command) -> Deferred:
+        connection = self._connection
+        if connection is not None:
+            try:
+                return connection.execute_command(*command)
+            except Exception:  # txredisapi raises when the connection is gone
+                return fail()
+        back = Deferred()
+        self._reconnected.append(back)
+        return back.addCallback(self._cbWritten, command)
+
+    def blocking(self) -> BlockingRedis:
+        """A connection of its own for reads at start-up (before the reactor
+        runs); `StoreError` if Redis cannot be reached."""
         try:
-            d = connection.execute_command(
-                b"EVAL", scripts.READ_SESSION, b"0", self.prefix, client, claim)
-        except Exception:  # txredisapi raises when the connection is gone
-            return fail()
-        return d.addCallback(_stored_session, client.decode(), {})
+            return BlockingRedis(**self._address, timeout=self.connect_timeout)
+        except (OSError, ConnectionError) as e:
+            raise StoreError(f"cannot reach {self.where}: {_reason(e)}.") from None
+
+    def write(self, *args) -> None:
+        """Record writes for the next batch, for tables kept next to the
+        store's (the webhook rules and outbox): an opcode of
+        `scripts.WRITE` and its arguments, durable with everything written
+        before."""
+        self._write(*args)
 
     # -- writes (reactor thread) ----------------------------------------------
 
@@ -411,7 +424,8 @@ def _cut(pending: list) -> list[tuple[int, int]]:
     return cuts
 
 
-_OPCODES = frozenset(b"RrSXBbQFDPp"[i:i + 1] for i in range(11))
+#: The opcodes of `scripts.WRITE` (the webhook tables' too).
+_OPCODES = frozenset(bytes([c]) for c in b"RrSXBbQFDPpWwAaZzV")
 
 
 def _pairs(flat) -> list[tuple]:
@@ -438,3 +452,6 @@ def _stored_session(answer, client_id: str, shared: dict) -> StoredSession | Non
 
 def _reason(error: BaseException) -> str:
     return (str(error) or type(error).__name__).rstrip(".")
+
+# The IWebhookStore adapter of this store (its tables live with it).
+from reactorapp.cluster import webhookstore  # noqa: E402,F401
