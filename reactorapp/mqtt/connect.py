@@ -136,6 +136,7 @@ class ConnectHandling:
                                        self.settings.publish_burst, self.clock)
 
         hub = self.hub
+        hub.claim(client_id)  # a connection with this id on another node closes
         session = hub.get_session(client_id)
         if (session is not None and session.identity is not None
                 and session.identity.username != identity.username):
