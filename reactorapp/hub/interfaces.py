@@ -97,6 +97,10 @@ class IHub(Interface):
     def add_session(client_id, session):
         """Register ``session`` for ``client_id`` (replacing any other)."""
 
+    def claim(client_id):
+        """A connection is taking ``client_id`` (after CONNECT is accepted):
+        a connection with that id elsewhere (on another node) must close."""
+
     def remove_session(client_id, session=None):
         """Forget ``client_id``'s session; with ``session`` given, only if it
         is still the registered one (a newer connection may have replaced it)."""

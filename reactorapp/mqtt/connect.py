@@ -178,6 +178,10 @@ class ConnectHandling:
         """Take over, discard or make the client's session, then CONNACK."""
         client_id = self.client_id
         hub = self.hub
+        # A connection with this id on another node closes; after a stored
+        # session was read (this node holds it now), so that messages for it
+        # go to one node or the other, never to neither.
+        hub.claim(client_id)
         session = hub.get_session(client_id)
         if (session is not None and session.identity is not None
                 and session.identity.username != identity.username):
