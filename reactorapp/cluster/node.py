@@ -92,6 +92,9 @@ class ClusterNode(Service):
         self.inbox = Inbox(cluster_hub, self.reader, self.commands, stream_key(node_name),
                            self.stats, on_behind=self._behind)
         self._subscribed = False
+        #: When the node last (re)joined: keys that expired while Redis was
+        #: away are not taken for dead nodes until they had time to come back.
+        self._joined_at = reactor.seconds()
         self._heartbeat = LoopingCall(self.heartbeat)
         self._heartbeat.clock = reactor
         cluster_hub.node = self
@@ -194,6 +197,7 @@ class ClusterNode(Service):
         else:
             steps.append(commands.command("DEL", filters_key(me)))
         steps.append(self._publish("hello"))
+        self._joined_at = self.clock.seconds()
         d = gatherResults(steps, consumeErrors=True)
         d.addCallback(lambda _: self.heartbeat())
         d.addErrback(self._ebRedis, "joining the cluster")
@@ -262,13 +266,16 @@ class ClusterNode(Service):
         return d
 
     def _cbAlive(self, alive: dict) -> None:
+        settled = self.clock.seconds() - self._joined_at >= self.expiry
         for name, exists in alive.items():
             if exists:
                 if name not in self.remotes:
                     self._load(name)
-            else:
+            elif settled:
                 self.commands.command("SREM", NODES, name).addErrback(
                     self._ebRedis, "removing a node that is gone")
+        if not settled:
+            return
         for name in [n for n in self.remotes if not alive.get(n)]:
             self._drop(name, "its heartbeat expired")
 
