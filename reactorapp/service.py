@@ -141,9 +141,11 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
     pluginListeners = _parseListeners(reactor, config.listen, backlog)
     authenticator = loadAuthenticator(config.authenticator) if config.authenticator else None
     _prepareDataDirectory(config.data, owner)
-    store = make_store(config.store, config.data, reactor)
-
     cluster = _clusterURL(config)
+    nodeName = _nodeName(config) if cluster is not None else None
+    # A cluster keeps retained messages, sessions and webhook rules in Redis.
+    store = (make_store(config.store, config.data, reactor) if cluster is None
+             else _clusterStore(cluster, nodeName, reactor))
     hubClass = Hub
     if cluster is not None:
         from reactorapp.cluster.hub import ClusterHub as hubClass
@@ -181,7 +183,8 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
     # First child: restored before clients are served, closed after the
     # listeners stop.
     StoreService(store, lambda state: _restore(hub, settings, state)).setServiceParent(top)
-    node = _clusterNode(top, hub, cluster, config, reactor) if cluster is not None else None
+    node = (_clusterNode(top, hub, cluster, nodeName, config, reactor) if cluster is not None
+            else None)
     top.metrics.register(ClusterCollector(node))
     if httpEndpoints:
         webStats = WebStats()
@@ -257,10 +260,25 @@ def _clusterURL(config: Config):
     return url
 
 
-def _clusterNode(top, hub, url, config: Config, reactor):
+def _nodeName(config: Config) -> str:
+    from reactorapp.cluster.node import default_node_name
+
+    return config.node_name or default_node_name(config.mqtt)
+
+
+def _clusterStore(url, name: str, reactor):
+    """The Redis store of a cluster node: the sessions it makes are held
+    by ``name`` (see reactorapp/cluster/redisstore.py)."""
+    from reactorapp.cluster.redisstore import RedisStore
+
+    return RedisStore(reactor, host=url.host, port=url.port, db=url.db, username=url.username,
+                      password=url.password, tls=url.tls, node=name)
+
+
+def _clusterNode(top, hub, url, name: str, config: Config, reactor):
     """Join the cluster once the store has restored the sessions (their
     filters are announced with the rest) and before clients are served."""
-    from reactorapp.cluster.node import ClusterNode, default_node_name
+    from reactorapp.cluster.node import ClusterNode
 
     def addresses():
         found: dict[str, list] = {}
@@ -269,7 +287,7 @@ def _clusterNode(top, hub, url, config: Config, reactor):
                 found.setdefault(child.protocolName.lower(), []).append(child.address)
         return found
 
-    node = ClusterNode(hub, url, config.node_name or default_node_name(config.mqtt), reactor,
+    node = ClusterNode(hub, url, name, reactor,
                        expiry=config.cluster_node_expiry,
                        slow_timeout=config.slow_subscriber_timeout, addresses=addresses)
     node.setServiceParent(top)
