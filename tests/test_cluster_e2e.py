@@ -241,3 +241,31 @@ def test_redis_restarted_under_load_loses_nothing_acknowledged(tmp_path, clients
             assert [n for i, n in enumerate(seen) if n not in seen[:i]] == list(range(400))
     finally:
         redis.stop()
+
+
+def test_what_a_killed_node_had_not_handled_reaches_its_persistent_sessions(
+        tmp_path, redis, clients):
+    """A node stops reading (SIGSTOP), messages for its offline persistent
+    session are acknowledged (they are in its stream in Redis), then it is
+    killed: a live node takes the session over with those messages, and
+    the ones published meanwhile, and the client finds them all there."""
+    import os
+    import signal
+
+    with cluster(tmp_path, redis, "a8", "b8") as (a, b):
+        offline = clients(a, "sleeper", clean_session=False)
+        offline.subscribe(("s/#", 1))
+        offline.disconnect()
+        until(sees_filters(b, "a8", 1), "b8 to learn a8's filter")
+        os.kill(a.proc.pid, signal.SIGSTOP)
+        publisher = clients(b, "pub-s")
+        for i in range(5):
+            publisher.publish_and_wait("s/x", b"%d" % i, 1)
+        a.kill()
+        b.wait_for("Took over 1 session")
+        until(lambda: set(nodes(b)) == {"b8"}, "a8 to leave the node list")
+        for i in range(5, 8):
+            publisher.publish_and_wait("s/x", b"%d" % i, 1)
+        back = clients(b, "sleeper", clean_session=False)
+        assert back.session_present
+        assert [int(m.payload) for m in back.take(8)] == list(range(8))
