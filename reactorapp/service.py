@@ -183,8 +183,8 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
     # First child: restored before clients are served, closed after the
     # listeners stop.
     StoreService(store, lambda state: _restore(hub, settings, state)).setServiceParent(top)
-    node = (_clusterNode(top, hub, cluster, nodeName, config, reactor) if cluster is not None
-            else None)
+    node = (_clusterNode(top, hub, cluster, nodeName, config, reactor,
+                         _adopter(store, hub, settings)) if cluster is not None else None)
     top.metrics.register(ClusterCollector(node))
     if httpEndpoints:
         webStats = WebStats()
@@ -275,7 +275,18 @@ def _clusterStore(url, name: str, reactor):
                       password=url.password, tls=url.tls, node=name)
 
 
-def _clusterNode(top, hub, url, name: str, config: Config, reactor):
+def _adopter(store, hub, settings):
+    """What takes over the sessions of a gone node: with a shared store only."""
+    from reactorapp.cluster.adopt import Adopter
+    from reactorapp.hub.interfaces import ISessionLoader
+
+    if ISessionLoader(store, None) is None:
+        return None
+    return Adopter(store, lambda stored: restore_sessions(hub, [stored], settings),
+                   hub.get_session)
+
+
+def _clusterNode(top, hub, url, name: str, config: Config, reactor, adopter=None):
     """Join the cluster once the store has restored the sessions (their
     filters are announced with the rest) and before clients are served."""
     from reactorapp.cluster.node import ClusterNode
@@ -289,7 +300,8 @@ def _clusterNode(top, hub, url, name: str, config: Config, reactor):
 
     node = ClusterNode(hub, url, name, reactor,
                        expiry=config.cluster_node_expiry,
-                       slow_timeout=config.slow_subscriber_timeout, addresses=addresses)
+                       slow_timeout=config.slow_subscriber_timeout, addresses=addresses,
+                       adopter=adopter)
     node.setServiceParent(top)
     top.readiness.add_check("cluster", lambda: node.connected)
     return node

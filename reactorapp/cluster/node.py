@@ -9,11 +9,13 @@ Redis keys (see docs/cluster.md):
   every third of the expiry. A node whose key has expired is gone;
 - ``reactorapp:filters:NAME`` (set): the filters the node has subscribers for;
 - ``reactorapp:stream:NAME`` (stream): messages for the node (`outbox`, `inbox`);
-- ``reactorapp:client:ID`` (string): the node where the client id last connected.
+- ``reactorapp:client:ID`` (string): the node where the client id last connected;
+- ``reactorapp:adopt:NAME`` (string, 30 s): the node taking over a gone
+  node's sessions (`reactorapp.cluster.adopt`).
 
 Notices on the channel ``reactorapp:notices`` (JSON): a filter added or
 removed, a node's hello (read my filters again) and bye, a takeover, a node
-behind or caught up.
+behind or caught up, a gone node's sessions adopted.
 """
 
 from __future__ import annotations
@@ -49,6 +51,17 @@ def client_key(client_id: str) -> str:
     return f"reactorapp:client:{client_id}"
 
 
+def adopt_key(name: str) -> str:
+    return f"reactorapp:adopt:{name}"
+
+
+#: Milliseconds a node has to take over a gone node's sessions before
+#: another may try.
+ADOPT_LOCK_MS = 30_000
+#: Entries of a gone node's stream read at a time.
+DRAIN_COUNT = 500
+
+
 def default_node_name(mqtt_endpoints) -> str:
     """The host name and the first fixed MQTT port (stable across restarts),
     or the host name and a random suffix when the port is chosen at start."""
@@ -70,13 +83,15 @@ class ClusterNode(Service):
     name = "cluster"
 
     def __init__(self, cluster_hub, url, node_name: str, reactor, *, expiry: float = 5.0,
-                 slow_timeout: float = 5.0, addresses=lambda: {}) -> None:
+                 slow_timeout: float = 5.0, addresses=lambda: {}, adopter=None) -> None:
         self.cluster_hub = cluster_hub
         self.url = url
         self.node_name = node_name
         self.clock = reactor
         self.expiry = expiry
         self.addresses = addresses
+        #: Takes over the sessions of gone nodes (`reactorapp.cluster.adopt`).
+        self.adopter = adopter
         self.started_at = reactor.seconds()
         self.stats = ClusterStats()
         #: Other live nodes by name.
@@ -92,6 +107,9 @@ class ClusterNode(Service):
         self.inbox = Inbox(cluster_hub, self.reader, self.commands, stream_key(node_name),
                            self.stats, on_behind=self._behind)
         self._subscribed = False
+        #: When the node last (re)joined: keys that expired while Redis was
+        #: away are not taken for dead nodes until they had time to come back.
+        self._joined_at = reactor.seconds()
         self._heartbeat = LoopingCall(self.heartbeat)
         self._heartbeat.clock = reactor
         cluster_hub.node = self
@@ -194,6 +212,7 @@ class ClusterNode(Service):
         else:
             steps.append(commands.command("DEL", filters_key(me)))
         steps.append(self._publish("hello"))
+        self._joined_at = self.clock.seconds()
         d = gatherResults(steps, consumeErrors=True)
         d.addCallback(lambda _: self.heartbeat())
         d.addErrback(self._ebRedis, "joining the cluster")
@@ -262,21 +281,29 @@ class ClusterNode(Service):
         return d
 
     def _cbAlive(self, alive: dict) -> None:
+        settled = self.clock.seconds() - self._joined_at >= self.expiry
         for name, exists in alive.items():
             if exists:
                 if name not in self.remotes:
                     self._load(name)
-            else:
+            elif settled:
                 self.commands.command("SREM", NODES, name).addErrback(
                     self._ebRedis, "removing a node that is gone")
+        if not settled:
+            return
         for name in [n for n in self.remotes if not alive.get(n)]:
-            self._drop(name, "its heartbeat expired")
+            self._gone(name, "its heartbeat expired")
 
     # -- what this node hears ------------------------------------------------
 
     def _notice(self, channel, data) -> None:
         notice = json.loads(data)
         kind, name = notice.get("k"), notice.get("n")
+        if kind == "adopted" and isinstance(notice.get("d"), str):
+            # Its sessions are subscribed on node ``name`` now (whose "+"
+            # notices came first): stop sending to the gone node.
+            self._drop(notice["d"], f"its sessions went to {name}")
+            return
         if name == self.node_name or not isinstance(name, str):
             return
         if kind == "+":
@@ -288,9 +315,11 @@ class ClusterNode(Service):
                 remote.filters.discard(notice["f"])
                 self.cluster_hub.remove_remote(remote, [notice["f"]])
         elif kind == "hello":
+            if name in self.remotes:
+                self.remotes[name].gone = False  # back before anyone adopted it
             self._load(name)
         elif kind == "bye":
-            self._drop(name, "it stopped")
+            self._gone(name, "it stopped")
         elif kind == "takeover":
             if notice.get("to") == self.node_name:
                 self._taken_over(notice["c"], name)
@@ -330,6 +359,82 @@ class ClusterNode(Service):
             self.cluster_hub.remove_remote(remote, gone)
         for topic_filter in wanted - remote.filters:
             self._add_filter(remote, topic_filter)
+
+    def _gone(self, name: str, why: str) -> None:
+        """``name`` stopped or its heartbeat expired. Its stream is still
+        sent to (what arrives there is kept) until a live node has taken its
+        sessions over; each heartbeat tries again until one has."""
+        remote = self.remotes.get(name)
+        if remote is None:
+            return
+        if self.adopter is None:
+            self._drop(name, why)
+            return
+        if not remote.gone:
+            remote.gone = True
+            log.info("Cluster node {name} is gone ({why}); its sessions go to a live node",
+                     name=name, why=why)
+        d = self.commands.command("SET", adopt_key(name), self.node_name, "NX",
+                                  "PX", ADOPT_LOCK_MS)
+        d.addCallback(self._cbAdoptLock, name)
+        d.addErrback(self._ebRedis, "taking over a gone node's sessions")
+
+    def _cbAdoptLock(self, reply, name: str):
+        if reply is None:
+            return None  # another node does it
+        d = self.adopter.adopt(name)
+        d.addCallback(self._cbAdopted, name)
+        return d
+
+    def _cbAdopted(self, sessions, name: str):
+        from reactorapp.cluster.adopt import AdoptedSessions
+
+        log.info("Took over {count} session(s) of cluster node {name}",
+                 count=len(sessions), name=name)
+        adopted = AdoptedSessions(sessions)
+        d = self._publish("adopted", d=name)
+        d.addCallback(lambda _: self._drain(name, adopted, b"-"))
+        # Nodes that had not heard "adopted" yet may still have added
+        # entries: read the stream again once they have, then remove it.
+        d.addCallback(lambda _: self.clock.callLater(self.expiry, self._final_drain,
+                                                     name, adopted))
+        return d
+
+    def _final_drain(self, name: str, adopted) -> None:
+        d = self._drain(name, adopted, b"-")
+        d.addCallback(lambda _: self.commands.command("DEL", stream_key(name), adopt_key(name)))
+        d.addErrback(self._ebRedis, "reading a gone node's stream")
+
+    def _drain(self, name: str, adopted, start: bytes):
+        """Deliver what is in ``name``'s stream to the adopted sessions,
+        deleting each entry once placed."""
+        d = self.commands.command("XRANGE", stream_key(name), start, "+",
+                                  "COUNT", DRAIN_COUNT)
+        d.addCallback(self._cbDrained, name, adopted)
+        return d
+
+    def _cbDrained(self, entries, name: str, adopted):
+        from reactorapp.cluster import frames
+        from reactorapp.hub.commit import Commit
+
+        if not entries:
+            return None
+        waits = []
+        for _entry_id, fields in entries:
+            try:
+                messages = frames.decode(fields[1] if len(fields) > 1 else b"")
+            except frames.BadFrame:
+                continue
+            for message in messages:
+                for wait in adopted.deliver(message):
+                    waits.append(wait.deferred() if isinstance(wait, Commit) else wait)
+        ids = [entry_id for entry_id, _ in entries]
+        d = gatherResults(waits, consumeErrors=True)
+        d.addCallback(lambda _: self.commands.command("XDEL", stream_key(name), *ids))
+        last = ids[-1].decode()
+        # Then the entries after the last one read ("(" excludes it).
+        d.addCallback(lambda _: self._drain(name, adopted, f"({last}"))
+        return d
 
     def _drop(self, name: str, why: str) -> None:
         remote = self.remotes.pop(name, None)

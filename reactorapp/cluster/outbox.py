@@ -65,6 +65,9 @@ class RemoteNode:
         self.outbox = outbox
         #: It said its own subscribers cannot keep up ("behind").
         self.behind = False
+        #: Its heartbeat expired or it stopped; sent to until its sessions
+        #: are adopted (`reactorapp.cluster.adopt`).
+        self.gone = False
         #: Open while it is behind or the Redis connection is full.
         self.congestion: Congestion | None = None
         #: The last message added to its batch (a retained one is sent to
