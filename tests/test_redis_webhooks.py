@@ -162,8 +162,8 @@ async def test_a_rule_made_on_one_node_is_served_by_the_others(redis, prefix):
         service.startService()
         services.append(service)
     service_a, service_b = services
-    hooks_b._watch.stop()
-    hooks_b.watch(service_b.refresh, the_reactor(), interval=0.02)
+    service_b._watch.stop()
+    service_b._watch = hooks_b.watch(service_b.refresh, the_reactor(), interval=0.02)
 
     await settled(service_a.create(parse_rule(RULE)))
     await until(lambda: "r" in service_b.outbox.rules)
@@ -195,3 +195,18 @@ def test_webhook_rules_are_not_announced_to_other_nodes():
     assert hub.local_filters() == []
     outbox.remove_rule("r")
     assert hub.local_filters() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_look_at_the_rules_after_the_store_closed_logs_no_failure(redis, prefix):
+    from twisted.logger import globalLogPublisher
+
+    store, webhooks, _ = open_stores(redis, prefix)
+    await within(store.close())
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await webhooks._look(lambda state: None)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e for e in events if "log_failure" in e] == []

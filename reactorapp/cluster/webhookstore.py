@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from reactorapp.cluster import scripts
 from reactorapp.cluster.redisstore import RedisStore
-from reactorapp.store.interfaces import StoreError
+from reactorapp.store.interfaces import StoreClosed, StoreError
 from reactorapp.webhooks.delivery import DeadLetter, Delivery, WebhookState
 from reactorapp.webhooks.interfaces import IWebhookStore
 from reactorapp.webhooks.rules import RuleError, parse_rule
@@ -130,9 +130,13 @@ class RedisWebhookStore:
         d = self.store.read(b"GET", self._hooks + b"version")
         d.addCallback(self._cbVersion, changed)
         # (While Redis is away the read waits for it, and so does the next look.)
-        d.addErrback(lambda f: log.failure("Cannot look at the webhook rules in {store}", f,
-                                           store=self.store))
+        d.addErrback(self._ebLook)
         return d
+
+    def _ebLook(self, failure) -> None:
+        if failure.check(StoreClosed):
+            return  # shutting down
+        log.failure("Cannot look at the webhook rules in {store}", failure, store=self.store)
 
     def _cbVersion(self, version, changed):
         if version == self._version:
