@@ -175,3 +175,23 @@ async def test_a_rule_made_on_one_node_is_served_by_the_others(redis, prefix):
     for service, store in ((service_a, a), (service_b, b)):
         service.stopService()
         await within(store.close())
+
+
+def test_webhook_rules_are_not_announced_to_other_nodes():
+    """Each node sends the webhooks of what was published on it: a rule's
+    filters are not among the filters other nodes forward messages for, so
+    a message is sent to a rule's endpoint once, not once per node."""
+    from twisted.internet.task import Clock
+
+    from reactorapp.cluster.hub import ClusterHub
+    from reactorapp.webhooks.memorystore import MemoryWebhookStore
+    from reactorapp.webhooks.metrics import WebhookMetrics
+    from reactorapp.webhooks.outbox import Outbox
+
+    hub = ClusterHub(Clock())
+    outbox = Outbox(hub, MemoryWebhookStore(), Holding(), Clock(),
+                    WebhookMetrics(CollectorRegistry()))
+    outbox.add_rule(parse_rule(RULE))
+    assert hub.local_filters() == []
+    outbox.remove_rule("r")
+    assert hub.local_filters() == []

@@ -54,6 +54,8 @@ class ClusterHub(Hub):
         return list(self._local)
 
     def _added(self, subscriber, topic_filter: str) -> None:
+        if getattr(subscriber, "cluster_local", False):
+            return  # wants only what is published on this node (webhook rules)
         inner = parse_shared(topic_filter)[1]
         holders = self._local.get(inner)
         if holders is None:
@@ -63,6 +65,8 @@ class ClusterHub(Hub):
         holders.add((subscriber, topic_filter))
 
     def _removed(self, subscriber, topic_filter: str) -> None:
+        if getattr(subscriber, "cluster_local", False):
+            return
         inner = parse_shared(topic_filter)[1]
         holders = self._local.get(inner)
         if holders is None:

@@ -498,8 +498,11 @@ class ClusterNode(Service):
 
     def _ebRedis(self, failure, doing: str) -> None:
         from reactorapp.cluster.link import NotConnected
+        from twisted.internet.defer import FirstError
         from txredisapi import ConnectionError as RedisConnectionError
 
+        while failure.check(FirstError):  # one of several commands (gatherResults)
+            failure = failure.value.subFailure
         if failure.check(NotConnected, RedisConnectionError):
             log.debug("Redis went away while {doing}", doing=doing)
             return

@@ -31,7 +31,6 @@ from __future__ import annotations
 from collections import deque
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -39,7 +38,8 @@ from zope.interface import implementer
 from reactorapp.cluster import scripts
 from reactorapp.cluster.blocking import BlockingRedis
 from reactorapp.cluster.encoding import (
-    ENTRY_HEADER, pack_entry, pack_flight, pack_message, unpack_entry, unpack_flight, unpack_message,
+    ENTRY_HEADER, pack_entry, pack_flight, pack_message, unpack_entry, unpack_flight,
+    unpack_message,
 )
 from reactorapp.hub.commit import Commit
 from reactorapp.hub.interfaces import ISessionLoader

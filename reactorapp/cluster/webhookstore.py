@@ -129,8 +129,9 @@ class RedisWebhookStore:
     def _look(self, changed):
         d = self.store.read(b"GET", self._hooks + b"version")
         d.addCallback(self._cbVersion, changed)
-        # Redis away: looked at again next time; the store says why.
-        d.addErrback(lambda f: log.debug("Cannot look at the webhook rules: {f}", f=f))
+        # (While Redis is away the read waits for it, and so does the next look.)
+        d.addErrback(lambda f: log.failure("Cannot look at the webhook rules in {store}", f,
+                                           store=self.store))
         return d
 
     def _cbVersion(self, version, changed):
@@ -153,7 +154,8 @@ def _state(answer) -> WebhookState:
         try:
             rules.append(parse_rule(json.loads(text)))
         except (ValueError, RuleError) as e:
-            raise StoreError(f"the stored webhook rule {name.decode()!r} is unusable: {e}") from None
+            raise StoreError(
+                f"the stored webhook rule {name.decode()!r} is unusable: {e}") from None
     pending = {rule.decode(): int(count) for rule, count, _ in counts if int(count)}
     dead = {rule.decode(): int(count) for rule, _, count in counts if int(count)}
     return WebhookState(rules, int(last), pending, dead)
