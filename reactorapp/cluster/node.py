@@ -147,7 +147,7 @@ class ClusterNode(Service):
         if leaving is None:
             return stop_links()
         leaving.addTimeout(2.0, self.clock)
-        leaving.addErrback(lambda f: log.failure("Leaving the cluster failed", f))
+        leaving.addErrback(self._ebRedis, "leaving the cluster")
         return leaving.addBoth(stop_links)
 
     def _leave(self):
