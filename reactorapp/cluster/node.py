@@ -394,6 +394,10 @@ class ClusterNode(Service):
         adopted = AdoptedSessions(sessions)
         self._drop(name, "its sessions were taken over here")
         d = self._publish("adopted", d=name)
+        if not sessions:
+            # Nothing to hand its stream to: it stays for a node of that
+            # name (entries a node cut off from Redis adds late are not lost).
+            return d
         d.addCallback(lambda _: self._drain(name, adopted, b"-"))
         # Nodes that had not heard "adopted" yet may still have added
         # entries: read the stream again once they have, then remove it.
