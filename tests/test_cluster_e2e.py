@@ -36,6 +36,16 @@ def get_json(broker, path: str):
         return e.code, json.loads(e.read())
 
 
+def metric(broker, name: str) -> float:
+    """One sample of ``name`` on ``broker``'s /metrics."""
+    url = f"http://127.0.0.1:{broker.http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} is not on /metrics")
+
+
 def until(check, what: str, timeout: float = TIMEOUT):
     """Poll ``check`` until it returns something true, or fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -269,3 +279,32 @@ def test_what_a_killed_node_had_not_handled_reaches_its_persistent_sessions(
         back = clients(b, "sleeper", clean_session=False)
         assert back.session_present
         assert [int(m.payload) for m in back.take(8)] == list(range(8))
+
+
+def test_a_subscriber_node_that_cannot_keep_up_holds_the_publishing_node_back(
+        tmp_path, redis):
+    """An unpaced QoS 0 publisher on one node, a subscriber on another that
+    does not read for a while: the publishing node stops reading its
+    publisher (flow control across Redis) rather than drop, and once the
+    subscriber reads it gets every message, in order."""
+    from tests.blast import TOPIC, Counter, Publisher, receive
+    from tests.rawmqtt import RawClient
+
+    each = 60_000
+    with cluster(tmp_path, redis, "a9", "b9",
+                 extra=("--slow-subscriber-timeout", "60")) as (a, b):
+        reader = RawClient(b.host, b.port, rcvbuf=4096)
+        reader.connect("slow-reader")
+        assert reader.subscribe((TOPIC.decode(), 0)) == [0]
+        until(sees_filters(a, "b9", 1), "a9 to learn b9's filter")
+        publisher = Publisher(a.host, a.port, 0, each)
+        publisher.start()
+        try:
+            until(lambda: metric(a, "reactorapp_inputs_held_total") > 0,
+                  "a9 to hold its publisher back", timeout=30)
+            got = receive(reader, Counter(1), each)
+            assert got.next == [each] and got.out_of_order == 0
+        finally:
+            publisher.finish()
+            publisher.close()
+            reader.close()

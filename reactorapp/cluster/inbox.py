@@ -90,7 +90,6 @@ class Inbox:
                     continue
                 self.stats.received += len(messages)
                 for message in messages:
-                    cluster_hub.stats.messages_received += 1
                     commit = cluster_hub.route_incoming(message)
                     if commit is not None and not commit.done:
                         waits.append(commit)

@@ -25,7 +25,7 @@ import os
 import socket
 
 from twisted.application.service import Service
-from twisted.internet.defer import DeferredList, gatherResults
+from twisted.internet.defer import DeferredList, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -147,7 +147,7 @@ class ClusterNode(Service):
         if leaving is None:
             return stop_links()
         leaving.addTimeout(2.0, self.clock)
-        leaving.addErrback(lambda f: log.failure("Leaving the cluster failed", f))
+        leaving.addErrback(self._ebRedis, "leaving the cluster")
         return leaving.addBoth(stop_links)
 
     def _leave(self):
@@ -392,7 +392,12 @@ class ClusterNode(Service):
         log.info("Took over {count} session(s) of cluster node {name}",
                  count=len(sessions), name=name)
         adopted = AdoptedSessions(sessions)
+        self._drop(name, "its sessions were taken over here")
         d = self._publish("adopted", d=name)
+        if not sessions:
+            # Nothing to hand its stream to: it stays for a node of that
+            # name (entries a node cut off from Redis adds late are not lost).
+            return d
         d.addCallback(lambda _: self._drain(name, adopted, b"-"))
         # Nodes that had not heard "adopted" yet may still have added
         # entries: read the stream again once they have, then remove it.
@@ -401,13 +406,18 @@ class ClusterNode(Service):
         return d
 
     def _final_drain(self, name: str, adopted) -> None:
+        if name in self.remotes:
+            return  # it came back: its stream is its own again
         d = self._drain(name, adopted, b"-")
-        d.addCallback(lambda _: self.commands.command("DEL", stream_key(name), adopt_key(name)))
+        d.addCallback(lambda _: None if name in self.remotes else self.commands.command(
+            "DEL", stream_key(name), adopt_key(name)))
         d.addErrback(self._ebRedis, "reading a gone node's stream")
 
     def _drain(self, name: str, adopted, start: bytes):
         """Deliver what is in ``name``'s stream to the adopted sessions,
-        deleting each entry once placed."""
+        deleting each entry once placed; stop if ``name`` came back."""
+        if name in self.remotes:
+            return succeed(None)
         d = self.commands.command("XRANGE", stream_key(name), start, "+",
                                   "COUNT", DRAIN_COUNT)
         d.addCallback(self._cbDrained, name, adopted)

@@ -215,11 +215,10 @@ class Outbox:
             self._send(unsent[seq])
 
     def forget(self, node: RemoteNode) -> None:
-        """``node`` is gone: what waited for it has nobody to reach."""
-        self._frames.pop(node, None)
-        for waiting in (self._unsent, self._sent):
-            for seq in [s for s, b in waiting.items() if b.node is node]:
-                waiting.pop(seq).round.confirmed()
+        """``node`` is gone and routing no longer finds it. What was already
+        given to it still goes to its stream (and is confirmed by Redis
+        before any publisher is acknowledged): the node that adopts its
+        sessions reads that stream, or the node itself when it restarts."""
         self.uncongest(node)
 
     # -- flow control ------------------------------------------------------
