@@ -303,7 +303,8 @@ def _clusterNode(top, hub, url, name: str, config: Config, reactor, adopter=None
                        slow_timeout=config.slow_subscriber_timeout, addresses=addresses,
                        adopter=adopter)
     node.setServiceParent(top)
-    top.readiness.add_check("cluster", lambda: node.connected)
+    # The check's name is what /readyz says while it fails.
+    top.readiness.add_check(f"cluster (Redis at {url})", lambda: node.connected)
     return node
 
 

@@ -225,7 +225,8 @@ def test_redis_restarted_under_load_loses_nothing_acknowledged(tmp_path, clients
             redis.stop()
             a.wait_for("Lost the connection to Redis")
             until(lambda: get_json(a, "/readyz")[0] == 503, "a7 to say it is not ready")
-            assert "cluster" in get_json(a, "/readyz")[1]["detail"]
+            assert (f"cluster (Redis at redis://127.0.0.1:{redis.port}/0)"
+                    in get_json(a, "/readyz")[1]["detail"])
             # Local routing goes on without Redis.
             clients(a, "local-pub").publish_and_wait("local/y", b"alone", 1)
             assert local.next().payload == b"alone"

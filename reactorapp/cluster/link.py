@@ -111,17 +111,20 @@ class RedisLink:
     def command(self, *args):
         """Send one command: a Deferred of its reply (bytes, ints, lists),
         or failed with `NotConnected` at once if there is no connection."""
-        connection = self.connection
-        if connection is None:
-            return fail(NotConnected(f"Redis at {self.url} is not connected"))
-        return connection.execute_command(*args)
+        return self._execute(args, {})
 
     def blocking_command(self, *args):
         """A command that may wait in Redis (XREAD BLOCK, SUBSCRIBE): no reply timeout."""
+        return self._execute(args, {"apply_timeout": False})
+
+    def _execute(self, args, kwargs):
         connection = self.connection
         if connection is None:
             return fail(NotConnected(f"Redis at {self.url} is not connected"))
-        return connection.execute_command(*args, apply_timeout=False)
+        try:
+            return connection.execute_command(*args, **kwargs)
+        except Exception:  # txredisapi raises when the connection just closed
+            return fail()
 
     # -- the connection's life ----------------------------------------------
 
