@@ -242,3 +242,32 @@ def test_a_held_inbox_stops_reading_and_says_it_is_behind():
     inbox.release(congestion)
     assert said == [True, False] and len(reader.sent) == 2
     assert reader.sent[1][0][-1] == b"1-0"
+
+
+# -- the link ------------------------------------------------------------------------------
+
+def test_a_redis_that_stops_answering_is_dropped_after_the_reply_timeout():
+    """A command with no reply within ``reply_timeout`` (on the injected
+    clock) fails as a lost connection, which is then closed and made again."""
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+    from txredisapi import ConnectionError as RedisConnectionError
+
+    from reactorapp.cluster.link import RedisLink
+
+    clock = MemoryReactorClock()
+    ready, lost = [], []
+    link = RedisLink(RedisURL("127.0.0.1"), clock, "commands", on_ready=ready.append,
+                     on_lost=lost.append, reply_timeout=10.0)
+    protocol = link._build()
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    clock.advance(0)
+    assert ready == [link] and link.connected
+    answer = link.command("PING")
+    assert transport.value() == b"*1\r\n$4\r\nPING\r\n"
+    clock.advance(9)
+    assert not answer.called
+    clock.advance(1)
+    assert isinstance(answer.result.value, RedisConnectionError)
+    answer.addErrback(lambda f: None)
+    assert transport.disconnecting

@@ -73,10 +73,14 @@ class RedisLink:
     makes it a pub/sub subscriber (``on_message(channel, data)``).
     ``paused`` is true while the connection's write buffer is over
     Twisted's high-water mark (``on_pause``/``on_resume`` are told).
+    With ``reply_timeout``, a command (not a blocking one) whose reply takes
+    longer fails with txredisapi's ``TimeoutError`` (a ``ConnectionError``)
+    and the connection is dropped and made again.
     """
 
     def __init__(self, url, reactor, name: str, *, on_ready=None, on_lost=None,
-                 on_message=None, on_pause=None, on_resume=None) -> None:
+                 on_message=None, on_pause=None, on_resume=None,
+                 reply_timeout: float | None = None) -> None:
         self.url = url
         self.name = name
         self.connection = None
@@ -88,6 +92,9 @@ class RedisLink:
         self._on_pause = on_pause
         self._on_resume = on_resume
         self._refusal = None
+        #: Seconds a reply may take before the connection is dropped (and
+        #: made again): a Redis that went silent without closing it.
+        self.reply_timeout = reply_timeout
         endpoint = HostnameEndpoint(reactor, url.host, url.port, timeout=CONNECT_TIMEOUT)
         if url.tls:
             from twisted.internet.ssl import optionsForClientTLS
@@ -133,8 +140,10 @@ class RedisLink:
         cls = subscriber if self._on_message is not None else command
         url = self.url
         protocol = cls(None, password=url.password, dbid=url.db or None,
-                       convertNumbers=False, username=url.username)
+                       convertNumbers=False, username=url.username,
+                       replyTimeout=self.reply_timeout)
         protocol.factory = self._factory
+        protocol.callLater = self._reactor.callLater  # its reply timer, on our clock
         protocol.whenConnected().addCallback(self._ready)
         return protocol
 

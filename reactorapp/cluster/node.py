@@ -58,6 +58,9 @@ def adopt_key(name: str) -> str:
 #: Milliseconds a node has to take over a gone node's sessions before
 #: another may try.
 ADOPT_LOCK_MS = 30_000
+#: Seconds (at least) a command may wait for Redis's reply before the
+#: connection is taken for dead and made again.
+REPLY_TIMEOUT = 10.0
 #: Entries of a gone node's stream read at a time.
 DRAIN_COUNT = 500
 
@@ -98,7 +101,8 @@ class ClusterNode(Service):
         self.remotes: dict[str, RemoteNode] = {}
         self.commands = RedisLink(url, reactor, "commands", on_ready=self._ready,
                                   on_lost=self._lost, on_pause=self._paused,
-                                  on_resume=self._resumed)
+                                  on_resume=self._resumed,
+                                  reply_timeout=max(REPLY_TIMEOUT, 2 * expiry))
         self.notices = RedisLink(url, reactor, "notices", on_ready=self._ready,
                                  on_lost=self._lost, on_message=self._notice)
         self.reader = RedisLink(url, reactor, "stream", on_ready=self._reader_ready,
