@@ -271,3 +271,37 @@ def test_a_redis_that_stops_answering_is_dropped_after_the_reply_timeout():
     assert isinstance(answer.result.value, RedisConnectionError)
     answer.addErrback(lambda f: None)
     assert transport.disconnecting
+
+
+def test_a_webhook_rule_takes_only_what_was_published_on_its_node():
+    """Every node serves each webhook rule for what was published on it: a
+    message from another node (which its own rule took) is not sent again."""
+    hub = ClusterHub(Clock())
+
+    class Rule:
+        cluster_local = True
+
+        def __init__(self):
+            self.got = []
+
+        def deliver(self, message, qos, retained):
+            self.got.append(message.payload)
+
+    rule = Rule()
+    hub.subscribe(rule, "t/#", 1)
+    hub.route(Message("t/1", b"here", 1))
+    hub.route_incoming(Message("t/1", b"from another node", 1))
+    assert rule.got == [b"here"]
+    assert hub.local_filters() == []  # not announced to other nodes
+    hub.unsubscribe(rule, "t/#")
+    hub.route(Message("t/1", b"after", 1))
+    assert rule.got == [b"here"]
+
+
+def test_other_nodes_filters_are_not_counted_as_subscriptions():
+    clock, hub, link, outbox, node = outbox_and_node()
+    hub.subscribe(object(), "mine", 0)
+    hub.add_remote(node, "theirs")
+    assert hub.subscription_count == 1
+    hub.remove_remote(node, ["theirs", "t/#"])
+    assert hub.subscription_count == 1

@@ -28,25 +28,46 @@ class ClusterHub(Hub):
         self.incoming = None
         #: Filter (shared ones by their inner filter) -> {(subscriber, filter)}.
         self._local: dict[str, set] = {}
+        #: Subscribers that want only what is published on this node
+        #: (``cluster_local``: webhook rules) -> the `_ThisNodeOnly` in the tree.
+        self._this_node_only: dict = {}
+        #: Subscriptions of other nodes in the tree (not counted as ours).
+        self._remote_count = 0
 
     # -- local subscriptions, as other nodes must know them ----------------
 
     def subscribe(self, subscriber, topic_filter, qos):
-        retained = super().subscribe(subscriber, topic_filter, qos)
+        retained = super().subscribe(self._in_tree(subscriber), topic_filter, qos)
         self._added(subscriber, topic_filter)
         return retained
 
     def unsubscribe(self, subscriber, topic_filter):
-        existed = super().unsubscribe(subscriber, topic_filter)
+        existed = super().unsubscribe(self._in_tree(subscriber), topic_filter)
         if existed:
             self._removed(subscriber, topic_filter)
         return existed
 
     def unsubscribe_all(self, subscriber, topic_filters):
         topic_filters = list(topic_filters)
-        super().unsubscribe_all(subscriber, topic_filters)
+        super().unsubscribe_all(self._in_tree(subscriber), topic_filters)
         for topic_filter in topic_filters:
             self._removed(subscriber, topic_filter)
+
+    def _in_tree(self, subscriber):
+        """What stands for ``subscriber`` in the topic tree: itself, or for
+        a ``cluster_local`` one (a webhook rule, served by every node for
+        what was published on it) a `_ThisNodeOnly` that skips messages
+        from other nodes, which their own rule has taken already."""
+        if not getattr(subscriber, "cluster_local", False):
+            return subscriber
+        stand_in = self._this_node_only.get(subscriber)
+        if stand_in is None:
+            stand_in = self._this_node_only[subscriber] = _ThisNodeOnly(subscriber, self)
+        return stand_in
+
+    @property
+    def subscription_count(self) -> int:
+        return len(self._subscriptions) - self._remote_count
 
     def local_filters(self) -> list[str]:
         """The filters this node has subscribers for (a shared one as its
@@ -82,10 +103,13 @@ class ClusterHub(Hub):
     def add_remote(self, remote, topic_filter: str) -> None:
         """Route messages matching ``topic_filter`` to the node ``remote``
         (at the published QoS: its own subscribers get what they asked for)."""
-        self._subscriptions.add(topic_filter, remote, 2)
+        if self._subscriptions.add(topic_filter, remote, 2):
+            self._remote_count += 1
 
     def remove_remote(self, remote, topic_filters) -> None:
-        self._subscriptions.remove_all(remote, list(topic_filters))
+        for topic_filter in list(topic_filters):
+            if self._subscriptions.remove(topic_filter, remote):
+                self._remote_count -= 1
 
     # -- routing -----------------------------------------------------------
 
@@ -114,3 +138,21 @@ class ClusterHub(Hub):
     def claim(self, client_id: str) -> None:
         if self.node is not None:
             self.node.claim(client_id)
+
+
+class _ThisNodeOnly:
+    """A subscriber that takes only messages published on this node."""
+
+    __slots__ = ("subscriber", "hub")
+
+    def __init__(self, subscriber, hub: ClusterHub) -> None:
+        self.subscriber = subscriber
+        self.hub = hub
+
+    def deliver(self, message, qos, retained):
+        if self.hub.incoming is message:
+            return None
+        return self.subscriber.deliver(message, qos, retained)
+
+    def __repr__(self) -> str:
+        return f"_ThisNodeOnly({self.subscriber!r})"
