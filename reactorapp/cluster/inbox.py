@@ -24,8 +24,10 @@ from reactorapp.hub.flow import IInput
 
 log = Logger()
 
-#: Entries read at a time.
-READ_COUNT = 256
+#: Entries read at a time. Each holds what one node sent in one reactor turn
+#: (possibly thousands of messages): a small count keeps one read, and the
+#: time spent routing it, bounded.
+READ_COUNT = 32
 
 
 @implementer(IInput)
