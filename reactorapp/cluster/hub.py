@@ -143,14 +143,14 @@ class ClusterHub(Hub):
 class _ThisNodeOnly:
     """A subscriber that takes only messages published on this node."""
 
-    __slots__ = ("subscriber", "hub")
+    __slots__ = ("subscriber", "cluster_hub")
 
-    def __init__(self, subscriber, hub: ClusterHub) -> None:
+    def __init__(self, subscriber, cluster_hub: ClusterHub) -> None:
         self.subscriber = subscriber
-        self.hub = hub
+        self.cluster_hub = cluster_hub
 
     def deliver(self, message, qos, retained):
-        if self.hub.incoming is message:
+        if self.cluster_hub.incoming is message:
             return None
         return self.subscriber.deliver(message, qos, retained)
 
