@@ -165,3 +165,32 @@ async def test_stores_give_back_the_properties_and_the_deadline(kind, tmp_path):
             assert message.expires == 1030.0
     finally:
         await stores.close()
+
+
+def test_a_delivered_message_carries_the_time_it_has_left():
+    """[MQTT-3.3.2-6]: a 5.0 subscriber gets the interval the message came
+    with minus the time it waited here: in full when it goes out at once,
+    less after waiting in the queue of an offline session."""
+    from tests.mqtt5_harness import connect5
+
+    broker = StoredBroker(ManualStore())
+    live = connect5(broker, "live")
+    live.subscribe(("t/#", 1))
+    later = connect5(broker, "later", clean=False)
+    later.subscribe(("t/#", 1))
+    later.send(P.Disconnect())
+    pub = connect5(broker, "pub")
+    pub.publish("t/x", b"x", 1, message_expiry_interval=60)
+    broker.store.commit()
+    (now,) = [p for p in live.take() if isinstance(p, P.Publish)]
+    assert now.properties == {"message_expiry_interval": 60}
+    broker.clock.advance(7.5)
+    back = connect5(broker, "later", clean=False)
+    (waited,) = [p for p in back.take() if isinstance(p, P.Publish)]
+    assert waited.properties == {"message_expiry_interval": 53}  # 52.5, rounded up
+    broker.clock.advance(60)
+    pub.publish("t/y", b"y", 1, retain=True, message_expiry_interval=30)
+    broker.clock.advance(10)
+    fresh = connect5(broker, "fresh")
+    _, (retained,) = fresh.subscribe(("t/y", 1))
+    assert retained.properties == {"message_expiry_interval": 20}

@@ -11,8 +11,10 @@ from twisted.internet.task import Clock
 
 from reactorapp.hub.hub import Hub
 from reactorapp.hub.message import Message
+from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.session import MQTTSettings, Session, restore_sessions
 from reactorapp.mqtt.suboptions import Options, OptionTable
+from tests.mqtt5_harness import Broker, connect5
 from tests.test_store import Stores, durable
 
 
@@ -103,3 +105,132 @@ def test_no_local_keeps_a_clients_own_messages_from_it():
     session.subscribe("#", 0)  # an overlapping subscription without No Local
     hub.publish(Message("t", b"mine again", sender="me"))
     assert sent == [b"theirs", b"mine again"]
+
+
+# -- on the wire -----------------------------------------------------------------
+
+def test_no_local_on_the_wire():
+    """[MQTT-3.8.3-3]: a client subscribed with No Local does not get its
+    own PUBLISH; another client on the same filter does."""
+    broker = Broker()
+    me = connect5(broker, "me")
+    other = connect5(broker, "other")
+    me.subscribe(P.SubscriptionRequest("chat/#", 1, no_local=True))
+    other.subscribe(("chat/#", 1))
+    me.publish("chat/room", b"hello", 1)
+    assert [type(p) for p in me.take()] == [P.PubAck]
+    assert [p.payload for p in other.take()] == [b"hello"]
+    other.publish("chat/room", b"hi back", 1)
+    assert [p.payload for p in me.take() if type(p) is P.Publish] == [b"hi back"]
+
+
+def test_retain_as_published_keeps_the_flag_on_live_messages():
+    """[MQTT-3.3.1-12]: without it a live message goes out with RETAIN 0;
+    [MQTT-3.3.1-13]: with it, with the publisher's flag."""
+    broker = Broker()
+    kept = connect5(broker, "kept")
+    plain = connect5(broker, "plain")
+    kept.subscribe(P.SubscriptionRequest("s/#", 0, retain_as_published=True))
+    plain.subscribe(("s/#", 0))
+    pub = connect5(broker, "pub")
+    pub.publish("s/1", b"r", retain=True)
+    pub.publish("s/2", b"n")
+    assert [(p.payload, p.retain) for p in kept.take()] == [(b"r", True), (b"n", False)]
+    assert [(p.payload, p.retain) for p in plain.take()] == [(b"r", False), (b"n", False)]
+
+
+@pytest.mark.parametrize("handling, first, again", [(0, 1, 1), (1, 1, 0), (2, 0, 0)])
+def test_retain_handling(handling, first, again):
+    """[MQTT-3.3.1-9] 0: retained messages at every SUBSCRIBE;
+    [MQTT-3.3.1-10] 1: only when the subscription is new;
+    [MQTT-3.3.1-11] 2: never. They carry RETAIN 1 (§3.3.1.3)."""
+    broker = Broker()
+    pub = connect5(broker, "pub")
+    pub.publish("r/t", b"kept", 1, retain=True)
+    sub = connect5(broker, "sub")
+    request = P.SubscriptionRequest("r/#", 1, retain_handling=handling)
+    _, sent = sub.subscribe(request)
+    assert [(p.payload, p.retain) for p in sent] == [(b"kept", True)] * first
+    _, sent = sub.subscribe(request)  # the same filter again: not new
+    assert [(p.payload, p.retain) for p in sent] == [(b"kept", True)] * again
+
+
+def test_overlapping_subscriptions_get_one_publish_with_every_identifier():
+    """[MQTT-3.3.4-3] [MQTT-3.3.4-4]: one copy for overlapping subscriptions,
+    carrying the identifiers of all that match (Mosquitto sends a copy per
+    subscription); at the highest QoS granted among them [MQTT-3.3.4-2]."""
+    broker = Broker()
+    sub = connect5(broker, "sub")
+    sub.subscribe(("home/#", 0), identifier=1)
+    sub.subscribe(("home/+/temp", 1), identifier=2)
+    sub.subscribe(("home/kitchen/temp", 1))  # no identifier
+    pub = connect5(broker, "pub")
+    pub.publish("home/kitchen/temp", b"21", 1)
+    pub.publish("home/kitchen/light", b"on", 1)
+    first, second = [p for p in sub.take() if type(p) is P.Publish]
+    assert first.payload == b"21" and first.qos == 1
+    assert sorted(first.properties["subscription_identifier"]) == [1, 2]
+    assert second.properties["subscription_identifier"] == [1]
+    sub.send(P.Unsubscribe(sub.packet_id(), ["home/#"]))
+    sub.take()
+    pub.publish("home/kitchen/temp", b"22", 1)
+    (third,) = [p for p in sub.take() if type(p) is P.Publish]
+    assert third.properties["subscription_identifier"] == [2]
+
+
+def test_a_replaced_subscription_takes_its_new_identifier():
+    """[MQTT-3.8.4-3]: the same filter again replaces the subscription,
+    options and identifier included."""
+    broker = Broker()
+    sub = connect5(broker, "sub")
+    sub.subscribe(("x", 0), identifier=7)
+    sub.subscribe(("x", 0), identifier=8)
+    pub = connect5(broker, "pub")
+    pub.publish("x", b"1")
+    (p,) = sub.take()
+    assert p.properties["subscription_identifier"] == [8]
+    sub.subscribe(("x", 0))
+    pub.publish("x", b"2")
+    (p,) = sub.take()
+    assert "subscription_identifier" not in p.properties
+
+
+def test_retained_messages_carry_the_identifier_of_the_new_subscription():
+    broker = Broker()
+    pub = connect5(broker, "pub")
+    pub.publish("r/t", b"kept", 0, retain=True)
+    sub = connect5(broker, "sub")
+    _, (retained,) = sub.subscribe(("r/#", 0), identifier=99)
+    assert retained.properties["subscription_identifier"] == [99]
+
+
+def test_suback_reason_codes():
+    """[MQTT-3.9.3-1] [MQTT-3.9.3-2]: one code per filter, in order: the QoS
+    granted, 0x8F for an invalid filter, 0x97 past the subscription quota."""
+    broker = Broker(max_subscriptions=2)
+    sub = connect5(broker, "sub")
+    codes, _ = sub.subscribe(("a/#", 2), ("bad/#/x", 1), ("b", 1), ("c", 0))
+    assert codes == [2, 0x8F, 1, 0x97]
+
+
+def test_suback_says_not_authorized():
+    """§3.9.3: a filter the ACL refuses gets 0x87 Not authorized."""
+    from reactorapp.auth.acl import ACL, ACLAuthorizer
+    from reactorapp.auth.guard import Guard
+
+    broker = Broker()
+    broker.factory.guard = Guard(authorizer=ACLAuthorizer(ACL.parse("topic readwrite open/#\n")))
+    sub = connect5(broker, "sub")
+    codes, _ = sub.subscribe(("open/x", 1), ("closed/x", 1))
+    assert codes == [1, 0x87]
+
+
+def test_unsuback_reason_codes():
+    """[MQTT-3.11.3-1] [MQTT-3.11.3-2]: 0x00 for a removed subscription, 0x11
+    No subscription existed, 0x8F for a filter that cannot exist."""
+    broker = Broker()
+    sub = connect5(broker, "sub")
+    sub.subscribe(("a", 0))
+    sub.send(P.Unsubscribe(9, ["a", "b", "a/#/b"]))
+    (unsuback,) = sub.take()
+    assert (unsuback.packet_id, unsuback.reason_codes) == (9, [0, 0x11, 0x8F])

@@ -193,6 +193,11 @@ class Hub:
             return commit
         return Commit.after(placed(commit, full))
 
+    def has_subscribers(self, topic) -> bool:
+        """Whether a message on ``topic`` would reach any subscriber now
+        (an MQTT 5 PUBACK says so); the topic tree's cached match."""
+        return bool(self._subscriptions.match(topic))
+
     def restore_retained(self, messages) -> None:
         """Put back retained messages read from the store at start-up
         (those that expired meanwhile are removed instead)."""

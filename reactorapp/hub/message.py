@@ -7,10 +7,11 @@ import time
 
 _ids = itertools.count(1)
 
-#: MQTT 5 PUBLISH properties that belong to one hop (client -> broker or
-#: broker -> client) and never travel with the message [MQTT-3.3.2-7]
-#: [MQTT-3.3.4-3]: the receiver of each hop sets its own.
-PER_HOP = frozenset(("topic_alias", "subscription_identifier"))
+#: MQTT 5 properties of a PUBLISH (or Will) that never travel with the
+#: message: Topic Alias and Subscription Identifier belong to one hop
+#: (client -> broker or broker -> client) [MQTT-3.3.2-7] [MQTT-3.3.4-3], the
+#: Will Delay Interval to the will's sender.
+NOT_FORWARDED = frozenset(("topic_alias", "subscription_identifier", "will_delay_interval"))
 
 
 def application_properties(properties: dict | None) -> dict | None:
@@ -19,9 +20,9 @@ def application_properties(properties: dict | None) -> dict | None:
     Correlation Data, User Properties), or None when there are none."""
     if not properties:
         return None
-    if PER_HOP.isdisjoint(properties):
+    if NOT_FORWARDED.isdisjoint(properties):
         return properties
-    kept = {name: value for name, value in properties.items() if name not in PER_HOP}
+    kept = {name: value for name, value in properties.items() if name not in NOT_FORWARDED}
     return kept or None
 
 

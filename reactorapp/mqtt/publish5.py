@@ -57,23 +57,22 @@ class TopicAliases:
     connection: a new one starts with none [MQTT-3.3.2-7].
     """
 
-    __slots__ = ("maximum_in", "inbound", "maximum_out", "outbound")
+    __slots__ = ("inbound", "maximum_out", "outbound")
 
-    def __init__(self, maximum_in: int, maximum_out: int) -> None:
-        self.maximum_in = maximum_in
+    def __init__(self, maximum_out: int) -> None:
         self.inbound: dict[int, str] = {}
         self.maximum_out = maximum_out
         #: topic -> alias, least recently sent first.
         self.outbound: OrderedDict[str, int] | None = OrderedDict() if maximum_out else None
 
-    def resolve(self, topic: str, alias: int | None) -> str:
-        """The topic of a PUBLISH from the client, given its Topic Alias."""
+    def resolve(self, topic: str, alias: int | None, maximum_in: int) -> str:
+        """The topic of a PUBLISH from the client, given its Topic Alias and
+        our Topic Alias Maximum (announced in CONNACK)."""
         if alias is None:
             return topic
-        if not 0 < alias <= self.maximum_in:
-            # [MQTT-3.3.2-9] [MQTT-3.3.2-10]
-            raise AliasError(f"Topic Alias {alias} is over the maximum of {self.maximum_in}",
-                             0x94)
+        if not 0 < alias <= maximum_in:
+            # [MQTT-3.3.2-8] [MQTT-3.3.2-9]: 0 or over our maximum
+            raise AliasError(f"Topic Alias {alias} is over the maximum of {maximum_in}", 0x94)
         if topic:
             self.inbound[alias] = topic  # set or replaced [§3.3.2.3.4]
             return topic
@@ -126,9 +125,9 @@ def encode_for(message, qos: int, retain: bool, packet_id: int, dup: bool, now: 
                identifiers: tuple = (), aliases: TopicAliases | None = None) -> tuple[bytes, str]:
     """The PUBLISH of ``message`` for one 5.0 subscriber, and the topic it
     set an alias for ("" if none): with ``identifiers`` (its matching
-    subscriptions' [MQTT-3.3.4-3]) and an alias from ``aliases``.
-    Topic Alias and Subscription Identifier are never forwarded from the
-    publisher: the Message does not hold them [MQTT-3.3.4-3]."""
+    subscriptions' [MQTT-3.3.4-3] [MQTT-3.3.4-4]) and an alias from
+    ``aliases``. The publisher's Topic Alias is never forwarded: the Message
+    does not hold it [MQTT-3.3.2-7]."""
     expires = message.expires
     left = None if expires is None else message.time_left(now)
     if not identifiers and (aliases is None or aliases.outbound is None):
