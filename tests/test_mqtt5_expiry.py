@@ -176,7 +176,7 @@ def test_a_delivered_message_carries_the_time_it_has_left():
     broker = StoredBroker(ManualStore())
     live = connect5(broker, "live")
     live.subscribe(("t/#", 1))
-    later = connect5(broker, "later", clean=False)
+    later = connect5(broker, "later", clean=False, session_expiry_interval=3600)
     later.subscribe(("t/#", 1))
     later.send(P.Disconnect())
     pub = connect5(broker, "pub")
@@ -185,7 +185,7 @@ def test_a_delivered_message_carries_the_time_it_has_left():
     (now,) = [p for p in live.take() if isinstance(p, P.Publish)]
     assert now.properties == {"message_expiry_interval": 60}
     broker.clock.advance(7.5)
-    back = connect5(broker, "later", clean=False)
+    back = connect5(broker, "later", clean=False, session_expiry_interval=3600)
     (waited,) = [p for p in back.take() if isinstance(p, P.Publish)]
     assert waited.properties == {"message_expiry_interval": 53}  # 52.5, rounded up
     broker.clock.advance(60)

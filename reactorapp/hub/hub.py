@@ -42,7 +42,7 @@ class HubStats:
         "bytes_received", "bytes_sent", "traffic",
         "queue_dropped_qos0", "queue_refused", "queue_spilled", "publishers_held",
         "spill_bytes", "inputs_held", "slow_subscribers", "sessions_expired",
-        "messages_expired",
+        "messages_expired", "publish_too_large",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -76,11 +76,14 @@ class HubStats:
         #: Times a subscriber drained nothing for --slow-subscriber-timeout
         #: and was marked slow (its QoS 0 messages dropped from then on).
         self.slow_subscribers = 0
-        #: Persistent sessions removed after --session-expiry offline.
+        #: Persistent sessions removed after their expiry offline.
         self.sessions_expired = 0
         #: Messages dropped undelivered because their MQTT 5 Message Expiry
         #: Interval passed (queued, spilled, retained or stored).
         self.messages_expired = 0
+        #: PUBLISHes not sent to an MQTT 5 client because they were larger
+        #: than its Maximum Packet Size (counted as delivered to it).
+        self.publish_too_large = 0
         #: Front end name ("mqtt", "websocket", "http", "sse", ...) -> Traffic.
         self.traffic: dict[str, Traffic] = {}
 
