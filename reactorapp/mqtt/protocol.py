@@ -31,7 +31,9 @@ from reactorapp.mqtt.codec import (
 )
 from reactorapp.mqtt.connect import ConnectHandling, expiry_for, receive_maximum
 from reactorapp.mqtt.interfaces import IConnection
-from reactorapp.mqtt.publish5 import AliasError, encode_for, payload_format_invalid
+from reactorapp.mqtt.publish5 import (
+    AliasError, encode_for, encode_plain5, payload_format_invalid,
+)
 from reactorapp.mqtt.session import MQTTSettings, Session, publish_will
 from reactorapp.mqtt.states import AUTHENTICATING, AWAITING_CONNECT, CHALLENGED, CLOSED, CONNECTED
 from reactorapp.mqtt.suboptions import Options
@@ -278,16 +280,28 @@ class MQTTProtocol(ConnectHandling, Protocol):
     # -- outgoing ------------------------------------------------------
 
     def send_publish0(self, message: Message, retained: bool) -> bool:
-        """Hot path: one QoS 0 PUBLISH, encoded once per message and flag.
+        """Hot path: one QoS 0 PUBLISH, encoded once per message and flag
+        (and level: an MQTT 5 client with nothing of its own in the packet
+        shares the 5.0 encoding, under the keys 2 and 3).
         False: not sent, too large for the client (`IConnection`)."""
-        if self.v5 is not None:
-            return self._send_publish5(message, 0, retained, 0, False)
         cache = message.encoded
         if cache is None:
             cache = message.encoded = {}
-        data = cache.get(retained)
-        if data is None:
-            data = cache[retained] = encode_publish(message.topic, message.payload, 0, retained)
+        v5 = self.v5
+        if v5 is None:
+            data = cache.get(retained)
+            if data is None:
+                data = cache[retained] = encode_publish(message.topic, message.payload, 0, retained)
+        elif (v5.topic_alias_maximum or message.expires is not None
+              or self.session.options is not None):
+            return self._send_publish5(message, 0, retained, 0, False)
+        else:
+            data = cache.get(2 + retained)
+            if data is None:
+                data = cache[2 + retained] = encode_plain5(message, 0, retained)
+            if len(data) > v5.maximum_packet_size:
+                self._too_large()
+                return False
         self._send(data)
         self.traffic.sent[0] += 1
         stats = self.stats
@@ -299,9 +313,23 @@ class MQTTProtocol(ConnectHandling, Protocol):
     def send_publish(self, message: Message, qos: int, retained: bool, packet_id: int, dup: bool) -> bool:
         """A QoS 1/2 PUBLISH: the encoding is shared, only the id varies.
         False: not sent, too large for the client (`IConnection`)."""
-        if self.v5 is not None:
-            return self._send_publish5(message, qos, retained, packet_id, dup)
-        if dup:
+        v5 = self.v5
+        if v5 is not None:
+            if (dup or v5.topic_alias_maximum or message.expires is not None
+                    or self.session.options is not None):
+                return self._send_publish5(message, qos, retained, packet_id, dup)
+            cache = message.encoded
+            if cache is None:
+                cache = message.encoded = {}
+            key = (qos, retained, 5)
+            parts = cache.get(key)
+            if parts is None:
+                parts = cache[key] = encode_plain5(message, qos, retained)
+            data = parts[0] + packet_id.to_bytes(2, "big") + parts[1]
+            if len(data) > v5.maximum_packet_size:
+                self._too_large()
+                return False
+        elif dup:
             data = encode_publish(message.topic, message.payload, qos, retained, True, packet_id)
         else:
             cache = message.encoded
@@ -340,7 +368,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
             if not retained and routing.as_published:
                 retained = message.retain  # [MQTT-3.3.1-13]
         v5 = self.v5
-        data, assigned = encode_for(message, qos, retained, packet_id, dup, self.clock.seconds(),
+        data, assigned = encode_for(message, qos, retained, packet_id, dup, self.clock,
                                     identifiers, v5.aliases)
         if len(data) > v5.maximum_packet_size:
             if assigned:  # the client never learns that alias
