@@ -4,14 +4,20 @@ the messages, and what one leaves unacknowledged goes to another."""
 
 from __future__ import annotations
 
+import json
 import queue
 
 import pytest
+import pytest_twisted
+import treq
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
 
 from reactorapp.mqtt import packets as P
 from tests.brokerproc import running_broker
 from tests.paho_client import TIMEOUT, PahoClient, published
 from tests.rawmqtt import RawClient
+from tests.webhook_receiver import Receiver, the_reactor, within
 
 MAX_INFLIGHT = 8
 
@@ -131,3 +137,104 @@ def test_bad_share_names_are_refused(broker):
         assert codes == [P.SUBACK_FAILURE] * 3 + [1]
     finally:
         sub.close()
+
+
+# -- an SSE stream, a webhook rule and an MQTT client in one group ---------------
+
+
+class Tally:
+    """Who got which payload; `done` fires once ``expected`` have arrived.
+    Called on the reactor thread (paho's thread goes through callFromThread)."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.got: dict[str, list[bytes]] = {"sse": [], "webhook": [], "mqtt": []}
+        self.done = defer.Deferred()
+
+    def add(self, who: str, payload: bytes) -> None:
+        self.got[who].append(payload)
+        if sum(map(len, self.got.values())) >= self.expected and not self.done.called:
+            self.done.callback(None)
+
+
+class SSEEvents:
+    """Feeds the ``data:`` lines of an event stream read with treq to a Tally."""
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+        self.buffer = b""
+        self.opened = defer.Deferred()
+
+    def chunk(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.opened.called and b"retry:" in self.buffer:
+            self.opened.callback(None)  # subscribed by the time this is written
+        *events, self.buffer = self.buffer.split(b"\n\n")
+        for event in events:
+            for line in event.split(b"\n"):
+                if line.startswith(b"data: "):
+                    self.tally.add("sse", json.loads(line[6:])["payload"].encode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_webhook_and_mqtt_members_share_the_messages(tmp_path):
+    """An SSE stream (``/api/v1/stream?filter=$share/mixed/...``), a webhook
+    rule whose filter is ``$share/mixed/...`` and a paho client are three
+    members of one group: 30 QoS 1 messages are split among them, each
+    delivered once, and each member gets some."""
+    count = 30
+    tally = Tally(count)
+
+    def answer(number, received):
+        tally.add("webhook", json.loads(received.body)["payload"].encode())
+        return 200
+
+    receiver = Receiver(answer)
+    url = receiver.listen(the_reactor())
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        "[[webhooks]]\n"
+        'name = "mixed"\n'
+        'filters = ["$share/mixed/e2e/mixed/#"]\n'
+        f'url = "{url}"\n'
+        "qos = 1\n")
+    context = running_broker(tmp_path, "--config", str(config))
+    process = await within(deferToThread(context.__enter__), 30)
+    consumer = None
+    try:
+        base = f"http://127.0.0.1:{process.http_port}"
+        response = await within(treq.get(
+            f"{base}/api/v1/stream?filter=$share/mixed/e2e/mixed/%23&qos=1", unbuffered=True))
+        assert response.code == 200
+        events = SSEEvents(tally)
+        streaming = treq.collect(response, events.chunk)
+        streaming.addErrback(lambda _failure: None)  # ends when the broker stops
+        await within(events.opened)
+
+        def join() -> PahoClient:
+            client = PahoClient(process.host, process.port, "mixed-mqtt").connect()
+            client.client.on_message = lambda c, u, m: the_reactor().callFromThread(
+                tally.add, "mqtt", m.payload)
+            assert client.subscribe(("$share/mixed/e2e/mixed/#", 1)) == [1]
+            return client
+
+        consumer = await within(deferToThread(join))
+
+        def publish_all() -> None:
+            client = PahoClient(process.host, process.port, "mixed-producer").connect()
+            try:
+                for i in range(count):
+                    client.publish_and_wait(f"e2e/mixed/{i % 3}", b"%d" % i, qos=1)
+            finally:
+                client.close()
+
+        await within(deferToThread(publish_all), 30)
+        await within(tally.done, 30)
+    finally:
+        if consumer is not None:
+            await within(deferToThread(consumer.close))
+        await within(deferToThread(context.__exit__, None, None, None), 30)
+        await receiver.stop()
+    everything = [p for payloads in tally.got.values() for p in payloads]
+    assert sorted(everything) == sorted(b"%d" % i for i in range(count))
+    assert all(tally.got.values()), tally.got

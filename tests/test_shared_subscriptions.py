@@ -5,14 +5,19 @@ leaves unacknowledged goes to another one."""
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
+
+from reactorapp.auth.passwd import set_password
 from reactorapp.hub.hub import Hub
 from reactorapp.hub.message import Message
 from reactorapp.hub.shared import AWAY, BUSY, READY, REFUSED
 from reactorapp.hub.topics import TopicTree
 from reactorapp.mqtt import packets as P
 from reactorapp.testing import Inbox
+from reactorapp.webhooks.rules import parse_rule
 from tests.mqtt_harness import Broker
-from twisted.internet.task import Clock
+from tests.test_http_auth import ACL_TEXT, basic, guarded
+from tests.test_web_sse import Stream, web  # noqa: F401 (a fixture)
 
 
 def publishes(client) -> list:
@@ -332,3 +337,47 @@ def test_a_group_that_ends_drops_what_its_last_member_held():
     a.drop()
     assert broker.hub.shared_groups() == []
     assert broker.hub.stats.shared_handed_over == 0
+
+
+# -- members from the HTTP side -------------------------------------------------
+
+
+def test_sse_streams_and_mqtt_clients_share_a_group(web):
+    """GET /api/v1/stream?filter=$share/g/... joins the group like an MQTT
+    client does; a stream whose reader is slow (paused) is passed over."""
+    one = Stream(web, "filter=$share/g/jobs/%23&qos=1")
+    two = Stream(web, "filter=$share/g/jobs/%23&qos=1")
+    (mqtt,) = consumers(web.broker, 1, qos=1)
+    for i in range(6):
+        one.publish("jobs/x", b"%d" % i, qos=1)
+    sse = [[e["payload"] for e in one.events()], [e["payload"] for e in two.events()]]
+    assert sse == [["0", "3"], ["1", "4"]]
+    assert payloads(mqtt) == [b"2", b"5"]
+    one.pause()
+    for i in range(6, 10):
+        one.publish("jobs/x", b"%d" % i, qos=1)
+    assert one.events() == []
+    assert len(two.events()) == 2
+    one.resume()
+
+
+def test_the_acl_applies_to_the_inner_filter_of_a_stream(tmp_path):
+    """A user may join a group on a filter the ACL lets them read, and is
+    refused (403) one it does not."""
+    path = str(tmp_path / "passwd")
+    set_password(path, "alice", b"pw-alice", n=2 ** 4)
+    web = guarded(path, ACL_TEXT)
+    headers = basic("alice", "pw-alice")
+    refused = web.get("/api/v1/stream?filter=$share/g/home/secret/%23", headers=headers)
+    assert refused.status == 403
+    allowed = web.get("/api/v1/stream?filter=$share/g/home/%23", headers=headers)
+    assert allowed.status == 200
+    (group,) = web.hub.shared_groups()
+    assert group.share_filter == "$share/g/home/#"
+
+
+def test_a_webhook_rule_may_use_a_shared_filter():
+    """A rule with a "$share/GROUP/FILTER" filter is one member of that group."""
+    rule = parse_rule({"name": "jobs", "url": "http://example.com/hook",
+                       "filters": ["$share/workers/jobs/#"]})
+    assert rule.filters == ("$share/workers/jobs/#",)
