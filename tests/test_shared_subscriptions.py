@@ -17,6 +17,8 @@ from reactorapp.testing import Inbox
 from reactorapp.webhooks.rules import parse_rule
 from tests.mqtt_harness import Broker
 from tests.test_http_auth import ACL_TEXT, basic, guarded
+from tests.test_stream_sessions import Events
+from tests.test_web_api import Web
 from tests.test_web_sse import Stream, web  # noqa: F401 (a fixture)
 
 
@@ -381,3 +383,21 @@ def test_a_webhook_rule_may_use_a_shared_filter():
     rule = parse_rule({"name": "jobs", "url": "http://example.com/hook",
                        "filters": ["$share/workers/jobs/#"]})
     assert rule.filters == ("$share/workers/jobs/#",)
+
+
+def test_named_stream_sessions_share_a_group_and_are_away_when_detached():
+    """Named stream sessions (``session=NAME``) on ``$share/...`` are members
+    too: in turn while attached; detached, a session gets nothing while
+    another member is attached (like an offline persistent session)."""
+    web = Web()
+    one = Events(web, "session=one&filter=$share/g/s/%23&qos=1")
+    two = Events(web, "session=two&filter=$share/g/s/%23&qos=1")
+    for i in range(4):
+        web.hub.publish(Message("s/a", b"%d" % i, 1))
+    assert [p for _, p in one.events()] == ["0", "2"]
+    assert [p for _, p in two.events()] == ["1", "3"]
+    one.cut()
+    assert web.stream_sessions.get("one").share_state(1) == AWAY
+    for i in range(4, 7):
+        web.hub.publish(Message("s/a", b"%d" % i, 1))
+    assert [p for _, p in two.events()] == ["4", "5", "6"]
