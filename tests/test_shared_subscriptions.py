@@ -16,7 +16,7 @@ from reactorapp.mqtt import packets as P
 from reactorapp.testing import Inbox
 from reactorapp.webhooks.rules import parse_rule
 from tests.mqtt_harness import Broker
-from tests.test_http_auth import ACL_TEXT, basic, guarded
+from tests.test_http_auth import ACL_TEXT, basic, guarded, passwd  # noqa: F401 (a fixture)
 from tests.test_stream_sessions import Events
 from tests.test_web_api import Web
 from tests.test_web_sse import Stream, web  # noqa: F401 (a fixture)
@@ -401,3 +401,38 @@ def test_named_stream_sessions_share_a_group_and_are_away_when_detached():
     for i in range(4, 7):
         web.hub.publish(Message("s/a", b"%d" % i, 1))
     assert [p for _, p in two.events()] == ["4", "5", "6"]
+
+
+# -- what the admin API and /metrics show ---------------------------------------
+
+
+def test_admin_api_lists_groups_members_and_counts(web):  # noqa: F811
+    """GET /api/v1/shared: each group, its filter, its members (kind, name,
+    granted QoS, whether it can take a message now) and its counts; the
+    same counts in /api/v1/stats and /metrics."""
+    busy, away = consumers(web.broker, 2, qos=1, clean=False)
+    busy.protocol.pauseProducing()
+    away.drop()
+    Stream(web, "filter=$share/g/jobs/%23")
+    for i in range(3):
+        web.hub.publish(Message("jobs/x", b"%d" % i, 1))
+    groups = web.get("/api/v1/shared").json()
+    (group,) = groups
+    members = sorted(group.pop("members"), key=lambda m: m["kind"])
+    assert group == {"group": "g", "filter": "jobs/#", "deliveries": 3, "handed_over": 0}
+    by_name = {m["name"]: (m["kind"], m["qos"], m["state"]) for m in members if m["kind"] == "mqtt"}
+    assert by_name == {"worker0": ("mqtt", 1, "busy"), "worker1": ("mqtt", 1, "away")}
+    assert [(m["qos"], m["state"]) for m in members if m["kind"] == "sse"] == [(0, "ready")]
+    assert web.get("/api/v1/stats").json()["shared"] == {
+        "groups": 1, "deliveries": 3, "handed_over": 0}
+    metrics = web.get("/metrics").body.decode()
+    assert "reactorapp_shared_subscriptions 1.0" in metrics
+    assert "reactorapp_shared_deliveries_total 3.0" in metrics
+
+
+def test_the_shared_listing_is_for_administrators(passwd):  # noqa: F811
+    """/api/v1/shared needs read access to $admin/shared, as /clients does."""
+    web = guarded(passwd, ACL_TEXT)
+    assert web.get("/api/v1/shared", headers=basic("alice", "pw-alice")).status == 403
+    answer = web.get("/api/v1/shared", headers=basic("ops", "pw-ops"))
+    assert answer.status == 200 and answer.json() == []

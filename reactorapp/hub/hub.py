@@ -43,7 +43,7 @@ class HubStats:
         "bytes_received", "bytes_sent", "traffic",
         "queue_dropped_qos0", "queue_refused", "queue_spilled", "publishers_held",
         "spill_bytes", "inputs_held", "slow_subscribers", "sessions_expired",
-        "shared_handed_over",
+        "shared_deliveries", "shared_handed_over",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -79,6 +79,8 @@ class HubStats:
         self.slow_subscribers = 0
         #: Persistent sessions removed after --session-expiry offline.
         self.sessions_expired = 0
+        #: Messages given to one member of a shared subscription.
+        self.shared_deliveries = 0
         #: Shared-subscription messages given to another member of their
         #: group because the first one left without acknowledging them.
         self.shared_handed_over = 0
@@ -218,6 +220,7 @@ class Hub:
                 continue
             if wait is not REFUSED:
                 group.took(member)
+                self.stats.shared_deliveries += 1
                 return wait
         if group.members and not connected_only:
             self.stats.publish_dropped += 1  # every member refused it

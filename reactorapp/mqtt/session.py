@@ -213,6 +213,11 @@ class Session:
 
     # -- shared subscriptions (reactorapp/hub/shared.py) --------------------
 
+    @property
+    def share_label(self) -> tuple[str, str]:
+        """(kind, name) of this member, for the admin API."""
+        return "mqtt", self.client_id
+
     def share_state(self, qos: int) -> int:
         """Whether this member of a shared subscription can take a message
         at ``qos`` now: `READY`, `BUSY` (congested, slow a moment ago, or

@@ -115,6 +115,12 @@ class EventStream:
 
     # -- ISubscriber ------------------------------------------------------
 
+    @property
+    def share_label(self) -> tuple[str, str]:
+        """(kind, name) of this member, for the admin API: the reader's address."""
+        address = self.request.getClientAddress()
+        return "sse", f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+
     def share_state(self, qos: int) -> int:
         """As a member of a shared subscription: `BUSY` while its reader is
         slow (paused, events waiting), so that other members come first."""

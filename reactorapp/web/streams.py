@@ -116,6 +116,11 @@ class StreamSession:
 
     # -- delivery (ISubscriber) ---------------------------------------------
 
+    @property
+    def share_label(self) -> tuple[str, str]:
+        """(kind, name) of this member, for the admin API."""
+        return "stream", self.name
+
     def share_state(self, qos: int) -> int:
         """As a member of a shared subscription: `AWAY` with no stream
         attached, `BUSY` while its stream is paused or events wait."""

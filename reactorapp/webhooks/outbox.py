@@ -161,6 +161,11 @@ class RuleOutbox:
 
     # -- taking messages (ISubscriber) ---------------------------------------
 
+    @property
+    def share_label(self) -> tuple[str, str]:
+        """(kind, name) of this member, for the admin API."""
+        return "webhook", self.rule.name
+
     def share_state(self, qos: int) -> int:
         """As a member of a shared subscription (a ``$share/...`` filter):
         `BUSY` while deliveries wait in the store or fill the queue, so
