@@ -17,6 +17,7 @@ from reactorapp.testing import Inbox
 from reactorapp.webhooks.rules import parse_rule
 from tests.mqtt_harness import Broker
 from tests.test_http_auth import ACL_TEXT, basic, guarded, passwd  # noqa: F401 (a fixture)
+from tests.test_store_session import ManualStore, StoredBroker
 from tests.test_stream_sessions import Events
 from tests.test_web_api import Web
 from tests.test_web_sse import Stream, web  # noqa: F401 (a fixture)
@@ -436,3 +437,25 @@ def test_the_shared_listing_is_for_administrators(passwd):  # noqa: F811
     assert web.get("/api/v1/shared", headers=basic("alice", "pw-alice")).status == 403
     answer = web.get("/api/v1/shared", headers=basic("ops", "pw-ops"))
     assert answer.status == 200 and answer.json() == []
+
+
+def test_a_handed_over_message_leaves_the_store_of_the_member_that_left():
+    """With a store, a message handed over from a persistent member is
+    removed from that member's stored queue and written to the new
+    member's: after a restart the first does not get it again, and the
+    member that took it (persistent too) still has it until acknowledged."""
+    store = ManualStore()
+    broker = StoredBroker(store)
+    a, b = consumers(broker, 2, qos=1, clean=False)
+    pub = broker.connect("pub")
+    pub.publish("jobs/x", b"0", qos=1)
+    assert payloads(a) == [b"0"]
+    b.protocol.pauseProducing()  # b is busy but connected: it takes a's message
+    a.drop()
+    store.commit()
+    stored = {s.client_id: [m.message.payload for m in s.messages]
+              for s in store.load().sessions}
+    assert stored["worker0"] == [] and stored["worker1"] == [b"0"]
+    again = broker.restart()
+    back = again.connect("worker0", clean=False)
+    assert payloads(back) == []
