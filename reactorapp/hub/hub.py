@@ -206,25 +206,37 @@ class Hub:
         candidates (`ShareGroup.candidates`) that takes it. Return what that
         member's ``deliver`` returned, or `REFUSED` if nobody took it."""
         qos = message.qos
-        for member in group.candidates(qos, skip, connected_only):
-            granted = group.granted(member, qos)
-            take = getattr(member, "deliver_shared", None)
-            try:
-                if take is None:
-                    wait = member.deliver(message, granted, False)
-                else:
-                    wait = take(message, granted, group.share_filter)
-            except Exception:
-                log.failure("Subscriber {subscriber!r} failed to take a message",
-                            subscriber=member)
-                continue
+        first = group.next_ready(qos) if skip is None else None
+        if first is not None:
+            wait = self._offer(group, first, message, qos)
             if wait is not REFUSED:
-                group.took(member)
-                self.stats.shared_deliveries += 1
                 return wait
+        for member in group.candidates(qos, skip, connected_only):
+            if member is not first:
+                wait = self._offer(group, member, message, qos)
+                if wait is not REFUSED:
+                    return wait
         if group.members and not connected_only:
             self.stats.publish_dropped += 1  # every member refused it
         return REFUSED
+
+    def _offer(self, group, member, message, qos):
+        """``member.deliver_shared`` (or ``deliver``) at its granted QoS;
+        `REFUSED` if it did not take the message."""
+        granted = group.members.get(member, 0)
+        take = getattr(member, "deliver_shared", None)
+        try:
+            if take is None:
+                wait = member.deliver(message, granted if granted < qos else qos, False)
+            else:
+                wait = take(message, granted if granted < qos else qos, group.share_filter)
+        except Exception:
+            log.failure("Subscriber {subscriber!r} failed to take a message", subscriber=member)
+            return REFUSED
+        if wait is not REFUSED:
+            group.took(member)
+            self.stats.shared_deliveries += 1
+        return wait
 
     def hand_over(self, share_filter, message, leaving, connected_only=False) -> bool:
         """Give a shared-subscription ``message`` that the member ``leaving``

@@ -73,6 +73,16 @@ class ShareGroup:
         if index < self._turn:
             self._turn -= 1
 
+    def next_ready(self, qos: int):
+        """The member whose turn it is if it is `READY`, else None: the
+        usual case, checked without building `candidates`."""
+        order = self._order
+        if not order:
+            return None
+        member = order[self._turn % len(order)]
+        state = getattr(member, "share_state", None)
+        return member if state is None or state(qos) == READY else None
+
     def candidates(self, qos: int, skip=None, connected_only: bool = False):
         """The members to offer a message at ``qos`` to, best first (a
         generator, so that the usual case looks at one member): the `READY`
@@ -99,11 +109,6 @@ class ShareGroup:
         yield from busy
         if not connected_only:
             yield from away
-
-    def granted(self, member, qos: int) -> int:
-        """The QoS ``member`` gets a message published at ``qos`` with [MQTT-4.8.2-3]."""
-        granted = self.members.get(member, 0)
-        return granted if granted < qos else qos
 
     def took(self, member) -> None:
         """``member`` took a message: the next one starts after it."""
