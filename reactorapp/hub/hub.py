@@ -7,6 +7,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from reactorapp.hub.commit import Commit, placed
+from reactorapp.hub.deadlines import Deadlines
 from reactorapp.hub.flow import Caller, Flow
 from reactorapp.hub.interfaces import IHub
 from reactorapp.hub.shared import AWAY, REFUSED, share_state
@@ -124,6 +125,9 @@ class Hub:
         self.flow = Flow()
         self._subscriptions = TopicTree()
         self._retained = RetainedTree()
+        #: Retained messages with a Message Expiry Interval, removed on time.
+        self._deadlines = Deadlines(clock, self._remove_expired, self._is_retained,
+                                    self._retained_messages, self._retained.__len__)
         self._sessions: dict[str, object] = {}
 
     # -- routing ---------------------------------------------------------
@@ -167,6 +171,8 @@ class Hub:
         if message.retain:
             if message.payload:
                 self._retained.set(message.topic, message)
+                if message.expires is not None:
+                    self._deadlines.add(message)
             else:
                 # [MQTT-3.3.1-10] [MQTT-3.3.1-11]: an empty retained payload
                 # is delivered as usual but clears the stored message.
@@ -300,6 +306,8 @@ class Hub:
                 self._expire_retained(message)
             else:
                 self._retained.set(message.topic, message)
+                if message.expires is not None:
+                    self._deadlines.add(message)
 
     def subscribe(self, subscriber, topic_filter, qos):
         validate_filter(topic_filter)
@@ -328,6 +336,17 @@ class Hub:
             else:
                 kept.append(message)
         return kept
+
+    def _is_retained(self, message) -> bool:
+        return self._retained.get(message.topic) is message
+
+    def _retained_messages(self):
+        return (message for _, message in self._retained.items())
+
+    def _remove_expired(self, message) -> None:
+        """Its deadline passed (`Deadlines`): gone from the tree and the store."""
+        self._retained.remove(message.topic)
+        self._expire_retained(message)
 
     def _expire_retained(self, message) -> None:
         self.stats.messages_expired += 1
