@@ -172,3 +172,22 @@ def test_a_publish_the_acl_refuses_gets_0x87():
     allowed = pub.publish("open/x", b"y", 1)
     assert [(a.packet_id, a.reason_code) for a in pub.take()] == [(refused, 0x87), (allowed, 0)]
     assert [p.payload for p in sub.take()] == [b"y"]
+
+
+def test_a_delayed_will_counts_its_expiry_from_when_it_is_published():
+    """§3.1.3.2: the Will's Message Expiry Interval is the one its PUBLISH
+    carries when the will goes out, after the Will Delay Interval."""
+    from tests.mqtt5_harness import Client5
+
+    broker = Broker()
+    sub = connect5(broker, "sub")
+    sub.subscribe(("will/#", 1))
+    client = Client5(broker)
+    will = P.Will("will/c", b"gone", 1, False,
+                  {"message_expiry_interval": 30, "will_delay_interval": 10})
+    client.send(P.Connect("c", True, 0, will, protocol_level=P.MQTT_5,
+                          properties={"session_expiry_interval": 60}))
+    client.drop()
+    broker.clock.advance(10)
+    (received,) = [p for p in sub.take() if type(p) is P.Publish]
+    assert received.properties == {"message_expiry_interval": 30}

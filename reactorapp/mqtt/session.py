@@ -521,6 +521,9 @@ class Session:
             message, call = will
             if call.active():
                 call.cancel()
+            # Its Message Expiry Interval counts from now, when it is
+            # published, not from when the connection ended [§3.1.3.2].
+            message.stamp(self.hub.clock.seconds())
             publish_will(self.hub, message)
 
     def _cancel_will(self) -> None:
