@@ -393,6 +393,42 @@ def _read_properties(data: bytes, pos: int, end: int, context: int) -> tuple[dic
     return properties, stop
 
 
+#: PUBLISH property blocks seen lately, raw bytes -> (properties, names of
+#: the list values): a publisher tends to send the same properties with
+#: every message (a content type, user properties, an expiry), and a dict
+#: hit plus a copy is cheaper than decoding and checking them again. Shared
+#: by every connection; only blocks under 128 bytes without Correlation Data
+#: (which differs per request) are kept, and the cache starts afresh past
+#: _PROPERTY_BLOCKS_MAX blocks, so it holds at most about 128 KiB.
+_PROPERTY_BLOCKS: dict[bytes, tuple[dict, tuple]] = {}
+_PROPERTY_BLOCKS_MAX = 1024
+
+
+def _publish_properties(data: bytes, pos: int, end: int) -> tuple[dict, int]:
+    """`_read_properties` for a PUBLISH, through _PROPERTY_BLOCKS. Each
+    caller gets its own dict and lists, so the broker may change them."""
+    stop = pos + 1 + data[pos]
+    if data[pos] >= 0x80 or stop > end:
+        return _read_properties(data, pos, end, PacketType.PUBLISH)
+    raw = data[pos:stop]
+    hit = _PROPERTY_BLOCKS.get(raw)
+    if hit is None:
+        properties, stop = _read_properties(data, pos, end, PacketType.PUBLISH)
+        if "correlation_data" not in properties:
+            if len(_PROPERTY_BLOCKS) >= _PROPERTY_BLOCKS_MAX:
+                _PROPERTY_BLOCKS.clear()
+            lists = tuple(name for name, value in properties.items() if type(value) is list)
+            kept = properties.copy()
+            for name in lists:
+                kept[name] = kept[name].copy()
+            _PROPERTY_BLOCKS[raw] = (kept, lists)
+        return properties, stop
+    properties = hit[0].copy()
+    for name in hit[1]:
+        properties[name] = properties[name].copy()
+    return properties, stop
+
+
 def _check_property(check: int, name: str, value) -> None:
     if check == _FLAG:
         if value > 1:
@@ -1072,7 +1108,7 @@ class Parser:
                             packet_id = None
                         if packet_id != 0:
                             if data[stop]:
-                                properties, stop = _read_properties(data, stop, end, 3)
+                                properties, stop = _publish_properties(data, stop, end)
                             else:
                                 properties = {}
                                 stop += 1
