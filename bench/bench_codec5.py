@@ -276,6 +276,8 @@ MALFORMED = [
     ("DISCONNECT reason code 0x18", "MQTT-3.14.2-1", _frame(0xE0, b"\x18"), 0x82),
     ("wildcard in PUBLISH topic", "MQTT-3.3.2-2", _frame(0x30, _s("a/+") + b"\x00"), 0x82),
     ("Packet Identifier 0", "MQTT-2.2.1-3", _frame(0x32, _s("t") + _u16(0) + b"\x00"), 0x82),
+    ("Subscription Identifier from a client", "MQTT-3.3.4-6",
+     _frame(0x30, _s("t") + _props(b"\x0b\x01")), 0x82),
     ("Topic Alias 0", "MQTT-3.3.2-8", _frame(0x30, _s("t") + _props(b"\x23\x00\x00")), 0x94),
 ]
 

@@ -616,3 +616,13 @@ def test_block_cache_is_bounded():
     for i in range(codec._PROPERTY_BLOCKS_MAX + 10):
         parser.feed(frame(0x30, s("t") + props(b"\x02" + u32(i))))
         assert len(codec._PROPERTY_BLOCKS) <= codec._PROPERTY_BLOCKS_MAX
+
+
+def test_client_publish_with_subscription_identifier():
+    """[MQTT-3.3.4-6] A PUBLISH from a client carries no Subscription Identifier:
+    a server refuses it with 0x82, with or without a topic name; a client
+    reads it."""
+    for topic, extra in ((s("t"), b""), (s(""), b"\x23" + u16(1))):
+        wire = frame(0x30, topic + props(b"\x0b\x05", extra) + b"p")
+        rejects(wire, 0x82)
+        assert parse(wire, client())[0].properties["subscription_identifier"] == [5]

@@ -648,6 +648,11 @@ def _ack_parser(cls, name):
     return parse
 
 
+def _client_subscription_identifier() -> ProtocolError:
+    """[MQTT-3.3.4-6]: only a server puts Subscription Identifiers in a PUBLISH."""
+    return ProtocolError("A client's PUBLISH has a Subscription Identifier.", PROTOCOL_ERROR)
+
+
 def _parse_ack5(cls, ptype, data, pos, end):
     """A level-5 PUBACK, PUBREC, PUBREL or PUBCOMP longer than 2 bytes: the
     reason code, then the properties unless the Remaining Length is 3
@@ -954,9 +959,10 @@ class Parser:
     parser just appends until the packet is whole, so a large packet that
     arrives in many reads costs one copy, not one parse per read.
 
-    ``protocol_level`` selects the rules (4 = MQTT 3.1.1). A CONNECT that
-    parses sets it to the CONNECT's level, so packets pipelined behind the
-    CONNECT in the same read are decoded with the right rules.
+    ``protocol_level`` selects the rules (4 = MQTT 3.1.1, 3 = 3.1, 5 = MQTT
+    5). A CONNECT that parses sets it to the CONNECT's level, so packets
+    pipelined behind the CONNECT in the same read are decoded with the right
+    rules; a server need not set it.
 
     ``server_side`` parses as a server, refusing packets only a server sends;
     False parses as a client (a bridge, or tests).
@@ -1091,8 +1097,8 @@ class Parser:
                     _parse_publish(data, start, end, first & 0x0F, level)  # raises
                 elif first >> 4 == 3:
                     # A level-5 PUBLISH, inline as above, the properties read
-                    # by _read_properties; what is irregular (an empty topic
-                    # with a Topic Alias, say) goes to _parse_publish below.
+                    # by _publish_properties; what is irregular (an empty
+                    # topic with a Topic Alias, say) goes to _parse_publish.
                     stop = start + 2 + (data[start] << 8 | data[start + 1]) if length > 1 else end + 1
                     topic = None
                     if stop < end:
@@ -1109,6 +1115,8 @@ class Parser:
                         if packet_id != 0:
                             if data[stop]:
                                 properties, stop = _publish_properties(data, stop, end)
+                                if "subscription_identifier" in properties and self._server_side:
+                                    raise _client_subscription_identifier()
                             else:
                                 properties = {}
                                 stop += 1
@@ -1116,6 +1124,12 @@ class Parser:
                                            first & 8 == 8, packet_id, properties))
                             pos = end
                             continue
+                    packet = _parse_publish(data, start, end, first & 0x0F, level)
+                    if "subscription_identifier" in packet.properties and self._server_side:
+                        raise _client_subscription_identifier()
+                    append(packet)
+                    pos = end
+                    continue
                 packet = parsers[first >> 4](data, start, end, first & 0x0F, level)
                 append(packet)
                 pos = end
