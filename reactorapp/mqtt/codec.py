@@ -28,6 +28,7 @@ broker's: the codec never looks into payloads.
 from __future__ import annotations
 
 import struct
+from functools import partial
 
 from reactorapp.hub.topics import NULL, topic_name_problem
 from reactorapp.mqtt.packets import (
@@ -1340,39 +1341,66 @@ def _vbi(value: int) -> bytes:
     return bytes(out)
 
 
-def _put_property(out: bytearray, head: bytes, kind: int, value) -> None:
-    """Append one property, identifier first, to ``out``."""
-    out += head
-    if kind == _STR:
+def _string_writer(ident: int):
+    head = bytes((ident,))
+
+    def write(value: str) -> bytes:
         raw = value.encode()
-        if len(raw) > 0xFFFF:
-            raise ValueError("A string property is longer than 65535 bytes.")
-        out += _pack_h(len(raw))
-        out += raw
-    elif kind == _U32:
-        out += value.to_bytes(4, "big")
-    elif kind == _PAIR:
-        name, text = value
-        for raw in (name.encode(), text.encode()):
-            if len(raw) > 0xFFFF:
-                raise ValueError("A user property is longer than 65535 bytes.")
-            out += _pack_h(len(raw))
-            out += raw
-    elif kind == _BYTE:
-        out.append(value)
-    elif kind == _U16:
-        out += _pack_h(value)
-    elif kind == _BIN:
-        if len(value) > 0xFFFF:
-            raise ValueError("A binary property is longer than 65535 bytes.")
-        out += _pack_h(len(value))
-        out += value
-    else:
-        out += _vbi(value)
+        return head + _pack_h(len(raw)) + raw
+
+    return write
 
 
-#: Name -> (identifier as bytes, value type), for the encoder.
-_PROPERTY_HEADS = {name: (bytes((ident,)), kind) for name, (ident, kind) in _PROPERTY_IDS.items()}
+def _binary_writer(ident: int):
+    head = bytes((ident,))
+
+    def write(value: bytes) -> bytes:
+        return head + _pack_h(len(value)) + value
+
+    return write
+
+
+def _pair_writer(ident: int):
+    head = bytes((ident,))
+
+    def write(value: tuple[str, str]) -> bytes:
+        name, text = value[0].encode(), value[1].encode()
+        return b"".join((head, _pack_h(len(name)), name, _pack_h(len(text)), text))
+
+    return write
+
+
+def _vbi_writer(ident: int):
+    head = bytes((ident,))
+
+    def write(value: int) -> bytes:
+        return head + _vbi(value)
+
+    return write
+
+
+def _property_writer(ident: int, kind: int):
+    """A function: one value -> the property's bytes, identifier first. A
+    value the wire cannot carry raises struct.error or ValueError."""
+    if kind == _BYTE:
+        return partial(struct.Struct(">BB").pack, ident)
+    if kind == _U16:
+        return partial(struct.Struct(">BH").pack, ident)
+    if kind == _U32:
+        return partial(struct.Struct(">BI").pack, ident)
+    if kind == _STR:
+        return _string_writer(ident)
+    if kind == _BIN:
+        return _binary_writer(ident)
+    if kind == _PAIR:
+        return _pair_writer(ident)
+    return _vbi_writer(ident)
+
+
+#: Property name -> its writer, for the encoder.
+_PROPERTY_WRITERS = {
+    name: _property_writer(ident, kind) for name, (ident, kind) in _PROPERTY_IDS.items()
+}
 
 
 def property_bytes(properties: dict) -> bytes:
@@ -1386,20 +1414,20 @@ def property_bytes(properties: dict) -> bytes:
     """
     if not properties:
         return b""
-    out = bytearray()
+    parts = []
+    writers = _PROPERTY_WRITERS
     for name, value in properties.items():
-        spec = _PROPERTY_HEADS.get(name)
-        if spec is None:
+        write = writers.get(name)
+        if write is None:
             raise ValueError(f"Unknown MQTT 5 property {name!r}.")
         try:
             if type(value) is list:
-                for item in value:
-                    _put_property(out, spec[0], spec[1], item)
+                parts += map(write, value)
             else:
-                _put_property(out, spec[0], spec[1], value)
-        except (struct.error, OverflowError) as exc:
+                parts.append(write(value))
+        except struct.error as exc:
             raise ValueError(f"The {name} property: {exc}") from None
-    return bytes(out)
+    return b"".join(parts)
 
 
 def _properties(properties: dict) -> bytes:
