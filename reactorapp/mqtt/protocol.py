@@ -280,12 +280,11 @@ class MQTTProtocol(ConnectHandling, Protocol):
         cache = message.encoded
         if cache is None:
             cache = message.encoded = {}
+        if self.v5 is not None:
+            return self._send_publish5(message, 0, retained, 0, False)
         data = cache.get(retained)
         if data is None:
             data = cache[retained] = encode_publish(message.topic, message.payload, 0, retained)
-        if self.v5 is not None and len(data) > self.v5.maximum_packet_size:
-            self._too_large()
-            return False
         self._send(data)
         self.traffic.sent[0] += 1
         stats = self.stats
@@ -297,6 +296,8 @@ class MQTTProtocol(ConnectHandling, Protocol):
     def send_publish(self, message: Message, qos: int, retained: bool, packet_id: int, dup: bool) -> bool:
         """A QoS 1/2 PUBLISH: the encoding is shared, only the id varies.
         False: not sent, too large for the client (`IConnection`)."""
+        if self.v5 is not None:
+            return self._send_publish5(message, qos, retained, packet_id, dup)
         if dup:
             data = encode_publish(message.topic, message.payload, qos, retained, True, packet_id)
         else:
@@ -308,8 +309,22 @@ class MQTTProtocol(ConnectHandling, Protocol):
             if parts is None:
                 parts = cache[key] = encode_publish_parts(message.topic, message.payload, qos, retained)
             data = parts[0] + packet_id.to_bytes(2, "big") + parts[1]
-        if self.v5 is not None and len(data) > self.v5.maximum_packet_size:
-            self._too_large()
+        self._send(data)
+        self.traffic.sent[qos] += 1
+        stats = self.stats
+        stats.messages_sent += 1
+        stats.publish_sent += 1
+        stats.bytes_sent += len(data)
+        return True
+
+    def _send_publish5(self, message: Message, qos: int, retained: bool, packet_id: int,
+                       dup: bool) -> bool:
+        """A PUBLISH to an MQTT 5 client. One over its Maximum Packet Size
+        is not sent and counts as delivered to it [MQTT-3.1.2-24]
+        [MQTT-3.1.2-25]: False, and counted."""
+        data = self.v5.encode_publish(message, qos, retained, packet_id, dup)
+        if len(data) > self.v5.maximum_packet_size:
+            self.stats.publish_too_large += 1
             return False
         self._send(data)
         self.traffic.sent[qos] += 1
@@ -319,10 +334,12 @@ class MQTTProtocol(ConnectHandling, Protocol):
         stats.bytes_sent += len(data)
         return True
 
-    def _too_large(self) -> None:
-        """[MQTT-3.1.2-24] [MQTT-3.1.2-25]: a PUBLISH over the client's
-        Maximum Packet Size is not sent, and counts as delivered to it."""
-        self.stats.publish_too_large += 1
+    def _encode(self, packet) -> bytes:
+        """A packet in the connection's protocol version (MQTT 5: fitted to
+        the client's limits, `V5.fit`)."""
+        if self.v5 is None:
+            return encode(packet)
+        return self.v5.fit(packet) or b""
 
     def send_pubrel(self, packet_id: int) -> None:
         self._write(encode_pubrel(packet_id))
@@ -366,21 +383,25 @@ class MQTTProtocol(ConnectHandling, Protocol):
         """The server ends the connection: MQTT 5 clients get a DISCONNECT
         with ``reason_code`` (and ``reason`` as its Reason String) before the
         close, once CONNACK went out [MQTT-3.14.0-1]; 3.1.1 clients, or a
-        client before CONNACK, a plain close."""
+        client before CONNACK, a plain close. The session is let go at once
+        (nothing is sent after the DISCONNECT [MQTT-3.14.4-1]) and the will
+        handed on, since the client did not disconnect."""
         v5 = self.v5
+        session = self._release_session()
         if v5 is None or self.state is not CONNECTED:
             self._close(abort=True)
-            return
-        properties = dict(properties or ())
-        if reason:
-            properties["reason_string"] = reason
-        data = v5.fit(P.Disconnect(reason_code, properties))
-        if data is not None:
-            self._write(data)
-        # Closed once the DISCONNECT is written; a client that does not
-        # read it is cut off after CLOSE_GRACE.
-        self._close(abort=False)
-        self._timer = self.factory.timeouts.add(CLOSE_GRACE, self, self._abort)
+        else:
+            properties = dict(properties or ())
+            if reason:
+                properties["reason_string"] = reason
+            data = v5.fit(P.Disconnect(reason_code, properties))
+            if data is not None:
+                self._write(data)
+            # Closed once the DISCONNECT is written [MQTT-3.14.4-2]; a client
+            # that does not read it is cut off after CLOSE_GRACE.
+            self._close(abort=False)
+            self._timer = self.factory.timeouts.add(CLOSE_GRACE, self, self._abort)
+        self._publish_will(session)
 
     def _abort(self) -> None:
         self._timer = None
@@ -411,9 +432,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         (MQTT 5: DISCONNECT 0x8E [MQTT-3.1.4-3]), and hand the will on now,
         since this is not a DISCONNECT."""
         log.info("Client {client_id} taken over by a new connection", client_id=self.client_id)
-        session = self._release_session()
         self._disconnect(P.ReasonCode.SESSION_TAKEN_OVER)
-        self._publish_will(session)
 
     def disconnect(self, reason_code: int = P.ReasonCode.ADMINISTRATIVE_ACTION) -> None:
         """Drop the connection as on a protocol error (asked for over the
@@ -683,16 +702,19 @@ class MQTTProtocol(ConnectHandling, Protocol):
             codes.append(granted)
             for message in session.subscribe(request.topic_filter, granted):
                 retained.append((message, granted))
-        self._write(encode(P.SubAck(subscribe.packet_id, codes)))
+        self._write(self._encode(P.SubAck(subscribe.packet_id, codes)))
         for message, granted in retained:
             # [MQTT-3.8.4-6]: at the lower of stored and granted QoS.
             session.deliver(message, min(message.qos, granted), True)
 
     def _on_unsubscribe(self, unsubscribe: P.Unsubscribe) -> None:
-        """[MQTT-3.10.4-1..6]: exact filters removed, UNSUBACK always."""
-        for topic_filter in unsubscribe.topic_filters:
-            self.session.unsubscribe(topic_filter)
-        self._write(encode(P.UnsubAck(unsubscribe.packet_id)))
+        """[MQTT-3.10.4-1..6]: exact filters removed, UNSUBACK always (MQTT 5:
+        0x00 or 0x11 No subscription existed, per filter)."""
+        codes = [P.ReasonCode.SUCCESS if self.session.unsubscribe(topic_filter)
+                 else P.ReasonCode.NO_SUBSCRIPTION_EXISTED
+                 for topic_filter in unsubscribe.topic_filters]
+        self._write(self._encode(P.UnsubAck(unsubscribe.packet_id,
+                                            codes if self.v5 is not None else [])))
 
     # -- the rest ------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from reactorapp.mqtt import packets as P
-from reactorapp.mqtt.codec import encode
+from reactorapp.mqtt.codec import encode, encode_publish5, encode_publish5_parts, property_bytes
 
 #: Session Expiry Interval 0xFFFFFFFF: the session does not expire [§3.1.2.11.2].
 NEVER_EXPIRES = 0xFFFFFFFF
@@ -108,6 +108,31 @@ class V5:
             _strip(properties)
             data = encode(packet, P.MQTT_5)
         return data if len(data) <= self.maximum_packet_size else None
+
+    def encode_publish(self, message, qos: int, retained: bool, packet_id: int,
+                       dup: bool) -> bytes:
+        """A PUBLISH of ``message`` for this client, with the message's
+        properties; encoded once per message, QoS and flag (``Message.encoded``,
+        keys starting with 5) but for the packet id."""
+        cache = message.encoded
+        if cache is None:
+            cache = message.encoded = {}
+        key = (5, qos, retained)
+        parts = cache.get(key)
+        if parts is None:
+            properties = property_bytes(message.properties) if message.properties else b""
+            if not qos:
+                parts = cache[key] = encode_publish5(
+                    message.topic, message.payload, 0, retained, False, 0, properties)
+            else:
+                parts = cache[key] = encode_publish5_parts(
+                    message.topic, message.payload, qos, retained, False, properties)
+        if not qos:
+            return parts
+        if dup:
+            head = bytes((parts[0][0] | 0x08,)) + parts[0][1:]
+            return head + packet_id.to_bytes(2, "big") + parts[1]
+        return parts[0] + packet_id.to_bytes(2, "big") + parts[1]
 
     def describe(self) -> dict:
         """The client's side of the limits, for the admin API."""
