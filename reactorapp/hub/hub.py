@@ -42,7 +42,7 @@ class HubStats:
         "bytes_received", "bytes_sent", "traffic",
         "queue_dropped_qos0", "queue_refused", "queue_spilled", "publishers_held",
         "spill_bytes", "inputs_held", "slow_subscribers", "sessions_expired",
-        "messages_expired", "publish_too_large",
+        "messages_expired", "publish_too_large", "by_version",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -84,6 +84,9 @@ class HubStats:
         #: PUBLISHes not sent to an MQTT 5 client because they were larger
         #: than its Maximum Packet Size (counted as delivered to it).
         self.publish_too_large = 0
+        #: Protocol version ("5.0", "3.1.1", "3.1") -> [connected now,
+        #: accepted since start-up].
+        self.by_version: dict[str, list[int]] = {}
         #: Front end name ("mqtt", "websocket", "http", "sse", ...) -> Traffic.
         self.traffic: dict[str, Traffic] = {}
 
@@ -94,14 +97,22 @@ class HubStats:
             traffic = self.traffic[front_end] = Traffic()
         return traffic
 
-    def client_connected(self) -> None:
+    def client_connected(self, version: str = "3.1.1") -> None:
         self.connections += 1
         self.clients_connected += 1
         if self.clients_connected > self.clients_maximum:
             self.clients_maximum = self.clients_connected
+        counts = self.by_version.get(version)
+        if counts is None:
+            counts = self.by_version[version] = [0, 0]
+        counts[0] += 1
+        counts[1] += 1
 
-    def client_disconnected(self) -> None:
+    def client_disconnected(self, version: str = "3.1.1") -> None:
         self.clients_connected -= 1
+        counts = self.by_version.get(version)
+        if counts is not None:
+            counts[0] -= 1
 
 
 @implementer(IHub)

@@ -29,7 +29,9 @@ from reactorapp.mqtt.codec import (
     encode_puback, encode_pubcomp, encode_publish, encode_publish_parts,
     encode_pubrec, encode_pubrel,
 )
-from reactorapp.mqtt.connect import ConnectHandling, expiry_for, receive_maximum
+from reactorapp.mqtt.connect import (
+    ConnectHandling, expiry_for, protocol_version, receive_maximum,
+)
 from reactorapp.mqtt.interfaces import IConnection
 from reactorapp.mqtt.publish5 import (
     AliasError, encode_for, encode_plain5, payload_format_invalid,
@@ -48,14 +50,6 @@ MAXIMUM_QOS = 2
 #: Seconds a connection ended with an MQTT 5 DISCONNECT has to take it
 #: before it is cut off.
 CLOSE_GRACE = 10.0
-
-
-def protocol_version(protocol) -> str:
-    """"5.0", "3.1.1" or "3.1", once CONNECT told (None before)."""
-    if protocol.v5 is not None:
-        return "5.0"
-    parser = protocol._parser
-    return {P.MQTT_3_1: "3.1", P.MQTT_3_1_1: "3.1.1"}.get(parser.protocol_level)
 
 
 @implementer(IInput, IConnection)
@@ -514,7 +508,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         session, self.session = self.session, None
         if session is None:
             return None
-        self.stats.client_disconnected()
+        self.stats.client_disconnected(protocol_version(self))
         if session.connection is not self:
             return None
         session.detach()
