@@ -45,6 +45,7 @@ class HubStats:
         "queue_dropped_qos0", "queue_refused", "queue_spilled", "publishers_held",
         "spill_bytes", "inputs_held", "slow_subscribers", "sessions_expired",
         "messages_expired", "publish_too_large", "shared_deliveries", "shared_handed_over",
+        "by_version",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -91,6 +92,9 @@ class HubStats:
         #: Shared-subscription messages given to another member of their
         #: group because the first one left without acknowledging them.
         self.shared_handed_over = 0
+        #: Protocol version ("5.0", "3.1.1", "3.1") -> [connected now,
+        #: accepted since start-up].
+        self.by_version: dict[str, list[int]] = {}
         #: Front end name ("mqtt", "websocket", "http", "sse", ...) -> Traffic.
         self.traffic: dict[str, Traffic] = {}
 
@@ -101,14 +105,22 @@ class HubStats:
             traffic = self.traffic[front_end] = Traffic()
         return traffic
 
-    def client_connected(self) -> None:
+    def client_connected(self, version: str = "3.1.1") -> None:
         self.connections += 1
         self.clients_connected += 1
         if self.clients_connected > self.clients_maximum:
             self.clients_maximum = self.clients_connected
+        counts = self.by_version.get(version)
+        if counts is None:
+            counts = self.by_version[version] = [0, 0]
+        counts[0] += 1
+        counts[1] += 1
 
-    def client_disconnected(self) -> None:
+    def client_disconnected(self, version: str = "3.1.1") -> None:
         self.clients_connected -= 1
+        counts = self.by_version.get(version)
+        if counts is not None:
+            counts[0] -= 1
 
 
 @implementer(IHub)

@@ -29,7 +29,9 @@ from reactorapp.mqtt.codec import (
     encode_puback, encode_pubcomp, encode_publish, encode_publish_parts,
     encode_pubrec, encode_pubrel,
 )
-from reactorapp.mqtt.connect import ConnectHandling, expiry_for, receive_maximum
+from reactorapp.mqtt.connect import (
+    ConnectHandling, expiry_for, protocol_version, receive_maximum,
+)
 from reactorapp.mqtt.interfaces import IConnection
 from reactorapp.mqtt.publish5 import (
     AliasError, encode_for, encode_plain5, payload_format_invalid,
@@ -48,14 +50,6 @@ MAXIMUM_QOS = 2
 #: Seconds a connection ended with an MQTT 5 DISCONNECT has to take it
 #: before it is cut off.
 CLOSE_GRACE = 10.0
-
-
-def protocol_version(protocol) -> str:
-    """"5.0", "3.1.1" or "3.1", once CONNECT told (None before)."""
-    if protocol.v5 is not None:
-        return "5.0"
-    parser = protocol._parser
-    return {P.MQTT_3_1: "3.1", P.MQTT_3_1_1: "3.1.1"}.get(parser.protocol_level)
 
 
 @implementer(IInput, IConnection)
@@ -353,6 +347,13 @@ class MQTTProtocol(ConnectHandling, Protocol):
         Maximum Packet Size is not sent, and counts as delivered to it."""
         self.stats.publish_too_large += 1
 
+    def _encode(self, packet) -> bytes:
+        """A packet in the connection's protocol version (MQTT 5: fitted to
+        the client's limits, `V5.fit`)."""
+        if self.v5 is None:
+            return encode(packet)
+        return self.v5.fit(packet) or b""
+
     def _send_publish5(self, message: Message, qos: int, retained: bool, packet_id: int,
                        dup: bool) -> bool:
         """A PUBLISH to an MQTT 5 client (`reactorapp.mqtt.publish5`): the
@@ -425,21 +426,25 @@ class MQTTProtocol(ConnectHandling, Protocol):
         """The server ends the connection: MQTT 5 clients get a DISCONNECT
         with ``reason_code`` (and ``reason`` as its Reason String) before the
         close, once CONNACK went out [MQTT-3.14.0-1]; 3.1.1 clients, or a
-        client before CONNACK, a plain close."""
+        client before CONNACK, a plain close. The session is let go at once
+        (nothing is sent after the DISCONNECT [MQTT-3.14.4-1]) and the will
+        handed on, since the client did not disconnect."""
         v5 = self.v5
+        session = self._release_session()
         if v5 is None or self.state is not CONNECTED:
             self._close(abort=True)
-            return
-        properties = dict(properties or ())
-        if reason:
-            properties["reason_string"] = reason
-        data = v5.fit(P.Disconnect(reason_code, properties))
-        if data is not None:
-            self._write(data)
-        # Closed once the DISCONNECT is written; a client that does not
-        # read it is cut off after CLOSE_GRACE.
-        self._close(abort=False)
-        self._timer = self.factory.timeouts.add(CLOSE_GRACE, self, self._abort)
+        else:
+            properties = dict(properties or ())
+            if reason:
+                properties["reason_string"] = reason
+            data = v5.fit(P.Disconnect(reason_code, properties))
+            if data is not None:
+                self._write(data)
+            # Closed once the DISCONNECT is written [MQTT-3.14.4-2]; a client
+            # that does not read it is cut off after CLOSE_GRACE.
+            self._close(abort=False)
+            self._timer = self.factory.timeouts.add(CLOSE_GRACE, self, self._abort)
+        self._publish_will(session)
 
     def _abort(self) -> None:
         self._timer = None
@@ -470,9 +475,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         (MQTT 5: DISCONNECT 0x8E [MQTT-3.1.4-3]), and hand the will on now,
         since this is not a DISCONNECT."""
         log.info("Client {client_id} taken over by a new connection", client_id=self.client_id)
-        session = self._release_session()
         self._disconnect(P.ReasonCode.SESSION_TAKEN_OVER)
-        self._publish_will(session)
 
     def disconnect(self, reason_code: int = P.ReasonCode.ADMINISTRATIVE_ACTION) -> None:
         """Drop the connection as on a protocol error (asked for over the
@@ -505,7 +508,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         session, self.session = self.session, None
         if session is None:
             return None
-        self.stats.client_disconnected()
+        self.stats.client_disconnected(protocol_version(self))
         if session.connection is not self:
             return None
         session.detach()
