@@ -689,13 +689,19 @@ class MQTTProtocol(ConnectHandling, Protocol):
                      if properties and "message_expiry_interval" in properties else None)
         message = Message(topic, publish.payload, qos, publish.retain, properties,
                           self.client_id, timestamp)
-        wait = self.hub.route(message)
-        if qos:
+        hub = self.hub
+        wait = hub.route(message)
+        if not qos:
+            if wait is not None:
+                wait.add(self._on_qos0_placed)
+        elif not hub.has_subscribers(topic):
             # [§3.4.2.1]: 0x10 tells the publisher nobody subscribed.
-            code = 0 if self.hub.has_subscribers(topic) else P.ReasonCode.NO_MATCHING_SUBSCRIBERS
-            self._answer_publish(publish, wait, code)
-        elif wait is not None:
-            wait.add(self._on_qos0_placed)
+            self._answer_publish(publish, wait, P.ReasonCode.NO_MATCHING_SUBSCRIBERS)
+        elif qos == 1:
+            self._acknowledge(wait, encode_puback(publish.packet_id))
+        else:
+            self.session.awaiting_pubrel.add(publish.packet_id)
+            self._acknowledge(wait, encode_pubrec(publish.packet_id))
 
     def _answer_publish(self, publish: P.Publish, wait, code: int) -> None:
         """PUBACK or PUBREC with ``code`` for an MQTT 5 client. A PUBREC with
