@@ -615,13 +615,13 @@ class MQTTProtocol(ConnectHandling, Protocol):
             delay = bucket.take()
             if delay:
                 self._throttle(delay)
+        if self.v5 is not None:
+            self._on_publish5(publish)
+            return
         if qos == 2 and publish.packet_id in self.session.awaiting_pubrel:
             # [MQTT-4.3.3-2]: a re-sent QoS 2 PUBLISH is acknowledged again,
             # never forwarded twice.
             self._acknowledge(None, encode_pubrec(publish.packet_id))
-            return
-        if self.v5 is not None:
-            self._on_publish5(publish)
             return
         if publish.topic.startswith(SYS_PREFIX):  # `is_broker_topic`, inlined: hot path
             # Clients may not write the broker's own status [§4.7.2]; the
@@ -664,6 +664,12 @@ class MQTTProtocol(ConnectHandling, Protocol):
             except AliasError as error:
                 self._protocol_error(error.reason, error.reason_code)
                 return
+        if qos == 2 and publish.packet_id in self.session.awaiting_pubrel:
+            # [MQTT-4.3.3-2], after its alias is taken: a re-sent PUBLISH on
+            # a new connection may set the alias later ones use.
+            self._acknowledge(None, encode_pubrec(publish.packet_id))
+            return
+        if received:
             if payload_format_invalid(received, publish.payload):
                 # [MQTT-3.3.2-4] [§3.3.2.3.2]: refused; at QoS 0 there is no
                 # acknowledgement to say so, so the connection ends [§4.13].
