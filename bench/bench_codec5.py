@@ -326,7 +326,8 @@ def main(argv=None) -> int:
     rounds, per_read, encodes = (1, 50, 200) if args.quick else (args.rounds, 1000, 20_000)
     version = getattr(mqtt5, "__version__", None) or _dist_version()
     print(f"CPU ns per packet, best of {rounds} interleaved rounds; mqtt5 {version}\n")
-    print("| | packet | ours (5.0) | ours, fan-out path | ours (3.1.1) | mqtt5 | mqtt5 + to our packet |")
+    print("| | packet | ours (5.0) | ours, fan-out path | ours (3.1.1) | mqtt5"
+          " | mqtt5 + to our packet |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for operation, name, *values in measure(rounds, per_read, encodes):
         print(f"| {operation} | {name} | " + " | ".join(_ns(v) for v in values) + " |")
