@@ -400,7 +400,8 @@ def _read_properties(data: bytes, pos: int, end: int, context: int) -> tuple[dic
 #: hit plus a copy is cheaper than decoding and checking them again. Shared
 #: by every connection; only blocks under 128 bytes without Correlation Data
 #: (which differs per request) are kept, and the cache starts afresh past
-#: _PROPERTY_BLOCKS_MAX blocks, so it holds at most about 128 KiB.
+#: _PROPERTY_BLOCKS_MAX blocks: about 2 MiB at worst, dicts included (1,024
+#: blocks of ten user properties each).
 _PROPERTY_BLOCKS: dict[bytes, tuple[dict, tuple]] = {}
 _PROPERTY_BLOCKS_MAX = 1024
 
