@@ -292,3 +292,24 @@ def test_the_admin_api_and_metrics_show_protocol_versions_and_limits(tmp_path):
         assert 'reactorapp_connections_by_version_total{version="5.0"} 1.0' in text
         new.disconnect()
         old.disconnect()
+
+
+def test_the_readme_mqtt_5_example_runs(tmp_path):
+    """The README's request and response example, against the broker."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.brokerproc import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### MQTT 5"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    with running_broker(tmp_path) as broker:
+        script = tmp_path / "example.py"
+        script.write_text(code.replace('HOST, PORT = "127.0.0.1", 1883',
+                                       f'HOST, PORT = "127.0.0.1", {broker.port}'))
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "b'request-1' 21.5\n"
