@@ -15,6 +15,7 @@ from reactorapp.hub.topics import TopicTree
 from reactorapp.mqtt import packets as P
 from reactorapp.testing import Inbox
 from reactorapp.webhooks.rules import parse_rule
+from tests.mqtt5_harness import Broker5, Client5
 from tests.mqtt_harness import Broker
 from tests.test_http_auth import ACL_TEXT, basic, guarded, passwd  # noqa: F401 (a fixture)
 from tests.test_store_session import ManualStore, StoredBroker
@@ -459,3 +460,32 @@ def test_a_handed_over_message_leaves_the_store_of_the_member_that_left():
     again = broker.restart()
     back = again.connect("worker0", clean=False)
     assert payloads(back) == []
+
+
+# -- MQTT 5 clients ---------------------------------------------------------------
+
+
+def test_mqtt5_members_session_expiry_hands_queued_messages_to_a_311_member():
+    """An MQTT 5 member with a Session Expiry Interval and every member
+    offline: messages queue on the members in turn; when its session
+    expires, what it held goes to the other member (a 3.1.1 persistent
+    session), which gets it when it comes back."""
+    broker = Broker5()
+    five = broker.connect("five", clean=False, properties={"session_expiry_interval": 30})
+    assert five.subscribe(("$share/g/t", 1)) == [1]
+    old = broker.connect311("old", clean=False)
+    old.send(P.Subscribe(1, [P.SubscriptionRequest("$share/g/t", 1)]))
+    assert [p.return_codes for p in old.take()] == [[1]]
+    five.send(P.Disconnect())
+    old.drop()
+    pub = broker.connect("pub")
+    for i in range(4):
+        pub.publish("t", b"%d" % i, qos=1)
+    assert len(broker.hub.get_session("five").queue) == 2
+    broker.clock.advance(30)
+    assert broker.hub.get_session("five") is None
+    assert len(broker.hub.get_session("old").queue) == 4
+    back = Client5(broker, level=P.MQTT_3_1_1)
+    back.send(P.Connect(client_id="old", clean_session=False))
+    assert sorted(p.payload for p in back.take() if type(p) is P.Publish) == [
+        b"0", b"1", b"2", b"3"]

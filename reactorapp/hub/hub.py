@@ -44,6 +44,7 @@ class HubStats:
         "queue_dropped_qos0", "queue_refused", "queue_spilled", "publishers_held",
         "spill_bytes", "inputs_held", "slow_subscribers", "sessions_expired",
         "shared_deliveries", "shared_handed_over",
+        "publish_too_large",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -77,13 +78,16 @@ class HubStats:
         #: Times a subscriber drained nothing for --slow-subscriber-timeout
         #: and was marked slow (its QoS 0 messages dropped from then on).
         self.slow_subscribers = 0
-        #: Persistent sessions removed after --session-expiry offline.
+        #: Persistent sessions removed after their expiry offline.
         self.sessions_expired = 0
         #: Messages given to one member of a shared subscription.
         self.shared_deliveries = 0
         #: Shared-subscription messages given to another member of their
         #: group because the first one left without acknowledging them.
         self.shared_handed_over = 0
+        #: PUBLISHes not sent to an MQTT 5 client because they were larger
+        #: than its Maximum Packet Size (counted as delivered to it).
+        self.publish_too_large = 0
         #: Front end name ("mqtt", "websocket", "http", "sse", ...) -> Traffic.
         self.traffic: dict[str, Traffic] = {}
 

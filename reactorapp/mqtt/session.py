@@ -7,6 +7,7 @@ the client to come back. The protocol only turns its calls into bytes.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -33,7 +34,15 @@ class MQTTSettings:
     max_packet_size: int = 268_435_460
     max_inflight: int = 20
     max_queued_messages: int = 1000
-    max_keepalive: int = 65535
+    #: Longest keep-alive an MQTT 5 client may use, in seconds (0: no limit).
+    max_keepalive: int = 0
+    #: Seconds a persistent session outlives its connection (0: for ever), and
+    #: the longest Session Expiry Interval an MQTT 5 client gets.
+    session_expiry: float = 0.0
+    #: Topic aliases an MQTT 5 client may send (CONNACK Topic Alias Maximum).
+    topic_alias_maximum: int = 10
+    #: Response Information for an MQTT 5 client that asks ("%c": its client id).
+    response_information: str = "response/%c/"
     #: Seconds from TCP connect to CONNECT before the connection is closed; 0: no limit.
     connect_timeout: float = 10.0
     #: Subscriptions one client may hold; 0: no limit.
@@ -111,6 +120,17 @@ class Session:
         self.persistent = persistent
         self.hub = hub
         self.settings = settings
+        #: Seconds it is kept once its client has gone (0: it ends with the
+        #: connection; inf: never ends): Clean Session 0 and --session-expiry
+        #: for 3.1.1, the Session Expiry Interval for MQTT 5 [MQTT-3.1.2-23].
+        self.expiry = (settings.session_expiry or math.inf) if persistent else 0.0
+        #: QoS 1/2 messages sent and not yet acknowledged, at most: --max-inflight,
+        #: or less for an MQTT 5 client's Receive Maximum [MQTT-3.3.4-9].
+        self.window = settings.max_inflight
+        #: While the client is away: the call that ends the session at its expiry.
+        self._expiry_call = None
+        #: A will waiting for its Will Delay Interval: (message, DelayedCall).
+        self._will = None
         #: Where a persistent session keeps its state (the hub's store), or None.
         self.store = hub.store if persistent else None
         self.subscriptions: dict[str, int] = {}
@@ -176,7 +196,7 @@ class Session:
         # retained messages sent for a SUBSCRIBE ride along with a later batch.
         store = self.store if not retained else None
         if (connection is not None and (connection.writable or connection.hold_input())
-                and not queue and len(self.inflight) < self.settings.max_inflight):
+                and not queue and len(self.inflight) < self.window):
             self._send_new(connection, message, qos, retained, self._keep(message, qos, retained))
             # A persistent session wrote it: acknowledged once durable.
             return None if store is None else store.pending_commit()
@@ -227,7 +247,7 @@ class Session:
             return AWAY
         if not connection.writable or self.slow_until > self.hub.clock.seconds():
             return BUSY
-        if qos and (self.queue or len(self.inflight) >= self.settings.max_inflight):
+        if qos and (self.queue or len(self.inflight) >= self.window):
             return BUSY
         return READY
 
@@ -303,7 +323,8 @@ class Session:
             durable = self.store.sync()
         if durable is None and not self._unsent:
             flight.sent = True
-            connection.send_publish(message, qos, retained, packet_id, False)
+            if not connection.send_publish(message, qos, retained, packet_id, False):
+                self._completed(packet_id)
             return
         self._unsent.append((packet_id, flight))  # behind earlier ones, in order
         if durable is not None:
@@ -329,7 +350,9 @@ class Session:
             unsent.popleft()
             if self.inflight.get(packet_id) is flight:
                 flight.sent = True
-                connection.send_publish(flight.message, flight.qos, flight.retained, packet_id, False)
+                if not connection.send_publish(flight.message, flight.qos, flight.retained,
+                                               packet_id, False):
+                    self._completed(packet_id)
 
     def _next_packet_id(self) -> int:
         """An id not in use by this session's outgoing messages [MQTT-2.3.1-4]."""
@@ -344,11 +367,20 @@ class Session:
     def _fill_window(self) -> None:
         connection = self.connection
         queue = self.queue
-        limit = self.settings.max_inflight
+        limit = self.window
         while (connection is not None and connection.writable and queue
                and len(self.inflight) < limit):
             message, qos, retained, seq = queue.popleft()
             self._send_new(connection, message, qos, retained, seq)
+
+    def _completed(self, packet_id: int) -> None:
+        """A message the connection would not send (larger than the client's
+        Maximum Packet Size): done with, as if acknowledged [MQTT-3.1.2-25]."""
+        flight = self.inflight.pop(packet_id, None)
+        if flight is not None and self.store is not None:
+            self.store.dequeue(self.client_id, flight.seq)
+        if flight is not None and self.shared:
+            self.shared.pop(flight.seq, None)
 
     # -- acknowledgements from the client ----------------------------------
 
@@ -403,13 +435,16 @@ class Session:
         original order [MQTT-4.4.0-1] [MQTT-4.6.0-1], then drain the queue."""
         self.connection = connection
         self.detached_at = None
+        self._cancel_expiry()
+        self._cancel_will()  # the client is back before its will's delay [MQTT-3.1.3-9]
         for packet_id, flight in list(self.inflight.items()):
             if not flight.sent:
                 continue  # held back, goes out below in its turn
             if flight.state == AWAITING_PUBCOMP:
                 connection.send_pubrel(packet_id)
-            else:
-                connection.send_publish(flight.message, flight.qos, flight.retained, packet_id, True)
+            elif not connection.send_publish(flight.message, flight.qos, flight.retained,
+                                             packet_id, True):
+                self._completed(packet_id)
         self._send_unsent()
         self._fill_window()
         if any(f.startswith("$share/") for f in self.subscriptions):
@@ -425,6 +460,52 @@ class Session:
         # Connected members of its shared subscriptions take over what it
         # has not acknowledged (MQTT 5 section 4.8.2).
         self.release_shared(connected_only=True)
+        self._arm_expiry()
+
+    # -- how a session ends ------------------------------------------------------
+
+    def _arm_expiry(self) -> None:
+        """The client is away: end the session once its expiry has passed
+        (0 is the connection's to end; inf never)."""
+        self._cancel_expiry()
+        if 0 < self.expiry < math.inf:
+            self._expiry_call = self.hub.clock.callLater(self.expiry, self.expire)
+
+    def _cancel_expiry(self) -> None:
+        call, self._expiry_call = self._expiry_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def expire(self) -> None:
+        """The client stayed away for the session's expiry: it ends, from
+        memory and from the store, and a will waiting for its delay goes out."""
+        self._expiry_call = None
+        if self.connection is not None or self.hub.get_session(self.client_id) is not self:
+            return
+        self.hub.stats.sessions_expired += 1
+        log.info("Session {client_id} expired: its client has been away {expiry:g} s",
+                 client_id=self.client_id, expiry=self.expiry)
+        self.discard()
+
+    def delay_will(self, message, delay: float) -> None:
+        """Keep the will of the connection that just ended until ``delay``
+        seconds have passed or the session ends, whichever is first; a
+        client that comes back before cancels it [MQTT-3.1.3-9]."""
+        self._cancel_will()
+        self._will = (message, self.hub.clock.callLater(delay, self._send_will))
+
+    def _send_will(self) -> None:
+        will, self._will = self._will, None
+        if will is not None:
+            message, call = will
+            if call.active():
+                call.cancel()
+            publish_will(self.hub, message)
+
+    def _cancel_will(self) -> None:
+        will, self._will = self._will, None
+        if will is not None and will[1].active():
+            will[1].cancel()
 
     def resume(self) -> None:
         """The connection can take more (its transport drained): send the
@@ -456,7 +537,9 @@ class Session:
     def discard(self) -> None:
         """End this session: drop its subscriptions and state [MQTT-3.1.2-6].
         Shared-subscription messages it had not delivered go to another
-        member of their group first."""
+        member of their group first. A will still waiting for its delay goes
+        out now [MQTT-3.1.2-8]."""
+        self._cancel_expiry()
         self.hub.unsubscribe_all(self, self.subscriptions)
         self.release_shared(connected_only=False)
         self.shared.clear()
@@ -468,6 +551,7 @@ class Session:
         self.hub.remove_session(self.client_id, self)
         if self.store is not None:
             self.store.remove_session(self.client_id)
+        self._send_will()
 
     def restore(self, stored) -> None:
         """Take back, without writing it again, what the store kept: a
@@ -502,8 +586,18 @@ class Session:
 
 
 def restore_sessions(hub, stored_sessions, settings: MQTTSettings) -> None:
-    """Rebuild the persistent sessions a store kept, at start-up."""
+    """Rebuild the persistent sessions a store kept, at start-up. The store
+    keeps no times: each is away from start-up on, for --session-expiry."""
     for stored in stored_sessions:
         session = Session(stored.client_id, True, hub, settings, stored=True)
         session.restore(stored)
         hub.add_session(stored.client_id, session)
+        session._arm_expiry()
+
+
+def publish_will(hub, message) -> None:
+    """Publish a will; a failure to store it is logged."""
+    durable = hub.publish(message)
+    if durable is not None:
+        durable.addErrback(lambda f: log.failure(
+            "Could not store the will of {client_id}", f, client_id=message.sender))
