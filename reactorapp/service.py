@@ -25,6 +25,7 @@ from reactorapp.hub.systopics import SysTopicsService
 from reactorapp.mqtt.backlog import Backlog
 from reactorapp.mqtt.protocol import MQTTFactory
 from reactorapp.mqtt.session import MQTTSettings, restore_sessions
+from reactorapp.mqtt.shutdown import DisconnectOnStop
 from reactorapp.plugins import loadAuthenticator, parseListener, protocolPlugins
 from reactorapp.protocols import HubFactory
 from reactorapp.store import make_store
@@ -232,6 +233,8 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
         hangup.append(watch.check)
     # SIGHUP reads the certificates (and the ACL and password files) again at once.
     TLSReloader(tls, reactor, on_hangup=hangup).setServiceParent(top)
+    # Last, so it stops first: MQTT 5 clients hear DISCONNECT 0x8B.
+    DisconnectOnStop(hub, reactor).setServiceParent(top)
     return top
 
 

@@ -160,7 +160,10 @@ REASONS["PUBCOMP"] = REASONS["PUBREL"]
 
 
 def parser_for(context: str) -> Parser:
-    return Parser(protocol_level=5, server_side=context not in FROM_SERVER)
+    """The receiving side's parser; a PUBLISH is read as a client reads it,
+    since only a server's may carry Subscription Identifiers [MQTT-3.3.4-6]."""
+    return Parser(protocol_level=5,
+                  server_side=context not in FROM_SERVER and context != "PUBLISH")
 
 
 def parse(context: str, wire: bytes) -> list:
@@ -185,9 +188,11 @@ def property_dicts(draw, context: str) -> dict:
 
 
 @st.composite
-def packets_in(draw, context: str):
+def packets_in(draw, context: str, from_client: bool = False):
     """A random legal level-5 packet of one context, with random properties."""
     properties = draw(property_dicts(context))
+    if from_client:
+        properties.pop("subscription_identifier", None)  # [MQTT-3.3.4-6]
     code = draw(st.sampled_from(REASONS[context])) if context in REASONS else 0
     if context == "CONNECT":
         return Connect(draw(text), draw(st.booleans()), draw(u16),
@@ -231,7 +236,7 @@ def packets_in(draw, context: str):
 
 
 CONTEXTS = [c for c in ALLOWED if c != "WILL"]
-client_packets = st.one_of(*(packets_in(c) for c in CONTEXTS if c not in FROM_SERVER),
+client_packets = st.one_of(*(packets_in(c, True) for c in CONTEXTS if c not in FROM_SERVER),
                            st.just(PingReq()))
 server_packets = st.one_of(*(packets_in(c) for c in FROM_SERVER), packets_in("PUBLISH"),
                            packets_in("DISCONNECT"), packets_in("AUTH"), st.just(PingResp()))

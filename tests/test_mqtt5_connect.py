@@ -344,3 +344,20 @@ def test_3_1_1_clients_keep_their_own_keep_alive():
     never = broker.connect311("never", keep_alive=0)
     never.advance(10_000)
     assert not never.closed
+
+
+def test_stopping_the_service_disconnects_5_0_clients_with_0x8b():
+    """3.1.1 clients are closed without a DISCONNECT they would not understand."""
+    from reactorapp.mqtt.shutdown import DisconnectOnStop
+
+    broker = Broker5()
+    client = broker.connect("new")
+    old = broker.connect311("old")
+    service = DisconnectOnStop(broker.hub, broker.clock)
+    service.startService()
+    client.transport.connected = True  # still open: shutdown waits, bounded
+    d = service.stopService()
+    assert disconnected(client).reason_code == R.SERVER_SHUTTING_DOWN
+    assert old.raw() == b"" and old.closed
+    broker.clock.advance(1.0)
+    assert d.called

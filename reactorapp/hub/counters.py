@@ -71,6 +71,9 @@ FIGURES = (
     Figure(_stat("publish_dropped"), "messages_dropped", "counter",
            "Messages not delivered because a queue or buffer was full.",
            ("$SYS/broker/publish/messages/dropped",), ("messages", "dropped")),
+    Figure(_stat("publish_too_large"), "messages_too_large", "counter",
+           "Messages not sent to an MQTT 5 client because they were larger than its"
+           " Maximum Packet Size.", (), ("messages", "too_large")),
     Figure(_stat("publish_received"), sys_topics=("$SYS/broker/publish/messages/received",)),
     Figure(_stat("publish_sent"), sys_topics=("$SYS/broker/publish/messages/sent",)),
     Figure(_stat("messages_received"), "mqtt_packets_received", "counter",
