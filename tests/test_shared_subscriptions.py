@@ -489,3 +489,34 @@ def test_mqtt5_members_session_expiry_hands_queued_messages_to_a_311_member():
     back.send(P.Connect(client_id="old", clean_session=False))
     assert sorted(p.payload for p in back.take() if type(p) is P.Publish) == [
         b"0", b"1", b"2", b"3"]
+
+
+def test_a_puback_with_an_error_code_discards_the_message_for_the_group():
+    """[MQTT-4.8.2-6] a PUBACK (or PUBREC) with a reason code of 0x80 or more
+    discards the message: it is not sent to another member, even when the
+    member that refused it goes away."""
+    broker = Broker5()
+    a = broker.connect("a")
+    b = broker.connect("b")
+    assert a.subscribe(("$share/g/t", 2)) == [2]
+    assert b.subscribe(("$share/g/t", 2)) == [2]
+    b.protocol.pauseProducing()  # a gets both
+    pub = broker.connect("pub")
+    pub.publish("t", b"one", qos=1)
+    pub.publish("t", b"two", qos=2)
+    one, two = [p for p in a.take() if type(p) is P.Publish]
+    a.send(P.PubAck(one.packet_id, reason_code=0x80), P.PubRec(two.packet_id, reason_code=0x80))
+    b.protocol.resumeProducing()
+    a.drop()
+    assert [p for p in b.take() if type(p) is P.Publish] == []
+    assert broker.hub.stats.shared_handed_over == 0
+
+
+def test_no_local_on_a_shared_subscription_is_a_protocol_error():
+    """[MQTT-3.8.3-4] an MQTT 5 SUBSCRIBE with No Local on a shared
+    subscription closes the connection."""
+    broker = Broker5()
+    client = broker.connect("c")
+    client.send(P.Subscribe(1, [P.SubscriptionRequest("$share/g/t", 1, no_local=True)]))
+    assert client.closed
+    assert broker.hub.shared_groups() == []
