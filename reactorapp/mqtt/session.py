@@ -245,7 +245,8 @@ class Session:
         connection = self.connection
         if connection is None:
             return AWAY
-        if not connection.writable or self.slow_until > self.hub.clock.seconds():
+        if not connection.writable or (
+                self.slow_until and self.slow_until > self.hub.clock.seconds()):
             return BUSY
         if qos and (self.queue or len(self.inflight) >= self.window):
             return BUSY
