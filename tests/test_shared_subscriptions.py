@@ -370,13 +370,13 @@ def test_the_acl_applies_to_the_inner_filter_of_a_stream(tmp_path):
     refused (403) one it does not."""
     path = str(tmp_path / "passwd")
     set_password(path, "alice", b"pw-alice", n=2 ** 4)
-    web = guarded(path, ACL_TEXT)
+    site = guarded(path, ACL_TEXT)
     headers = basic("alice", "pw-alice")
-    refused = web.get("/api/v1/stream?filter=$share/g/home/secret/%23", headers=headers)
+    refused = site.get("/api/v1/stream?filter=$share/g/home/secret/%23", headers=headers)
     assert refused.status == 403
-    allowed = web.get("/api/v1/stream?filter=$share/g/home/%23", headers=headers)
+    allowed = site.get("/api/v1/stream?filter=$share/g/home/%23", headers=headers)
     assert allowed.status == 200
-    (group,) = web.hub.shared_groups()
+    (group,) = site.hub.shared_groups()
     assert group.share_filter == "$share/g/home/#"
 
 
@@ -391,17 +391,17 @@ def test_named_stream_sessions_share_a_group_and_are_away_when_detached():
     """Named stream sessions (``session=NAME``) on ``$share/...`` are members
     too: in turn while attached; detached, a session gets nothing while
     another member is attached (like an offline persistent session)."""
-    web = Web()
-    one = Events(web, "session=one&filter=$share/g/s/%23&qos=1")
-    two = Events(web, "session=two&filter=$share/g/s/%23&qos=1")
+    site = Web()
+    one = Events(site, "session=one&filter=$share/g/s/%23&qos=1")
+    two = Events(site, "session=two&filter=$share/g/s/%23&qos=1")
     for i in range(4):
-        web.hub.publish(Message("s/a", b"%d" % i, 1))
+        site.hub.publish(Message("s/a", b"%d" % i, 1))
     assert [p for _, p in one.events()] == ["0", "2"]
     assert [p for _, p in two.events()] == ["1", "3"]
     one.cut()
-    assert web.stream_sessions.get("one").share_state(1) == AWAY
+    assert site.stream_sessions.get("one").share_state(1) == AWAY
     for i in range(4, 7):
-        web.hub.publish(Message("s/a", b"%d" % i, 1))
+        site.hub.publish(Message("s/a", b"%d" % i, 1))
     assert [p for _, p in two.events()] == ["4", "5", "6"]
 
 
@@ -434,9 +434,9 @@ def test_admin_api_lists_groups_members_and_counts(web):  # noqa: F811
 
 def test_the_shared_listing_is_for_administrators(passwd):  # noqa: F811
     """/api/v1/shared needs read access to $admin/shared, as /clients does."""
-    web = guarded(passwd, ACL_TEXT)
-    assert web.get("/api/v1/shared", headers=basic("alice", "pw-alice")).status == 403
-    answer = web.get("/api/v1/shared", headers=basic("ops", "pw-ops"))
+    site = guarded(passwd, ACL_TEXT)
+    assert site.get("/api/v1/shared", headers=basic("alice", "pw-alice")).status == 403
+    answer = site.get("/api/v1/shared", headers=basic("ops", "pw-ops"))
     assert answer.status == 200 and answer.json() == []
 
 
