@@ -15,7 +15,7 @@ from reactorapp.auth.interfaces import (
     Authenticated, Challenge, IAuthenticator, Identity, IEnhancedAuthenticator, NotAuthorized,
 )
 from reactorapp.mqtt import packets as P
-from tests.mqtt5_harness import Broker5
+from tests.conn5_harness import Broker5
 
 R = P.ReasonCode
 METHOD = "X-NONCE"

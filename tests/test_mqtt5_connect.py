@@ -13,7 +13,7 @@ from reactorapp.auth.guard import Guard
 from reactorapp.auth.interfaces import IAuthenticator, Identity, NotAuthorized, UseAnotherServer
 from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.codec import encode
-from tests.mqtt5_harness import Broker5, Client5
+from tests.conn5_harness import Broker5, Client5
 from tests.mqtt_harness import Broker
 
 R = P.ReasonCode

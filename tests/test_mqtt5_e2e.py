@@ -259,3 +259,57 @@ def test_enhanced_authentication_method_unknown_gets_0x8c(tmp_path):
         assert done.wait(TIMEOUT)
         assert codes == [R.BAD_AUTHENTICATION_METHOD]
         client.client.loop_stop()
+
+
+def test_the_admin_api_and_metrics_show_protocol_versions_and_limits(tmp_path):
+    """/api/v1/clients: the version and the negotiated limits both ways;
+    /metrics: connections by protocol version."""
+    import http.client
+    import json
+
+    with running_broker(tmp_path, "--max-pending-acks", "40") as broker:
+        new = Paho5(broker.host, broker.port, "new").connect5(
+            keepalive=20, ReceiveMaximum=5, MaximumPacketSize=4096, TopicAliasMaximum=3,
+            SessionExpiryInterval=300)
+        old = PahoClient(broker.host, broker.port, "old").connect()
+        connection = http.client.HTTPConnection(broker.host, broker.http_port, timeout=TIMEOUT)
+        connection.request("GET", "/api/v1/clients")
+        clients = {c["client_id"]: c for c in json.loads(connection.getresponse().read())}
+        assert clients["old"]["protocol_version"] == "3.1.1"
+        assert "limits" not in clients["old"]
+        assert clients["new"]["protocol_version"] == "5.0"
+        assert clients["new"]["keep_alive"] == 20
+        assert clients["new"]["limits"] == {
+            "client": {"receive_maximum": 5, "maximum_packet_size": 4096,
+                       "topic_alias_maximum": 3},
+            "server": {"receive_maximum": 40, "maximum_packet_size": 268435460,
+                       "topic_alias_maximum": 10},
+            "session_expiry": 300.0}
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+        assert 'reactorapp_clients_connected_by_version{version="5.0"} 1.0' in text
+        assert 'reactorapp_clients_connected_by_version{version="3.1.1"} 1.0' in text
+        assert 'reactorapp_connections_by_version_total{version="5.0"} 1.0' in text
+        new.disconnect()
+        old.disconnect()
+
+
+def test_the_readme_mqtt_5_example_runs(tmp_path):
+    """The README's request and response example, against the broker."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.brokerproc import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### MQTT 5"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    with running_broker(tmp_path) as broker:
+        script = tmp_path / "example.py"
+        script.write_text(code.replace('HOST, PORT = "127.0.0.1", 1883',
+                                       f'HOST, PORT = "127.0.0.1", {broker.port}'))
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "b'request-1' 21.5\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from reactorapp.mqtt import packets as P
 from reactorapp.store.memory import MemoryStore
-from tests.mqtt5_harness import Broker5
+from tests.conn5_harness import Broker5
 
 R = P.ReasonCode
 EXPIRY = "session_expiry_interval"

@@ -15,7 +15,7 @@ from reactorapp.hub.topics import TopicTree
 from reactorapp.mqtt import packets as P
 from reactorapp.testing import Inbox
 from reactorapp.webhooks.rules import parse_rule
-from tests.mqtt5_harness import Broker5, Client5
+from tests.conn5_harness import Broker5, Client5
 from tests.mqtt_harness import Broker
 from tests.test_http_auth import ACL_TEXT, basic, guarded, passwd  # noqa: F401 (a fixture)
 from tests.test_store_session import ManualStore, StoredBroker

@@ -74,6 +74,9 @@ FIGURES = (
     Figure(_stat("publish_too_large"), "messages_too_large", "counter",
            "Messages not sent to an MQTT 5 client because they were larger than its"
            " Maximum Packet Size.", (), ("messages", "too_large")),
+    Figure(_stat("messages_expired"), "messages_expired", "counter",
+           "MQTT 5 messages never delivered because their Message Expiry Interval passed.",
+           ("$SYS/broker/publish/messages/expired",), ("messages", "expired")),
     Figure(_stat("publish_received"), sys_topics=("$SYS/broker/publish/messages/received",)),
     Figure(_stat("publish_sent"), sys_topics=("$SYS/broker/publish/messages/sent",)),
     Figure(_stat("messages_received"), "mqtt_packets_received", "counter",

@@ -44,7 +44,7 @@ class HubStats:
         "queue_dropped_qos0", "queue_refused", "queue_spilled", "publishers_held",
         "spill_bytes", "inputs_held", "slow_subscribers", "sessions_expired",
         "shared_deliveries", "shared_handed_over",
-        "publish_too_large",
+        "messages_expired", "publish_too_large", "by_version",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -85,9 +85,15 @@ class HubStats:
         #: Shared-subscription messages given to another member of their
         #: group because the first one left without acknowledging them.
         self.shared_handed_over = 0
+        #: Messages dropped undelivered because their MQTT 5 Message Expiry
+        #: Interval passed (queued, spilled, retained or stored).
+        self.messages_expired = 0
         #: PUBLISHes not sent to an MQTT 5 client because they were larger
         #: than its Maximum Packet Size (counted as delivered to it).
         self.publish_too_large = 0
+        #: Protocol version ("5.0", "3.1.1", "3.1") -> [connected now,
+        #: accepted since start-up].
+        self.by_version: dict[str, list[int]] = {}
         #: Front end name ("mqtt", "websocket", "http", "sse", ...) -> Traffic.
         self.traffic: dict[str, Traffic] = {}
 
@@ -98,14 +104,22 @@ class HubStats:
             traffic = self.traffic[front_end] = Traffic()
         return traffic
 
-    def client_connected(self) -> None:
+    def client_connected(self, version: str = "3.1.1") -> None:
         self.connections += 1
         self.clients_connected += 1
         if self.clients_connected > self.clients_maximum:
             self.clients_maximum = self.clients_connected
+        counts = self.by_version.get(version)
+        if counts is None:
+            counts = self.by_version[version] = [0, 0]
+        counts[0] += 1
+        counts[1] += 1
 
-    def client_disconnected(self) -> None:
+    def client_disconnected(self, version: str = "3.1.1") -> None:
         self.clients_connected -= 1
+        counts = self.by_version.get(version)
+        if counts is not None:
+            counts[0] -= 1
 
 
 @implementer(IHub)
@@ -282,17 +296,55 @@ class Hub:
         """The `ShareGroup` of ``$share/GROUP/FILTER``, or None when it has no members."""
         return self._subscriptions.group(share_filter)
 
+    def has_subscribers(self, topic) -> bool:
+        """Whether a message on ``topic`` would reach any subscriber now
+        (an MQTT 5 PUBACK says so); the topic tree's cached lookup (a
+        shared subscription has members while it exists)."""
+        plain, groups = self._subscriptions.lookup(topic)
+        return bool(plain or groups)
+
     def restore_retained(self, messages) -> None:
-        """Put back retained messages read from the store at start-up."""
+        """Put back retained messages read from the store at start-up
+        (those that expired meanwhile are removed instead)."""
+        now = self.clock.seconds()
         for message in messages:
-            self._retained.set(message.topic, message)
+            if message.expired(now):
+                self._expire_retained(message)
+            else:
+                self._retained.set(message.topic, message)
 
     def subscribe(self, subscriber, topic_filter, qos):
         validate_filter(topic_filter)
         self._subscriptions.add(topic_filter, subscriber, qos)
         if topic_filter.startswith("$share/"):
             return []  # shared subscriptions get no retained messages
-        return self._retained.match(topic_filter)
+        return self._unexpired(self._retained.match(topic_filter))
+
+    def _unexpired(self, found: list) -> list:
+        """Retained messages minus those whose Message Expiry Interval has
+        passed, which are removed, here and from the store [MQTT-3.3.2-5]."""
+        now = None
+        for message in found:
+            if message.expires is not None:
+                now = self.clock.seconds() if now is None else now
+                if message.expired(now):
+                    break
+        else:
+            return found
+        kept = []
+        for message in found:
+            if message.expired(now):
+                if self._retained.get(message.topic) is message:
+                    self._retained.remove(message.topic)
+                    self._expire_retained(message)
+            else:
+                kept.append(message)
+        return kept
+
+    def _expire_retained(self, message) -> None:
+        self.stats.messages_expired += 1
+        if self.store is not None and not is_broker_topic(message.topic):
+            self.store.remove_retained(message.topic)
 
     def unsubscribe(self, subscriber, topic_filter):
         return self._subscriptions.remove(topic_filter, subscriber)
@@ -301,7 +353,7 @@ class Hub:
         self._subscriptions.remove_all(subscriber, topic_filters)
 
     def retained(self, topic_filter):
-        return self._retained.match(topic_filter)
+        return self._unexpired(self._retained.match(topic_filter))
 
     @property
     def subscription_count(self) -> int:

@@ -66,6 +66,13 @@ def expiry_for(interval: int, settings) -> float:
     return min(seconds, settings.session_expiry) if settings.session_expiry else seconds
 
 
+def protocol_version(protocol) -> str | None:
+    """"5.0", "3.1.1" or "3.1", as its CONNECT said (the parser's level)."""
+    if protocol.v5 is not None:
+        return "5.0"
+    return {P.MQTT_3_1: "3.1", P.MQTT_3_1_1: "3.1.1"}.get(protocol._parser.protocol_level)
+
+
 class ConnectHandling:
     """From the first packet to CONNACK, and AUTH. Uses the connection's
     ``guard``, ``hub``, ``settings``, ``_write``, ``_close``,
@@ -251,7 +258,7 @@ class ConnectHandling:
         session.may_read = self.guard.read_filter(identity)
         self.session = session
         self.state = CONNECTED
-        self.stats.client_connected()
+        self.stats.client_connected(protocol_version(self))
         # [MQTT-3.2.0-1]: CONNACK goes out before anything queued.
         if v5 is None:
             self._write(encode(P.ConnAck(session_present, P.ConnectReturnCode.ACCEPTED)))

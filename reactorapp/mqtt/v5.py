@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 
 from reactorapp.mqtt import packets as P
-from reactorapp.mqtt.codec import encode, encode_publish5, encode_publish5_parts, property_bytes
+from reactorapp.mqtt.codec import encode
+from reactorapp.mqtt.publish5 import TopicAliases
 
 #: Session Expiry Interval 0xFFFFFFFF: the session does not expire [§3.1.2.11.2].
 NEVER_EXPIRES = 0xFFFFFFFF
@@ -51,7 +52,7 @@ class V5:
     it to ours (what it may send us)."""
 
     __slots__ = ("receive_maximum", "maximum_packet_size", "topic_alias_maximum",
-                 "problem_information", "auth_method", "auth_step", "inbound")
+                 "problem_information", "auth_method", "auth_step", "inbound", "aliases")
 
     def __init__(self, properties: dict) -> None:
         #: QoS 1/2 PUBLISHes we may have unacknowledged at the client [§3.1.2.11.3].
@@ -71,6 +72,8 @@ class V5:
         #: QoS 1/2 PUBLISHes from the client not yet answered with PUBACK or
         #: PUBCOMP (or a failing PUBREC): held to our Receive Maximum.
         self.inbound = 0
+        #: Topic aliases of this connection, both ways (`reactorapp.mqtt.publish5`).
+        self.aliases = TopicAliases(self.topic_alias_maximum)
 
     # -- what the client may send us --------------------------------------------
 
@@ -108,31 +111,6 @@ class V5:
             _strip(properties)
             data = encode(packet, P.MQTT_5)
         return data if len(data) <= self.maximum_packet_size else None
-
-    def encode_publish(self, message, qos: int, retained: bool, packet_id: int,
-                       dup: bool) -> bytes:
-        """A PUBLISH of ``message`` for this client, with the message's
-        properties; encoded once per message, QoS and flag (``Message.encoded``,
-        keys starting with 5) but for the packet id."""
-        cache = message.encoded
-        if cache is None:
-            cache = message.encoded = {}
-        key = (5, qos, retained)
-        parts = cache.get(key)
-        if parts is None:
-            properties = property_bytes(message.properties) if message.properties else b""
-            if not qos:
-                parts = cache[key] = encode_publish5(
-                    message.topic, message.payload, 0, retained, False, 0, properties)
-            else:
-                parts = cache[key] = encode_publish5_parts(
-                    message.topic, message.payload, qos, retained, False, properties)
-        if not qos:
-            return parts
-        if dup:
-            head = bytes((parts[0][0] | 0x08,)) + parts[0][1:]
-            return head + packet_id.to_bytes(2, "big") + parts[1]
-        return parts[0] + packet_id.to_bytes(2, "big") + parts[1]
 
     def describe(self) -> dict:
         """The client's side of the limits, for the admin API."""

@@ -169,7 +169,8 @@ async function refreshClients() {
       .map(([filter, qos]) => `${filter} (${qos})`).join(", ");
     const row = el("tr", {},
       el("td", {textContent: client.client_id}),
-      el("td", {textContent: client.front_end || ""}),
+      el("td", {textContent: [client.front_end, client.protocol_version && `MQTT ${client.protocol_version}`]
+        .filter(Boolean).join(", ")}),
       el("td", {textContent: client.peer || ""}),
       el("td", {textContent: subscriptions}),
       el("td", {className: "num", textContent: client.inflight}),
