@@ -16,6 +16,7 @@ from reactorapp.mqtt import packets as P
 from reactorapp.testing import Inbox
 from reactorapp.webhooks.rules import parse_rule
 from tests.conn5_harness import Broker5, Client5
+from tests.mqtt5_harness import connect5
 from tests.mqtt_harness import Broker
 from tests.test_http_auth import ACL_TEXT, basic, guarded, passwd  # noqa: F401 (a fixture)
 from tests.test_store_session import ManualStore, StoredBroker
@@ -520,3 +521,25 @@ def test_no_local_on_a_shared_subscription_is_a_protocol_error():
     client.send(P.Subscribe(1, [P.SubscriptionRequest("$share/g/t", 1, no_local=True)]))
     assert client.closed
     assert broker.hub.shared_groups() == []
+
+
+def test_a_shared_copy_carries_its_own_subscription_identifier_and_ignores_no_local():
+    """A 5.0 client with a plain and a shared subscription matching one
+    topic gets two copies, each with the identifier of its own subscription
+    [MQTT-3.3.4-5]; No Local on the plain one [MQTT-3.8.3-3] keeps the
+    client's own message from the plain copy only (No Local does not exist
+    for shared subscriptions [MQTT-3.8.3-4])."""
+    broker = Broker()
+    client = connect5(broker, "both")
+    codes, _ = client.subscribe(P.SubscriptionRequest("t", 1, no_local=True), identifier=1)
+    assert codes == [1]
+    codes, _ = client.subscribe(("$share/g/t", 1), identifier=2)
+    assert codes == [1]
+    other = connect5(broker, "other")
+    other.publish("t", b"theirs", qos=1)
+    copies = [p for p in client.take() if type(p) is P.Publish]
+    assert sorted(p.properties.get("subscription_identifier") for p in copies) == [[1], [2]]
+    client.publish("t", b"mine", qos=1)
+    copies = [p for p in client.take() if type(p) is P.Publish]
+    assert [(p.payload, p.properties.get("subscription_identifier")) for p in copies] == [
+        (b"mine", [2])]

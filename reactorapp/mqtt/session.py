@@ -186,7 +186,7 @@ class Session:
             return  # the ACL hides this topic from the client, retained or not
         options = self.options
         if (options is not None and message.sender == self.client_id and not retained
-                and not options.routing(message.topic).own):
+                and self._share is None and not options.routing(message.topic).own):
             return None  # No Local: not to the client that published it [MQTT-3.8.3-3]
         connection = self.connection
         if qos == 0:
@@ -269,15 +269,22 @@ class Session:
         may_read = self.may_read
         if may_read is not None and not may_read(message.topic):
             return REFUSED
-        if qos == 0:
-            return self.deliver(message, 0, False)
-        if self.connection is None and self.queue.full(message):
+        if qos and self.connection is None and self.queue.full(message):
             return REFUSED
         self._share = share_filter
         try:
             return self.deliver(message, qos, False)
         finally:
             self._share = None
+
+    def share_of(self, packet_id: int) -> str | None:
+        """The shared subscription (``$share/GROUP/FILTER``) an outgoing
+        PUBLISH is a copy for, or None (a QoS 0 one: while it is taken), so
+        that it carries that subscription's options (`OptionTable.shared_routing`)."""
+        if not packet_id:
+            return self._share
+        flight = self.inflight.get(packet_id)
+        return None if flight is None or not self.shared else self.shared.get(flight.seq)
 
     def release_shared(self, connected_only: bool) -> None:
         """Give the shared-subscription messages this session holds and its
