@@ -543,3 +543,20 @@ def test_a_shared_copy_carries_its_own_subscription_identifier_and_ignores_no_lo
     copies = [p for p in client.take() if type(p) is P.Publish]
     assert [(p.payload, p.properties.get("subscription_identifier")) for p in copies] == [
         (b"mine", [2])]
+
+
+def test_queued_shared_messages_are_handed_over_behind_plain_ones_in_flight():
+    """A member whose window is full of messages of its own (non-shared)
+    subscriptions still gives the shared messages queued behind them to
+    another member when it goes away."""
+    broker = Broker(max_inflight=2)
+    (a,) = consumers(broker, 1, qos=1)
+    a.subscribe(("own/#", 1))
+    pub = broker.connect("pub")
+    pub.publish("own/1", b"p1", qos=1)
+    pub.publish("own/2", b"p2", qos=1)
+    pub.publish("jobs/x", b"shared", qos=1)  # queued behind the full window
+    assert payloads(a) == [b"p1", b"p2"]
+    (b,) = consumers(broker, 1, qos=1, first=1)
+    a.drop()
+    assert payloads(b) == [b"shared"]

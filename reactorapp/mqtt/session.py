@@ -308,13 +308,18 @@ class Session:
                 del inflight[packet_id]
                 self._given(flight.seq)
         queue = self.queue
-        if not queue or len(shared) <= len(inflight):
-            return
+        if not queue or len(shared) == sum(1 for f in inflight.values() if f.seq in shared):
+            return  # none of them is queued
         kept = []
+        now = hub.clock.seconds()
         while queue:
             entry = queue.popleft()
             share = shared.get(entry[3])
-            if share is not None and hub.hand_over(share, entry[0], self, connected_only):
+            if share is None:
+                kept.append(entry)
+            elif entry[0].expires is not None and entry[0].expired(now):
+                self._expired(entry[3])  # never sent [MQTT-3.3.2-5]
+            elif hub.hand_over(share, entry[0], self, connected_only):
                 self._given(entry[3])
             else:
                 kept.append(entry)
@@ -399,6 +404,8 @@ class Session:
         self.hub.stats.messages_expired += 1
         if self.store is not None and seq:
             self.store.dequeue(self.client_id, seq)
+        if self.shared:
+            self.shared.pop(seq, None)
 
     def _completed(self, packet_id: int) -> None:
         """A message the connection would not send (larger than the client's
