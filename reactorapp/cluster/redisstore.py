@@ -235,8 +235,10 @@ class RedisStore:
     def remove_session(self, client_id) -> None:
         self._write(b"X", client_id)
 
-    def add_subscription(self, client_id, topic_filter, qos) -> None:
-        self._write(b"B", client_id, topic_filter, qos)
+    def add_subscription(self, client_id, topic_filter, qos, options=0, identifier=0) -> None:
+        # "QOS", or "QOS:OPTIONS:IDENTIFIER" for an MQTT 5 subscription with either.
+        value = f"{qos}:{options}:{identifier}" if options or identifier else qos
+        self._write(b"B", client_id, topic_filter, value)
 
     def remove_subscription(self, client_id, topic_filter) -> None:
         self._write(b"b", client_id, topic_filter)
@@ -444,10 +446,16 @@ def _stored_session(answer, client_id: str, shared: dict) -> StoredSession | Non
         message = shared.setdefault(value[ENTRY_HEADER:], message)
         packet_id, state = flight.get(seq, (None, None))
         messages.append(StoredMessage(seq, message, qos, retained, packet_id, state))
+    filters, options = {}, {}
+    for topic_filter, value in _pairs(subscriptions):
+        topic_filter = topic_filter.decode()
+        qos, *extra = value.split(b":")
+        filters[topic_filter] = int(qos)
+        if extra:
+            options[topic_filter] = (int(extra[0]), int(extra[1]))
     return StoredSession(
-        client_id,
-        {topic_filter.decode(): int(qos) for topic_filter, qos in _pairs(subscriptions)},
-        messages, {int(packet_id) for packet_id in pubrel or ()})
+        client_id, filters, messages, {int(packet_id) for packet_id in pubrel or ()},
+        options=options)
 
 
 def _reason(error: BaseException) -> str:
