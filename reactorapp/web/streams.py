@@ -35,6 +35,7 @@ from reactorapp.hub.commit import placed
 from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.web.errors import compact_json
 from reactorapp.web.messages import message_json
+from reactorapp.web.metadata import expires_at
 
 log = Logger()
 
@@ -53,8 +54,16 @@ ACK_RETRY = 100
 OVERHEAD = 64
 
 
-def event_data(message, qos: int, retained: bool) -> bytes:
-    """``data: <json>`` of an event, encoded once per message for all streams."""
+def event_data(message, qos: int, retained: bool, now: float | None = None) -> bytes | None:
+    """``data: <json>`` of an event, encoded once per message for all streams;
+    None if the message has expired at ``now`` [MQTT-3.3.2-5]. A message that
+    expires shows the seconds it has left then [MQTT-3.3.2-6], so its events
+    are encoded each time."""
+    if now is not None and expires_at(message) is not None:
+        document = message_json(message, qos, retained, now)
+        if document["message_expiry"] <= 0:
+            return None
+        return b"data: %s\n\n" % compact_json(document)
     cache = message.encoded
     if cache is None:
         cache = message.encoded = {}
@@ -125,7 +134,11 @@ class StreamSession:
             if stream is None:
                 self._dropped()
             elif stream.writable and not queue.held0:
-                stream.send(event_data(message, 0, retained), 0)
+                data = event_data(message, 0, retained, self._now())
+                if data is None:
+                    self._expired()
+                else:
+                    stream.send(data, 0)
             else:
                 queue.hold0(message, retained)
             return None
@@ -146,6 +159,13 @@ class StreamSession:
                 # Back-pressure: the publisher's answer waits for room.
                 return queue.wait() if commit is None else placed(commit, [queue.wait()])
         return commit  # the publisher's answer waits until the event is durable
+
+    def _now(self) -> float:
+        return self.sessions.clock.seconds()
+
+    def _expired(self) -> None:
+        """A message expired before it was written: not sent, counted."""
+        self.stats.sse_expired += 1
 
     def _dropped(self) -> None:
         self.dropped += 1
@@ -189,7 +209,11 @@ class StreamSession:
                 return
             if queue.held0:
                 message, retained = queue.popleft0()
-                stream.send(event_data(message, 0, retained), 0)
+                data = event_data(message, 0, retained, self._now())
+                if data is None:
+                    self._expired()
+                else:
+                    stream.send(data, 0)
                 continue
             entry = self._next
             if entry is None:
@@ -205,6 +229,13 @@ class StreamSession:
                 # a restart): skipped; a later acknowledgement forgets it.
                 self._next = None
                 continue
+            data = event_data(message, qos, retained, self._now())
+            if data is None:
+                # Expired while it waited: skipped; a later acknowledgement
+                # forgets it [MQTT-3.3.2-5].
+                self._next = None
+                self._expired()
+                continue
             size = _size(message)
             if self.unacked and self._window_full(size):
                 # The client acknowledges by reconnecting: let it.
@@ -216,7 +247,7 @@ class StreamSession:
             if seq <= self._replay_upto:
                 self.stats.sse_replayed += 1
             self.sent_seq = seq
-            stream.send(b"id: %d\n%s" % (seq, event_data(message, qos, retained)), qos)
+            stream.send(b"id: %d\n%s" % (seq, data), qos)
 
     def _window_full(self, size: int) -> bool:
         settings = self.settings
@@ -264,9 +295,14 @@ class StreamSession:
             self.acknowledge(last_event_id)
         self.stream = stream
         self._replay_upto = self.seq
+        now = self._now()
         for message, qos, retained, seq in self.unacked:
+            data = event_data(message, qos, retained, now)
+            if data is None:
+                self._expired()  # stays unacknowledged until the next acknowledgement
+                continue
             self.stats.sse_replayed += 1
-            stream.send(b"id: %d\n%s" % (seq, event_data(message, qos, retained)), qos)
+            stream.send(b"id: %d\n%s" % (seq, data), qos)
         self._pump()
 
     def acknowledge(self, upto: int) -> None:
