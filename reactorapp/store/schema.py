@@ -77,6 +77,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
             retained INTEGER NOT NULL, properties TEXT, sender TEXT, timestamp REAL NOT NULL,
             PRIMARY KEY (name, seq)) WITHOUT ROWID""",
     ),
+    # The MQTT 5 properties of a webhook delivery, as a Python literal
+    # (reactorapp/webhooks/sqlitestore.py).
+    (
+        "ALTER TABLE webhook_outbox ADD COLUMN properties TEXT",
+        "ALTER TABLE webhook_dead ADD COLUMN properties TEXT",
+    ),
 ]
 
 VERSION = len(MIGRATIONS)
