@@ -286,3 +286,31 @@ def test_a_content_type_that_is_no_header_value_stays_out():
     headers, _ = render(rule, Delivery.of(1, "r", message, 1, "k", 0.0), 1, 0.0)
     assert headers.getRawHeaders(b"Content-Type") == [b"application/octet-stream"]
     assert not headers.hasHeader(b"X-Evil")
+
+
+def test_a_raw_publish_takes_the_metadata_in_its_query(web):
+    r = recorder(web)
+    correlation = base64.b64encode(CORRELATION).decode().replace("+", "%2B").replace("=", "%3D")
+    answer = web.request(
+        "POST", "/api/v1/topics/k/t?qos=1&content_type=application/json&payload_format=utf-8"
+        "&user_property=unit=C&user_property=site%3Dnorth&user_property=unit=K"
+        f"&response_topic=replies/kitchen&correlation_data={correlation}&message_expiry=60",
+        b"{}")
+    assert answer.status == 200, answer
+    [message] = r.messages
+    assert message.properties == PROPERTIES
+    assert message.payload == b"{}"
+
+
+@pytest.mark.parametrize("query, words", [
+    ("message_expiry=soon", "whole seconds"),
+    ("response_topic=a/%2B", "wildcard"),
+    ("user_property=novalue", "name=value"),
+    ("payload_format=utf-8", "not valid UTF-8"),
+])
+def test_a_raw_publish_with_bad_metadata_is_a_400(web, query, words):
+    r = recorder(web)
+    answer = web.request("POST", f"/api/v1/topics/k/t?{query}", b"\xff")
+    assert answer.status == 400, answer
+    assert words in answer.json()["detail"]
+    assert r.messages == []

@@ -21,7 +21,8 @@ from reactorapp.web.errors import (
 )
 from reactorapp.web.guard import read_filter, require_publish
 from reactorapp.web.messages import (
-    check_topic, message_json, parse_batch, parse_publish, query_bool, query_filters, query_qos,
+    check_topic, message_json, parse_batch, parse_publish, query_bool, query_filters,
+    query_metadata, query_qos,
 )
 
 log = Logger()
@@ -124,7 +125,8 @@ class Publish(JSONResource):
 
 
 class Topics(JSONResource):
-    """POST /api/v1/topics/{topic}: the body is the payload, as is."""
+    """POST /api/v1/topics/{topic}: the body is the payload, as is; qos,
+    retain and MQTT 5 metadata in the query."""
 
     takes_subpath = True
 
@@ -137,8 +139,10 @@ class Topics(JSONResource):
         topic = self._topic(request)
         qos = query_qos(request)
         retain = query_bool(request, "retain", False)
+        payload = request.content.read()
+        properties = query_metadata(request, payload)
         require_publish(request, topic)
-        return _publish(self.hub, self.traffic, topic, request.content.read(), qos, retain)
+        return _publish(self.hub, self.traffic, topic, payload, qos, retain, properties)
 
     def _topic(self, request) -> str:
         # Twisted splits the path before decoding %XX, so the levels are

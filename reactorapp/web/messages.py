@@ -242,6 +242,34 @@ def query_bool(request, name: str, default: bool) -> bool:
     raise bad_request(f"'{name}' must be true or false, not {text!r}.")
 
 
+def query_metadata(request, payload: bytes) -> dict | None:
+    """MQTT 5 metadata from the query of a raw publish: the JSON fields'
+    names (`reactorapp.web.metadata`) as parameters, ``message_expiry`` in
+    whole seconds, and ``user_property=name=value`` repeated for each user
+    property (in order); checked as for a JSON publish."""
+    found = query(request)
+    document: dict = {}
+    for name in ("content_type", "payload_format", "response_topic", "correlation_data"):
+        value = found.get(name.encode("ascii"))
+        if value:
+            document[name] = _text(value[-1], name)
+    expiry = found.get(b"message_expiry")
+    if expiry:
+        text = _text(expiry[-1], "message_expiry")
+        count = parse_count(text)
+        document["message_expiry"] = text if count is None else count
+    pairs = []
+    for value in found.get(b"user_property", ()):
+        name, sep, text = _text(value, "user_property").partition("=")
+        if not sep:
+            raise bad_request("'user_property' must be given as name=value, not"
+                              f" {name[:40]!r}.")
+        pairs.append([name, text])
+    if pairs:
+        document["user_properties"] = pairs
+    return parse_metadata(document, payload)
+
+
 def query_text(request, name: str) -> str | None:
     """The last value of a query parameter, or None when absent."""
     values = query(request).get(name.encode("ascii"))
