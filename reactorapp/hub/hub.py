@@ -42,6 +42,7 @@ class HubStats:
         "bytes_received", "bytes_sent", "traffic",
         "queue_dropped_qos0", "queue_refused", "queue_spilled", "publishers_held",
         "spill_bytes", "inputs_held", "slow_subscribers", "sessions_expired",
+        "messages_expired",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -77,6 +78,9 @@ class HubStats:
         self.slow_subscribers = 0
         #: Persistent sessions removed after --session-expiry offline.
         self.sessions_expired = 0
+        #: Messages dropped undelivered because their MQTT 5 Message Expiry
+        #: Interval passed (queued, spilled, retained or stored).
+        self.messages_expired = 0
         #: Front end name ("mqtt", "websocket", "http", "sse", ...) -> Traffic.
         self.traffic: dict[str, Traffic] = {}
 
@@ -189,17 +193,53 @@ class Hub:
             return commit
         return Commit.after(placed(commit, full))
 
+    def has_subscribers(self, topic) -> bool:
+        """Whether a message on ``topic`` would reach any subscriber now
+        (an MQTT 5 PUBACK says so); the topic tree's cached match."""
+        return bool(self._subscriptions.match(topic))
+
     def restore_retained(self, messages) -> None:
-        """Put back retained messages read from the store at start-up."""
+        """Put back retained messages read from the store at start-up
+        (those that expired meanwhile are removed instead)."""
+        now = self.clock.seconds()
         for message in messages:
-            self._retained.set(message.topic, message)
+            if message.expired(now):
+                self._expire_retained(message)
+            else:
+                self._retained.set(message.topic, message)
 
     def subscribe(self, subscriber, topic_filter, qos):
         validate_filter(topic_filter)
         self._subscriptions.add(topic_filter, subscriber, qos)
         if topic_filter.startswith("$share/"):
             return []  # shared subscriptions get no retained messages
-        return self._retained.match(topic_filter)
+        return self._unexpired(self._retained.match(topic_filter))
+
+    def _unexpired(self, found: list) -> list:
+        """Retained messages minus those whose Message Expiry Interval has
+        passed, which are removed, here and from the store [MQTT-3.3.2-5]."""
+        now = None
+        for message in found:
+            if message.expires is not None:
+                now = self.clock.seconds() if now is None else now
+                if message.expired(now):
+                    break
+        else:
+            return found
+        kept = []
+        for message in found:
+            if message.expired(now):
+                if self._retained.get(message.topic) is message:
+                    self._retained.remove(message.topic)
+                    self._expire_retained(message)
+            else:
+                kept.append(message)
+        return kept
+
+    def _expire_retained(self, message) -> None:
+        self.stats.messages_expired += 1
+        if self.store is not None and not is_broker_topic(message.topic):
+            self.store.remove_retained(message.topic)
 
     def unsubscribe(self, subscriber, topic_filter):
         return self._subscriptions.remove(topic_filter, subscriber)
@@ -208,7 +248,7 @@ class Hub:
         self._subscriptions.remove_all(subscriber, topic_filters)
 
     def retained(self, topic_filter):
-        return self._retained.match(topic_filter)
+        return self._unexpired(self._retained.match(topic_filter))
 
     @property
     def subscription_count(self) -> int:

@@ -68,6 +68,9 @@ class IHub(Interface):
         written in one store batch share one `Commit`.
         """
 
+    def has_subscribers(topic):
+        """Whether a message on ``topic`` would reach any subscriber now."""
+
     def subscribe(subscriber, topic_filter, qos):
         """Add or replace ``subscriber``'s subscription to ``topic_filter``.
 

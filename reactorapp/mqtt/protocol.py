@@ -18,7 +18,7 @@ from reactorapp.auth.guard import Guard
 from reactorapp.auth.interfaces import Identity
 from reactorapp.auth.limits import TokenBucket
 from reactorapp.hub.flow import SLOW_REMEMBERED, Congestion, IInput
-from reactorapp.hub.message import Message
+from reactorapp.hub.message import Message, application_properties
 from reactorapp.hub.topics import SYS_PREFIX, is_valid_filter
 from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.acks import AckLine
@@ -29,7 +29,9 @@ from reactorapp.mqtt.codec import (
 )
 from reactorapp.mqtt.connect import ConnectHandling
 from reactorapp.mqtt.interfaces import IConnection
+from reactorapp.mqtt.publish5 import AliasError, encode_for, payload_format_invalid
 from reactorapp.mqtt.session import MQTTSettings, Session
+from reactorapp.mqtt.suboptions import Options
 from reactorapp.mqtt.states import AUTHENTICATING, AWAITING_CONNECT, CLOSED, CONNECTED
 from reactorapp.mqtt.timeouts import Timeouts
 from reactorapp.mqtt.writes import BATCH
@@ -47,6 +49,9 @@ class MQTTProtocol(ConnectHandling, Protocol):
     As an output it is its transport's streaming producer; as an input it
     can be held back by the subscribers its messages congest (`IInput`).
     """
+
+    #: What an MQTT 5 client agreed on; None for 3.1.1.
+    v5 = None
 
     def __init__(self, factory: MQTTFactory) -> None:
         self.factory = factory
@@ -255,6 +260,9 @@ class MQTTProtocol(ConnectHandling, Protocol):
 
     def send_publish0(self, message: Message, retained: bool) -> None:
         """Hot path: one QoS 0 PUBLISH, encoded once per message and flag."""
+        if self.v5 is not None:
+            self._send_publish5(message, 0, retained, 0, False)
+            return
         cache = message.encoded
         if cache is None:
             cache = message.encoded = {}
@@ -270,6 +278,9 @@ class MQTTProtocol(ConnectHandling, Protocol):
 
     def send_publish(self, message: Message, qos: int, retained: bool, packet_id: int, dup: bool) -> None:
         """A QoS 1/2 PUBLISH: the encoding is shared, only the id varies."""
+        if self.v5 is not None:
+            self._send_publish5(message, qos, retained, packet_id, dup)
+            return
         if dup:
             data = encode_publish(message.topic, message.payload, qos, retained, True, packet_id)
         else:
@@ -281,6 +292,28 @@ class MQTTProtocol(ConnectHandling, Protocol):
             if parts is None:
                 parts = cache[key] = encode_publish_parts(message.topic, message.payload, qos, retained)
             data = parts[0] + packet_id.to_bytes(2, "big") + parts[1]
+        self._send(data)
+        self.traffic.sent[qos] += 1
+        stats = self.stats
+        stats.messages_sent += 1
+        stats.publish_sent += 1
+        stats.bytes_sent += len(data)
+
+    def _send_publish5(self, message: Message, qos: int, retained: bool, packet_id: int,
+                       dup: bool) -> None:
+        """A PUBLISH to an MQTT 5 client (`reactorapp.mqtt.publish5`): the
+        Subscription Identifiers and Retain As Published of its matching
+        subscriptions, if it has options, and a Topic Alias if it allows them."""
+        session = self.session
+        options = session.options if session is not None else None
+        identifiers = ()
+        if options is not None:
+            routing = options.routing(message.topic)
+            identifiers = routing.identifiers
+            if not retained and routing.as_published:
+                retained = message.retain  # [MQTT-3.3.1-13]
+        data, _ = encode_for(message, qos, retained, packet_id, dup, self.clock.seconds(),
+                             identifiers, self.v5.aliases)
         self._send(data)
         self.traffic.sent[qos] += 1
         stats = self.stats
@@ -316,7 +349,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
 
     # -- closing -------------------------------------------------------
 
-    def _protocol_error(self, reason: str) -> None:
+    def _protocol_error(self, reason: str, reason_code: int = P.ReasonCode.PROTOCOL_ERROR) -> None:
         """[MQTT-4.8.0-1]: close this connection, nobody else notices. The
         will is published because no DISCONNECT was received."""
         log.info("Closing {peer} ({client_id}): {reason}",
@@ -379,8 +412,10 @@ class MQTTProtocol(ConnectHandling, Protocol):
         will, self.will = self.will, None
         if will is None:
             return
-        message = Message(will.topic, will.payload, will.qos, will.retain,
-                          sender=self.client_id)
+        # An MQTT 5 will carries its properties like a PUBLISH [§3.1.3.2].
+        properties = application_properties(will.properties)
+        message = Message(will.topic, will.payload, will.qos, will.retain, properties,
+                          self.client_id, self.clock.seconds() if properties else None)
         durable = self.hub.publish(message)
         if durable is not None:
             durable.addErrback(lambda f: log.failure(
@@ -471,6 +506,9 @@ class MQTTProtocol(ConnectHandling, Protocol):
             # never forwarded twice.
             self._acknowledge(None, encode_pubrec(publish.packet_id))
             return
+        if self.v5 is not None:
+            self._on_publish5(publish)
+            return
         if publish.topic.startswith(SYS_PREFIX):  # `is_broker_topic`, inlined: hot path
             # Clients may not write the broker's own status [§4.7.2]; the
             # publish is acknowledged and dropped [MQTT-3.3.5-2].
@@ -493,6 +531,69 @@ class MQTTProtocol(ConnectHandling, Protocol):
             self._acknowledge(wait, encode_pubrec(publish.packet_id))
         elif wait is not None:  # QoS 0 is never waited for; failures are logged
             wait.add(self._on_qos0_placed)
+
+    def _on_publish5(self, publish: P.Publish) -> None:
+        """The rest of `_on_publish` for an MQTT 5 client: its Topic Alias,
+        the Payload Format check, the properties handed on with the message,
+        and a reason code in PUBACK/PUBREC (`reactorapp.mqtt.publish5`)."""
+        qos = publish.qos
+        topic = publish.topic
+        received = publish.properties
+        properties = None
+        if received:
+            if "subscription_identifier" in received:
+                self._protocol_error("a PUBLISH from a client has a Subscription Identifier")
+                return  # [MQTT-3.3.4-6]
+            try:
+                topic = self.v5.aliases.resolve(topic, received.get("topic_alias"),
+                                                self.settings.topic_alias_maximum)
+            except AliasError as error:
+                self._protocol_error(error.reason, error.reason_code)
+                return
+            if payload_format_invalid(received, publish.payload):
+                # [MQTT-3.3.2-4] [§3.3.2.3.2]: refused; at QoS 0 there is no
+                # acknowledgement to say so, so the connection ends [§4.13].
+                self.stats.publish_dropped += 1
+                if qos:
+                    self._answer_publish(publish, None, P.ReasonCode.PAYLOAD_FORMAT_INVALID)
+                else:
+                    self._protocol_error("payload is not the UTF-8 its PUBLISH says it is",
+                                         P.ReasonCode.PAYLOAD_FORMAT_INVALID)
+                return
+            properties = application_properties(received)
+        if topic.startswith(SYS_PREFIX):
+            # Clients may not write the broker's own status [§4.7.2].
+            self.stats.publish_dropped += 1
+            self._answer_publish(publish, None, P.ReasonCode.NOT_AUTHORIZED)
+            return
+        if self.authorizer is not None and not self.authorizer.can_publish(self.identity, topic):
+            self.guard.stats.publish_denied += 1
+            self._answer_publish(publish, None, P.ReasonCode.NOT_AUTHORIZED)
+            return
+        # A message that expires is stamped with the hub's clock (Message.expires).
+        timestamp = (self.clock.seconds()
+                     if properties and "message_expiry_interval" in properties else None)
+        message = Message(topic, publish.payload, qos, publish.retain, properties,
+                          self.client_id, timestamp)
+        wait = self.hub.route(message)
+        if qos:
+            # [§3.4.2.1]: 0x10 tells the publisher nobody subscribed.
+            code = 0 if self.hub.has_subscribers(topic) else P.ReasonCode.NO_MATCHING_SUBSCRIBERS
+            self._answer_publish(publish, wait, code)
+        elif wait is not None:
+            wait.add(self._on_qos0_placed)
+
+    def _answer_publish(self, publish: P.Publish, wait, code: int) -> None:
+        """PUBACK or PUBREC with ``code`` for an MQTT 5 client. A PUBREC with
+        a failure code ends the QoS 2 exchange: no PUBREL is awaited."""
+        packet_id = publish.packet_id
+        if publish.qos == 1:
+            data = encode_puback(packet_id) if not code else encode(P.PubAck(packet_id, code), 5)
+        else:
+            if code < 0x80:
+                self.session.awaiting_pubrel.add(packet_id)
+            data = encode_pubrec(packet_id) if not code else encode(P.PubRec(packet_id, code), 5)
+        self._acknowledge(wait, data)
 
     def _acknowledge(self, wait, data: bytes) -> None:
         """Send PUBACK/PUBREC/PUBCOMP once the message is placed, in the order
@@ -575,34 +676,57 @@ class MQTTProtocol(ConnectHandling, Protocol):
         retained = []
         authorizer = self.authorizer
         limit = self.settings.max_subscriptions
+        # MQTT 5 says why a filter was refused [§3.9.3]; 3.1.1 has 0x80 only.
+        v5 = self.v5 is not None
+        identifier = subscribe.properties.get("subscription_identifier", 0) if v5 else 0
         for request in subscribe.subscriptions:
-            if not is_valid_filter(request.topic_filter):
-                codes.append(P.SUBACK_FAILURE)
+            topic_filter = request.topic_filter
+            if not is_valid_filter(topic_filter):
+                codes.append(P.ReasonCode.TOPIC_FILTER_INVALID if v5 else P.SUBACK_FAILURE)
                 continue
             if authorizer is not None and not authorizer.can_subscribe(
-                    self.identity, request.topic_filter):
+                    self.identity, topic_filter):
                 self.guard.stats.subscribe_denied += 1
-                codes.append(P.SUBACK_FAILURE)
+                codes.append(P.ReasonCode.NOT_AUTHORIZED if v5 else P.SUBACK_FAILURE)
                 continue
-            if (limit and len(session.subscriptions) >= limit
-                    and request.topic_filter not in session.subscriptions):
+            existed = topic_filter in session.subscriptions
+            if limit and len(session.subscriptions) >= limit and not existed:
                 self.guard.stats.subscriptions_over_limit += 1
-                codes.append(P.SUBACK_FAILURE)
+                codes.append(P.ReasonCode.QUOTA_EXCEEDED if v5 else P.SUBACK_FAILURE)
                 continue
             granted = min(request.qos, MAXIMUM_QOS)
             codes.append(granted)
-            for message in session.subscribe(request.topic_filter, granted):
+            if not v5:
+                found = session.subscribe(topic_filter, granted)
+            else:
+                handling = request.retain_handling
+                found = session.subscribe(topic_filter, granted, Options(
+                    request.no_local, request.retain_as_published, handling, identifier))
+                if handling == 2 or (handling == 1 and existed):
+                    continue  # [MQTT-3.3.1-10] [MQTT-3.3.1-11]
+            for message in found:
                 retained.append((message, granted))
-        self._write(encode(P.SubAck(subscribe.packet_id, codes)))
+        self._write(encode(P.SubAck(subscribe.packet_id, codes), 5 if v5 else 4))
         for message, granted in retained:
             # [MQTT-3.8.4-6]: at the lower of stored and granted QoS.
             session.deliver(message, min(message.qos, granted), True)
 
     def _on_unsubscribe(self, unsubscribe: P.Unsubscribe) -> None:
-        """[MQTT-3.10.4-1..6]: exact filters removed, UNSUBACK always."""
+        """[MQTT-3.10.4-1..6]: exact filters removed, UNSUBACK always; for
+        MQTT 5 with a reason code per filter: 0x11 when there was no such
+        subscription [MQTT-3.11.3-1]."""
+        codes = []
         for topic_filter in unsubscribe.topic_filters:
-            self.session.unsubscribe(topic_filter)
-        self._write(encode(P.UnsubAck(unsubscribe.packet_id)))
+            if self.session.unsubscribe(topic_filter):
+                codes.append(P.ReasonCode.SUCCESS)
+            elif is_valid_filter(topic_filter):
+                codes.append(P.ReasonCode.NO_SUBSCRIPTION_EXISTED)
+            else:
+                codes.append(P.ReasonCode.TOPIC_FILTER_INVALID)
+        if self.v5 is None:
+            self._write(encode(P.UnsubAck(unsubscribe.packet_id)))
+        else:
+            self._write(encode(P.UnsubAck(unsubscribe.packet_id, codes), 5))
 
     # -- the rest ------------------------------------------------------------
 

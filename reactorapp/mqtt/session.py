@@ -16,6 +16,7 @@ from zope.interface import implementer
 from reactorapp.hub.commit import placed
 from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.mqtt.backlog import Backlog
+from reactorapp.mqtt.suboptions import DEFAULT, OptionTable, Options
 
 log = Logger()
 
@@ -113,6 +114,10 @@ class Session:
         #: Where a persistent session keeps its state (the hub's store), or None.
         self.store = hub.store if persistent else None
         self.subscriptions: dict[str, int] = {}
+        #: MQTT 5 options of subscriptions that have some (No Local, Retain
+        #: As Published, a Subscription Identifier), or None: most sessions
+        #: pay nothing for them (`reactorapp.mqtt.suboptions`).
+        self.options: OptionTable | None = None
         #: Outgoing QoS 1/2 messages by packet id, in the order they were sent.
         self.inflight: dict[int, InFlight] = {}
         #: QoS 1/2 messages waiting for room in the window or for the client,
@@ -152,6 +157,10 @@ class Session:
         may_read = self.may_read
         if may_read is not None and not may_read(message.topic):
             return  # the ACL hides this topic from the client, retained or not
+        options = self.options
+        if (options is not None and message.sender == self.client_id and not retained
+                and not options.routing(message.topic).own):
+            return None  # No Local: not to the client that published it [MQTT-3.8.3-3]
         connection = self.connection
         if qos == 0:
             if connection is not None:
@@ -256,7 +265,17 @@ class Session:
         while (connection is not None and connection.writable and queue
                and len(self.inflight) < limit):
             message, qos, retained, seq = queue.popleft()
+            if message.expires is not None and message.expired(self.hub.clock.seconds()):
+                self._expired(seq)
+                continue
             self._send_new(connection, message, qos, retained, seq)
+
+    def _expired(self, seq: int) -> None:
+        """A queued message's Message Expiry Interval passed before its
+        delivery started: it is never sent [MQTT-3.3.2-5], and forgotten."""
+        self.hub.stats.messages_expired += 1
+        if self.store is not None and seq:
+            self.store.dequeue(self.client_id, seq)
 
     # -- acknowledgements from the client ----------------------------------
 
@@ -328,23 +347,45 @@ class Session:
         held QoS 0 messages, then refill the window, until it is full again."""
         connection = self.connection
         queue = self.queue
+        clock = self.hub.clock
         while connection is not None and connection.writable and queue.held0:
-            connection.send_publish0(*queue.popleft0())
+            message, retained = queue.popleft0()
+            if message.expires is not None and message.expired(clock.seconds()):
+                self.hub.stats.messages_expired += 1
+                continue
+            connection.send_publish0(message, retained)
         self._fill_window()
 
-    def subscribe(self, topic_filter: str, qos: int):
-        """Add or replace a subscription [MQTT-3.8.4-3]; return the retained
-        messages to send for it."""
+    def subscribe(self, topic_filter: str, qos: int, options: Options = DEFAULT):
+        """Add or replace a subscription [MQTT-3.8.4-3], with its MQTT 5
+        ``options``; return the retained messages to send for it."""
         retained = self.hub.subscribe(self, topic_filter, qos)
         self.subscriptions[topic_filter] = qos
+        self._set_options(topic_filter, options)
         if self.store is not None:
-            self.store.add_subscription(self.client_id, topic_filter, qos)
+            if options is DEFAULT or options == DEFAULT:
+                self.store.add_subscription(self.client_id, topic_filter, qos)
+            else:
+                self.store.add_subscription(self.client_id, topic_filter, qos,
+                                            options.bits, options.identifier)
         return retained
+
+    def _set_options(self, topic_filter: str, options: Options) -> None:
+        table = self.options
+        if options.per_delivery:
+            if table is None:
+                table = self.options = OptionTable(self.subscriptions)
+            table.set(topic_filter, options)
+        elif table is not None:
+            table.set(topic_filter, options)
+            if not table:
+                self.options = None
 
     def unsubscribe(self, topic_filter: str) -> bool:
         """Remove a subscription matched byte for byte [MQTT-3.10.4-1]."""
         if self.subscriptions.pop(topic_filter, None) is None:
             return False
+        self._set_options(topic_filter, DEFAULT)
         self.hub.unsubscribe(self, topic_filter)
         if self.store is not None:
             self.store.remove_subscription(self.client_id, topic_filter)
@@ -354,6 +395,7 @@ class Session:
         """End this session: drop its subscriptions and state [MQTT-3.1.2-6]."""
         self.hub.unsubscribe_all(self, self.subscriptions)
         self.subscriptions.clear()
+        self.options = None
         self.inflight.clear()
         self.queue.clear()
         self._unsent.clear()
@@ -368,6 +410,9 @@ class Session:
         for topic_filter, qos in stored.subscriptions.items():
             self.hub.subscribe(self, topic_filter, qos)
             self.subscriptions[topic_filter] = qos
+        for topic_filter, (bits, identifier) in stored.options.items():
+            if topic_filter in self.subscriptions:
+                self._set_options(topic_filter, Options.from_bits(bits, identifier))
         self.awaiting_pubrel = _StoredIds(self.store, self.client_id, stored.awaiting_pubrel)
         messages = stored.messages
         # Only QoS 2 packet ids are stored. QoS 1 messages before the last of
