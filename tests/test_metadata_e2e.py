@@ -10,16 +10,21 @@ start and stop run in a thread; every wait is bounded.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+import queue
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer
 from twisted.web.client import HTTPConnectionPool
 
+from tests.brokerproc import running_broker
 from tests.test_webhooks_e2e import Broker
 from tests.webhook_receiver import Receiver, the_reactor, within
 
+TIMEOUT = 10.0
 CORRELATION = b"\x00req-42\xff"
 METADATA = {
     "content_type": "application/json",
@@ -131,3 +136,100 @@ async def test_metadata_published_over_http_reaches_a_stream_webhooks_and_the_re
         await within(pool.closeCachedConnections())
         await receiver.stop()
     assert "Traceback" not in broker.process.log
+
+
+# -- with paho-mqtt at MQTT 5 (no reactor of ours: paho on its thread, every wait bounded) --
+
+class Paho5:
+    """A paho client at protocol level 5 whose callbacks fill queues."""
+
+    def __init__(self, broker, client_id: str) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+        self.events: queue.Queue = queue.Queue()
+        self.messages: queue.Queue = queue.Queue()
+        self.client.on_connect = lambda c, u, flags, rc, props: self.events.put(("connack", rc))
+        self.client.on_subscribe = lambda c, u, mid, codes, props: self.events.put(
+            ("suback", codes))
+        self.client.on_message = lambda c, u, message: self.messages.put(message)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        kind, code = self.events.get(timeout=TIMEOUT)
+        assert (kind, code.is_failure) == ("connack", False), code
+
+    def subscribe(self, topic_filter: str) -> None:
+        self.client.subscribe(topic_filter, qos=1)
+        kind, codes = self.events.get(timeout=TIMEOUT)
+        assert kind == "suback" and not codes[0].is_failure, codes
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def http_json(broker, method: str, path: str, document=None):
+    connection = http.client.HTTPConnection(broker.host, broker.http_port, timeout=TIMEOUT)
+    try:
+        body = None if document is None else json.dumps(document)
+        connection.request(method, path, body)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def _level5_connect() -> bool:
+    """Whether this build answers a level-5 CONNECT (the MQTT 5 connection
+    handling, ``reactorapp.mqtt.v5``); the message path alone is tested in
+    memory by test_web_metadata.py."""
+    try:
+        import reactorapp.mqtt.v5  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _level5_connect(), reason="MQTT 5 CONNECT handling is not in this build")
+def test_http_metadata_reaches_an_mqtt5_subscriber_and_mqtt5_metadata_the_http_api(tmp_path):
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    with running_broker(tmp_path, "--sys-interval", "0") as broker:
+        subscriber = Paho5(broker, "sub5")
+        try:
+            subscriber.subscribe("meta/#")
+            status, _ = http_json(broker, "POST", "/api/v1/publish", {
+                "topic": "meta/request", "payload": "{}", "qos": 1, **METADATA})
+            assert status == 200
+            got = subscriber.messages.get(timeout=TIMEOUT)
+            p = got.properties
+            assert (got.topic, got.payload) == ("meta/request", b"{}")
+            assert p.ContentType == "application/json"
+            assert p.PayloadFormatIndicator == 1
+            assert p.UserProperty == [tuple(pair) for pair in METADATA["user_properties"]]
+            assert p.ResponseTopic == "replies/panel"
+            assert p.CorrelationData == CORRELATION
+            assert 3500 < p.MessageExpiryInterval <= 3600
+
+            # ... and the other way: an MQTT 5 publisher's metadata in the HTTP API.
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ContentType = "text/plain"
+            properties.ResponseTopic = "replies/device"
+            properties.CorrelationData = b"\x01\x02"
+            properties.UserProperty = ("k", "v")
+            info = subscriber.client.publish("meta/reply", b"ok", qos=1, retain=True,
+                                             properties=properties)
+            info.wait_for_publish(TIMEOUT)
+            assert info.is_published()
+            status, [shown] = http_json(broker, "GET", "/api/v1/retained?filter=meta/reply")
+            assert status == 200
+            assert (shown["content_type"], shown["response_topic"]) == (
+                "text/plain", "replies/device")
+            assert base64.b64decode(shown["correlation_data"]) == b"\x01\x02"
+            assert shown["user_properties"] == [["k", "v"]]
+        finally:
+            subscriber.close()
+        broker.stop()
+    assert "Traceback" not in broker.log

@@ -13,10 +13,12 @@ from zope.interface import implementer
 
 from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.hub.message import Message
+from reactorapp.mqtt import packets as P
 from reactorapp.web import sse
 from reactorapp.webhooks.delivery import Delivery
 from reactorapp.webhooks.payload import envelope, render
 from reactorapp.webhooks.rules import parse_rule
+from tests.mqtt5_harness import connect5
 from tests.test_stream_sessions import Events
 from tests.test_web_api import Web
 from tests.test_web_sse import STARTED, RecordedEventStream, Stream
@@ -182,7 +184,7 @@ def test_a_message_that_expires_while_a_stream_is_paused_is_not_sent(web):
     events = stream.events()
     assert [(e["topic"], e.get("message_expiry")) for e in events] == [
         ("k/long", 40), ("k/plain", None)]
-    assert web.stats.sse_expired == 1
+    assert web.stats.sse_expired == web.hub.stats.messages_expired == 1
 
 
 def test_a_retained_message_that_expired_is_not_sent_to_a_new_stream(web):
@@ -191,7 +193,7 @@ def test_a_retained_message_that_expired_is_not_sent_to_a_new_stream(web):
     advance(web, 10)
     [event] = Stream(web).events()
     assert (event["topic"], event["retain"], event["message_expiry"]) == ("k/b", True, 20)
-    assert web.stats.sse_expired == 1
+    assert web.hub.stats.messages_expired == 1  # the hub let it go, from the store too
 
 
 def test_a_stream_sessions_backlog_drops_what_expired_and_counts_it(web):
@@ -224,7 +226,7 @@ def test_the_webhook_outbox_drops_expired_messages_and_counts_them():
     t.dispatcher.finish(0)
     t.dispatcher.finish(1)
     assert t.dispatcher.payloads() == [b"1", b"3"]
-    assert sample(t, "expired") == 1
+    assert sample(t, "expired") == 1 and t.hub.stats.messages_expired == 1
     assert sample(t, "pending") == 0
     assert t.store.tables.outbox == {}  # the expired one's row went too
 
@@ -314,3 +316,34 @@ def test_a_raw_publish_with_bad_metadata_is_a_400(web, query, words):
     assert answer.status == 400, answer
     assert words in answer.json()["detail"]
     assert r.messages == []
+
+
+# -- MQTT 5 subscribers and publishers (in memory: the codec at level 5) ---------------
+
+def test_http_metadata_reaches_an_mqtt5_subscriber_as_publish_properties(web):
+    subscriber = connect5(web.broker, "sub5")
+    subscriber.subscribe(("k/#", 1))
+    old = web.broker.connect("sub311")
+    old.subscribe(("k/#", 1))
+    answer = web.post_json("/api/v1/publish", {"topic": "k/t", "payload": "{}", "qos": 1,
+                                              **METADATA})
+    assert answer.status == 200, answer
+    advance(web, 0)
+    [publish] = [p for p in subscriber.take() if type(p) is P.Publish]
+    assert publish.payload == b"{}"
+    assert publish.properties == PROPERTIES  # 60 seconds left: no time passed
+    [plain] = [p for p in old.take() if p.type == "PUBLISH"]
+    assert plain.payload == b"{}"  # 3.1.1 gets the message without what it cannot carry
+
+
+def test_an_mqtt5_publishers_metadata_shows_in_the_http_api(web):
+    publisher = connect5(web.broker, "pub5")
+    publisher.publish("k/r", b"ok", 1, retain=True, content_type="text/plain",
+                      response_topic="replies/x", correlation_data=b"\x01",
+                      user_property=[("a", "1")], message_expiry_interval=30)
+    advance(web, 10)
+    [shown] = web.get("/api/v1/retained?filter=k/r").json()
+    assert {k: shown[k] for k in ("content_type", "response_topic", "correlation_data",
+                                  "user_properties", "message_expiry")} == {
+        "content_type": "text/plain", "response_topic": "replies/x",
+        "correlation_data": "AQ==", "user_properties": [["a", "1"]], "message_expiry": 20}

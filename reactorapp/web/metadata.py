@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 
 from reactorapp.hub.topics import topic_name_problem
 from reactorapp.web.errors import bad_request
@@ -136,23 +135,16 @@ def _base64(value) -> bytes:
 
 def expires_at(message) -> float | None:
     """When ``message`` expires (on the clock its timestamp was taken from),
-    or None if it does not."""
-    properties = message.properties
-    if not properties:
-        return None
-    interval = properties.get("message_expiry_interval")
-    if interval is None:
-        return None
-    return message.timestamp + interval
+    or None if it does not (`Message.expires`)."""
+    return message.expires
 
 
 def remaining(message, now: float) -> int | None:
     """Whole seconds ``message`` has left at ``now`` (0: expired), or None if
     it does not expire [MQTT-3.3.2-6]. A part of a second counts as one."""
-    end = expires_at(message)
-    if end is None:
+    if message.expires is None:
         return None
-    return max(0, math.ceil(end - now))
+    return max(0, message.time_left(now))
 
 
 def metadata_json(properties: dict | None, left: int | None = None) -> dict:

@@ -130,7 +130,7 @@ class EventStream:
             return  # the ACL hides this topic from the reader, retained or not
         data = encode_event(message, qos, retained, self.clock.seconds())
         if data is None:
-            self.stats.sse_expired += 1  # [MQTT-3.3.2-5]
+            self._expired()  # [MQTT-3.3.2-5]
             return
         if not self.paused and not self.buffer:
             self.request.write(data)
@@ -145,6 +145,10 @@ class EventStream:
             self.hub.stats.publish_dropped += 1
         else:
             self._overflow(qos)
+
+    def _expired(self) -> None:
+        self.stats.sse_expired += 1
+        self.hub.stats.messages_expired += 1
 
     def _overflow(self, qos: int) -> None:
         """A QoS 1/2 message cannot wait: end the stream rather than lose it silently."""
@@ -178,7 +182,7 @@ class EventStream:
                 # It waited: shown with the time it has left now, or not at all.
                 data = encode_event(expiring[0], qos, expiring[1], self.clock.seconds())
                 if data is None:
-                    self.stats.sse_expired += 1
+                    self._expired()
                     continue
             write(data)
             traffic[qos] += 1

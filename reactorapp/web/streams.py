@@ -166,6 +166,7 @@ class StreamSession:
     def _expired(self) -> None:
         """A message expired before it was written: not sent, counted."""
         self.stats.sse_expired += 1
+        self.hub.stats.messages_expired += 1
 
     def _dropped(self) -> None:
         self.dropped += 1

@@ -268,6 +268,7 @@ class RuleOutbox:
         self.metrics.pending.dec()
         self.expired += 1
         self.metrics.expired.inc()
+        self.outbox.hub.stats.messages_expired += 1
         if delivery.durable:
             self.outbox.store.remove(delivery.id)
 
