@@ -21,7 +21,6 @@ from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.web.errors import STREAMING, ApiError, Body, JSONResource, bad_request
 from reactorapp.web.guard import read_filter, require_subscribe
 from reactorapp.web.messages import query_bool, query_filters, query_qos, query_text
-from reactorapp.web.metadata import expires_at
 from reactorapp.web.streams import DEFAULT_EXPIRY, MAX_EXPIRY, event_data
 
 log = Logger()
@@ -49,7 +48,7 @@ def encode_event(message, qos: int, retained: bool, now: float) -> bytes | None:
     data = event_data(message, qos, retained, now)  # makes message.encoded
     if data is None:
         return None
-    if message.encoded is None or expires_at(message) is not None:
+    if message.expires is not None:
         return b"id: %d\n%s" % (message.id, data)
     cache = message.encoded
     key = ("sse", qos, retained)
@@ -137,7 +136,7 @@ class EventStream:
             self.traffic.sent[qos] += 1
         elif (len(self.buffer) < self.buffer_size
               and self.buffered + len(data) <= self.buffer_bytes):
-            expiring = (message, retained) if expires_at(message) is not None else None
+            expiring = (message, retained) if message.expires is not None else None
             self.buffer.append((data, qos, expiring))
             self.buffered += len(data)
         elif qos == 0:

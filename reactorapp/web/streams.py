@@ -35,7 +35,6 @@ from reactorapp.hub.commit import placed
 from reactorapp.hub.interfaces import ISubscriber
 from reactorapp.web.errors import compact_json
 from reactorapp.web.messages import message_json
-from reactorapp.web.metadata import expires_at
 
 log = Logger()
 
@@ -59,7 +58,7 @@ def event_data(message, qos: int, retained: bool, now: float | None = None) -> b
     None if the message has expired at ``now`` [MQTT-3.3.2-5]. A message that
     expires shows the seconds it has left then [MQTT-3.3.2-6], so its events
     are encoded each time."""
-    if now is not None and expires_at(message) is not None:
+    if now is not None and message.expires is not None:
         document = message_json(message, qos, retained, now)
         if document["message_expiry"] <= 0:
             return None
