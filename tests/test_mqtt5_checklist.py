@@ -20,9 +20,11 @@ STATEMENT = re.compile(r"MQTT-[1-7]\.\d{1,2}(\.\d{1,2})?-\d{1,2}")
 SECTION_TAG = re.compile(r"§\d+(\.\d+)*")
 NAMED = re.compile(r"MQTT-[1-7]\.\d{1,2}(?:\.\d{1,2})?-\d{1,2}")
 #: The 3.1.1 ids share the form (and sometimes the number, with another
-#: meaning), so only modules that speak MQTT 5 count: "mqtt5" in the module's
-#: name, or paho's MQTTv5 in its text.
-FIVE = re.compile(r"MQTTv5|ProtocolVersion\.MQTTv5")
+#: meaning), so only modules that speak MQTT 5 count: "mqtt5" or a 5 at the
+#: end of the module's name (test_codec5.py), paho's MQTTv5, or the level-5
+#: test clients of tests/mqtt5_harness.py.
+FIVE_NAME = re.compile(r"mqtt5|5\.py$")
+FIVE = re.compile(r"MQTTv5|mqtt5_harness")
 
 
 def checklist_ids() -> list[str]:
@@ -49,8 +51,13 @@ def test_how_many_statements_tests_name():
         if path.name == "test_mqtt5_checklist.py":
             continue
         text = path.read_text()
-        if "mqtt5" in path.name or FIVE.search(text):
+        if FIVE_NAME.search(path.name) or FIVE.search(text):
             named.update(NAMED.findall(text))
     covered = ids & named
+    # Named but not listed: client statements whose breach the server
+    # detects (the list mentions them in parentheses), or a typo somewhere.
+    text = PAGE.read_text()
+    unlisted = sorted(i for i in named - ids if f"[{i}]" not in text)
     pytest.skip(f"MQTT 5 tests name {len(covered)} of the {len(ids)} server statements "
-                f"in docs/mqtt-5-server.md (a report, not a check)")
+                f"in docs/mqtt-5-server.md (a report, not a check)"
+                + (f"; named but nowhere in the list: {', '.join(unlisted)}" if unlisted else ""))
