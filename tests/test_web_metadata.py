@@ -128,6 +128,8 @@ def test_a_batch_sets_each_messages_own_properties(web):
     ({"message_expiry": "60"}, "bad request", "whole seconds"),
 ])
 def test_what_mqtt_could_not_carry_is_a_400_that_says_why(web, fields, error, words):
+    """A Response Topic is a topic name [MQTT-3.3.2-14]; strings are MQTT's
+    UTF-8 strings [MQTT-1.5.4-2]; a payload marked UTF-8 is UTF-8."""
     r = recorder(web)
     answer = web.post_json("/api/v1/publish", {"topic": "k/t", **fields})
     assert answer.status == 400, answer
@@ -151,6 +153,7 @@ def test_a_batch_with_one_bad_message_publishes_none(web):
 # -- showing it: retained messages ----------------------------------------------
 
 def test_the_retained_api_shows_the_metadata_and_the_time_left(web):
+    """The time left [MQTT-3.3.2-6]; once it is gone, so is the message [MQTT-3.3.2-5]."""
     web.post_json("/api/v1/publish", {"topic": "k/t", "payload": "{}", "retain": True,
                                       **METADATA})
     web.post_json("/api/v1/publish", {"topic": "k/plain", "payload": "p", "retain": True})
@@ -174,6 +177,7 @@ def test_an_event_carries_the_metadata(web):
 
 
 def test_a_message_that_expires_while_a_stream_is_paused_is_not_sent(web):
+    """[MQTT-3.3.2-5]; what is still sent shows the time left then [MQTT-3.3.2-6]."""
     stream = Stream(web)
     stream.pause()
     web.post_json("/api/v1/publish", {"topic": "k/short", "message_expiry": 5})
@@ -197,6 +201,7 @@ def test_a_retained_message_that_expired_is_not_sent_to_a_new_stream(web):
 
 
 def test_a_stream_sessions_backlog_drops_what_expired_and_counts_it(web):
+    """[MQTT-3.3.2-5] for a session's queue, [MQTT-3.3.2-6] for what is left."""
     first = Events(web, "session=s1&filter=k/%23&qos=1")
     first.cut()  # the session keeps what comes while no stream is attached
     web.post_json("/api/v1/publish", {"topic": "k/a", "qos": 1, "payload": "gone",
@@ -215,6 +220,7 @@ def test_a_stream_sessions_backlog_drops_what_expired_and_counts_it(web):
 # -- webhooks ---------------------------------------------------------------------
 
 def test_the_webhook_outbox_drops_expired_messages_and_counts_them():
+    """[MQTT-3.3.2-5]: a webhook delivery is a subscriber's copy too."""
     t = make(max_concurrency=1)
     t.outbox.add_rule(t.rule)
     t.hub.publish(Message("s/first", b"1", 1))  # holds the only place under way
@@ -321,6 +327,10 @@ def test_a_raw_publish_with_bad_metadata_is_a_400(web, query, words):
 # -- MQTT 5 subscribers and publishers (in memory: the codec at level 5) ---------------
 
 def test_http_metadata_reaches_an_mqtt5_subscriber_as_publish_properties(web):
+    """Payload Format Indicator, Response Topic, Correlation Data, User
+    Properties in order and Content Type unchanged [MQTT-3.3.2-4]
+    [MQTT-3.3.2-15] [MQTT-3.3.2-16] [MQTT-3.3.2-17] [MQTT-3.3.2-18]
+    [MQTT-3.3.2-20], whoever published."""
     subscriber = connect5(web.broker, "sub5")
     subscriber.subscribe(("k/#", 1))
     old = web.broker.connect("sub311")
