@@ -10,13 +10,6 @@ from tests.mqtt_harness import Broker, Client
 
 __all__ = ["Broker", "Client5", "connect5"]
 
-try:
-    import reactorapp.mqtt.v5  # noqa: F401
-except ImportError:
-    _LEVEL5_CONNACK = False
-else:
-    _LEVEL5_CONNACK = True
-
 
 class Client5(Client):
     """One level-5 connection to the harness broker."""
@@ -56,25 +49,8 @@ class Client5(Client):
 def connect5(broker: Broker, client_id="c", clean=True, **properties) -> Client5:
     """A level-5 CONNECT, CONNACK read; ``properties`` are the CONNECT's."""
     client = Client5(broker)
-    if not _LEVEL5_CONNACK:  # stand in for what CONNECT handling will set
-        from types import SimpleNamespace
-
-        from reactorapp.mqtt.publish5 import TopicAliases
-
-        maximum = properties.get("topic_alias_maximum", 0)
-        client.protocol.v5 = SimpleNamespace(
-            aliases=TopicAliases(maximum), topic_alias_maximum=maximum,
-            maximum_packet_size=properties.get("maximum_packet_size", 268_435_460))
-        broker.factory.settings.topic_alias_maximum = 10
     client.send(P.Connect(client_id=client_id, clean_session=clean,
                           protocol_level=P.MQTT_5, properties=properties))
-    if not _LEVEL5_CONNACK:
-        client.parser.protocol_level = P.MQTT_3_1_1
-        client.backlog = client.parser.feed(client.transport.value()[:4])
-        data = client.transport.value()[4:]
-        client.transport.clear()
-        client.parser.protocol_level = P.MQTT_5
-        client.backlog += client.parser.feed(data)
     connack, *client.backlog = client.take()
     assert type(connack) is P.ConnAck and connack.return_code == 0, connack
     client.connack = connack

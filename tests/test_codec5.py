@@ -584,3 +584,45 @@ def test_ping_packets_are_the_same():
     assert encode(PingReq(), 5) == b"\xc0\x00"
     assert encode(PingResp(), 5) == b"\xd0\x00"
     rejects(b"\xc0\x01\x00", 0x81)
+
+
+# -- the PUBLISH property cache -----------------------------------------------------------
+
+def test_each_publish_gets_its_own_properties():
+    """Properties read from the block cache are a fresh dict with fresh lists
+    each time: changing one PUBLISH's properties changes no other."""
+    wire = frame(0x30, s("t") + props(b"\x03" + s("text/plain"), b"\x26" + s("k") + s("v"),
+                                      b"\x26" + s("k") + s("w")) + b"p")
+    first, second = parse(wire + wire)
+    first.properties["user_property"].append(("x", "y"))
+    first.properties["content_type"] = "changed"
+    (third,) = parse(wire)
+    expected = {"content_type": "text/plain", "user_property": [("k", "v"), ("k", "w")]}
+    assert second.properties == third.properties == expected
+
+
+def test_a_refused_block_is_refused_every_time():
+    """A block that broke a rule is never remembered as good."""
+    wire = frame(0x30, s("t") + props(b"\x23" + u16(1), b"\x23" + u16(1)))
+    for _ in range(2):
+        rejects(wire, 0x82)
+
+
+def test_block_cache_is_bounded():
+    """However many different blocks arrive, the cache holds a bounded number."""
+    from reactorapp.mqtt import codec
+
+    parser = server()
+    for i in range(codec._PROPERTY_BLOCKS_MAX + 10):
+        parser.feed(frame(0x30, s("t") + props(b"\x02" + u32(i))))
+        assert len(codec._PROPERTY_BLOCKS) <= codec._PROPERTY_BLOCKS_MAX
+
+
+def test_client_publish_with_subscription_identifier():
+    """[MQTT-3.3.4-6] A PUBLISH from a client carries no Subscription Identifier:
+    a server refuses it with 0x82, with or without a topic name; a client
+    reads it."""
+    for topic, extra in ((s("t"), b""), (s(""), b"\x23" + u16(1))):
+        wire = frame(0x30, topic + props(b"\x0b\x05", extra) + b"p")
+        rejects(wire, 0x82)
+        assert parse(wire, client())[0].properties["subscription_identifier"] == [5]

@@ -28,6 +28,7 @@ broker's: the codec never looks into payloads.
 from __future__ import annotations
 
 import struct
+from functools import partial
 
 from reactorapp.hub.topics import NULL, topic_name_problem
 from reactorapp.mqtt.packets import (
@@ -242,12 +243,33 @@ _PROPERTIES = {
 }
 #: Name -> (identifier, value type), for the encoder.
 _PROPERTY_IDS = {name: (ident, kind) for ident, (name, kind, _) in _PROPERTIES.items()}
+_CONTEXT_NAMES = {_WILL: "Will properties", **{t.value: t.name for t in PacketType}}
+_MAX_VBI = MAX_REMAINING_LENGTH
+
+
+#: Value checks beyond the type (section 2.2.2.2 and each property's own).
+_NO_CHECK, _FLAG, _NOT_ZERO, _ALIAS, _TOPIC = range(5)
 #: Byte properties whose only values are 0 and 1; anything else is a
 #: Protocol Error (3.1.2.11.7, 3.1.2.11.6, 3.2.2.3.4, 3.2.2.3.5,
 #: 3.2.2.3.11-13; Payload Format Indicator has only these two meanings).
-_FLAG_PROPERTIES = frozenset({0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A})
-_CONTEXT_NAMES = {_WILL: "Will properties", **{t.value: t.name for t in PacketType}}
-_MAX_VBI = MAX_REMAINING_LENGTH
+_CHECKS = {
+    0x01: _FLAG, 0x17: _FLAG, 0x19: _FLAG, 0x24: _FLAG, 0x25: _FLAG, 0x28: _FLAG,
+    0x29: _FLAG, 0x2A: _FLAG,
+    # 3.3.2.3.8, 3.8.2.1.2, 3.1.2.11.3, 3.1.2.11.4
+    0x0B: _NOT_ZERO, 0x21: _NOT_ZERO, 0x27: _NOT_ZERO,
+    0x23: _ALIAS,  # [MQTT-3.3.2-8]
+    0x08: _TOPIC,  # [MQTT-3.3.2-14]: a topic name, not a filter
+}
+#: Context -> {identifier: (name, value type, check, repeatable)} holding only
+#: the properties valid there, so that one lookup answers both questions.
+_TABLES = {
+    context: {
+        ident: (name, kind, _CHECKS.get(ident, _NO_CHECK),
+                ident == 0x26 or (ident == 0x0B and context == PacketType.PUBLISH))
+        for ident, (name, kind, where) in _PROPERTIES.items() if where >> context & 1
+    }
+    for context in range(16)
+}
 
 
 def _read_vbi(data: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
@@ -266,12 +288,29 @@ def _read_vbi(data: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
     raise MalformedPacket(f"The {what} runs past the end of the packet.")
 
 
+def _property_str(data: bytes, pos: int, stop: int, name: str) -> tuple[str, int]:
+    """A string inside a property block: same policy as every string."""
+    if pos + 2 > stop:
+        raise MalformedPacket(f"The {name} property runs past the end of the properties.")
+    end = pos + 2 + (data[pos] << 8 | data[pos + 1])
+    if end > stop:
+        raise MalformedPacket(f"The {name} property runs past the end of the properties.")
+    try:
+        text = data[pos + 2:end].decode()
+    except UnicodeDecodeError:
+        raise MalformedPacket(f"The {name} property is not well-formed UTF-8.") from None
+    if "\x00" in text:
+        raise MalformedPacket(f"The {name} property contains U+0000.")
+    return text, end
+
+
 def _read_properties(data: bytes, pos: int, end: int, context: int) -> tuple[dict, int]:
     """Read a property block: its length, then the properties (section 2.2.2).
 
     A property not allowed where it appears, or a value cut short, is a
     Malformed Packet [MQTT-2.2.2-1]; one given twice where the specification
     allows it once, or a value the specification forbids, a Protocol Error.
+    Inlined by value type: this runs for every level-5 PUBLISH.
     """
     if pos >= end:
         raise MalformedPacket(
@@ -288,16 +327,35 @@ def _read_properties(data: bytes, pos: int, end: int, context: int) -> tuple[dic
     properties: dict = {}
     if not length:
         return properties, stop
-    bit = 1 << context
+    table = _TABLES[context]
     while pos < stop:
-        ident = data[pos]
-        pos += 1
-        spec = _PROPERTIES.get(ident)
-        if spec is None or not spec[2] & bit:
+        spec = table.get(data[pos])
+        if spec is None:
             raise MalformedPacket(
-                f"Property 0x{ident:02x} is not valid in {_CONTEXT_NAMES[context]}.")
-        name, kind = spec[0], spec[1]
-        if kind == _BYTE:
+                f"Property 0x{data[pos]:02x} is not valid in {_CONTEXT_NAMES[context]}.")
+        name, kind, check, repeatable = spec
+        pos += 1
+        if kind == _STR:
+            value_end = pos + 2 + (data[pos] << 8 | data[pos + 1]) if pos + 2 <= stop else stop + 1
+            if value_end > stop:
+                raise MalformedPacket(f"The {name} property runs past the end of the properties.")
+            try:
+                value = data[pos + 2:value_end].decode()
+            except UnicodeDecodeError:
+                raise MalformedPacket(f"The {name} property is not well-formed UTF-8.") from None
+            if "\x00" in value:
+                raise MalformedPacket(f"The {name} property contains U+0000.")
+            pos = value_end
+        elif kind == _U32:
+            if pos + 4 > stop:
+                raise MalformedPacket(f"The {name} property is truncated.")
+            value = data[pos] << 24 | data[pos + 1] << 16 | data[pos + 2] << 8 | data[pos + 3]
+            pos += 4
+        elif kind == _PAIR:
+            key, pos = _property_str(data, pos, stop, name)
+            text, pos = _property_str(data, pos, stop, name)
+            value = (key, text)
+        elif kind == _BYTE:
             if pos >= stop:
                 raise MalformedPacket(f"The {name} property is truncated.")
             value = data[pos]
@@ -307,49 +365,83 @@ def _read_properties(data: bytes, pos: int, end: int, context: int) -> tuple[dic
                 raise MalformedPacket(f"The {name} property is truncated.")
             value = data[pos] << 8 | data[pos + 1]
             pos += 2
-        elif kind == _U32:
-            if pos + 4 > stop:
-                raise MalformedPacket(f"The {name} property is truncated.")
-            value = int.from_bytes(data[pos:pos + 4], "big")
-            pos += 4
-        elif kind == _STR:
-            value, pos = _read_str(data, pos, stop, f"{name} property")
         elif kind == _BIN:
-            value, pos = _read_bytes(data, pos, stop, f"{name} property")
-        elif kind == _VBI:
-            value, pos = _read_vbi(data, pos, stop, f"{name} property")
+            if pos + 2 > stop:
+                raise MalformedPacket(f"The {name} property is truncated.")
+            value_end = pos + 2 + (data[pos] << 8 | data[pos + 1])
+            if value_end > stop:
+                raise MalformedPacket(f"The {name} property is truncated.")
+            value = data[pos + 2:value_end]
+            pos = value_end
         else:
-            key, pos = _read_str(data, pos, stop, "user property name")
-            text, pos = _read_str(data, pos, stop, "user property value")
-            value = (key, text)
-        if ident in _FLAG_PROPERTIES:
-            if value > 1:
-                raise ProtocolError(f"The {name} property is {value}, not 0 or 1.", PROTOCOL_ERROR)
-        elif not value and kind != _STR and kind != _BIN and kind != _PAIR:
-            if ident == 0x23:
-                # [MQTT-3.3.2-8]
-                raise ProtocolError("Topic Alias 0 is not permitted.", TOPIC_ALIAS_INVALID)
-            if ident in (0x0B, 0x21, 0x27):
-                # 3.3.2.3.8, 3.8.2.1.2, 3.1.2.11.3, 3.1.2.11.4
-                raise ProtocolError(f"The {name} property is 0.", PROTOCOL_ERROR)
-        elif ident == 0x08:
-            # [MQTT-3.3.2-14]: a topic name, not a filter.
-            problem = topic_name_problem(value)
-            if problem is not None:
-                raise ProtocolError(f"The response_topic property {problem}.", PROTOCOL_ERROR)
-        if name in properties:
-            if ident == 0x26 or (ident == 0x0B and context == PacketType.PUBLISH):
-                properties[name].append(value)
-                continue
+            value, pos = _read_vbi(data, pos, stop, f"{name} property")
+        if check:
+            _check_property(check, name, value)
+        if repeatable:
+            values = properties.get(name)
+            if values is None:
+                properties[name] = [value]
+            else:
+                values.append(value)
+        elif name in properties:
             raise ProtocolError(f"The {name} property is included twice.", PROTOCOL_ERROR)
-        if ident == 0x26 or (ident == 0x0B and context == PacketType.PUBLISH):
-            value = [value]
-        properties[name] = value
+        else:
+            properties[name] = value
     if "authentication_data" in properties and "authentication_method" not in properties:
         # 3.1.2.11.10, 3.2.2.3.18, 3.15.2.2.3
         raise ProtocolError("Authentication Data without an Authentication Method.",
                             PROTOCOL_ERROR)
     return properties, stop
+
+
+#: PUBLISH property blocks seen lately, raw bytes -> (properties, names of
+#: the list values): a publisher tends to send the same properties with
+#: every message (a content type, user properties, an expiry), and a dict
+#: hit plus a copy is cheaper than decoding and checking them again. Shared
+#: by every connection; only blocks under 128 bytes without Correlation Data
+#: (which differs per request) are kept, and the cache starts afresh past
+#: _PROPERTY_BLOCKS_MAX blocks, so it holds at most about 128 KiB.
+_PROPERTY_BLOCKS: dict[bytes, tuple[dict, tuple]] = {}
+_PROPERTY_BLOCKS_MAX = 1024
+
+
+def _publish_properties(data: bytes, pos: int, end: int) -> tuple[dict, int]:
+    """`_read_properties` for a PUBLISH, through _PROPERTY_BLOCKS. Each
+    caller gets its own dict and lists, so the broker may change them."""
+    stop = pos + 1 + data[pos]
+    if data[pos] >= 0x80 or stop > end:
+        return _read_properties(data, pos, end, PacketType.PUBLISH)
+    raw = data[pos:stop]
+    hit = _PROPERTY_BLOCKS.get(raw)
+    if hit is None:
+        properties, stop = _read_properties(data, pos, end, PacketType.PUBLISH)
+        if "correlation_data" not in properties:
+            if len(_PROPERTY_BLOCKS) >= _PROPERTY_BLOCKS_MAX:
+                _PROPERTY_BLOCKS.clear()
+            lists = tuple(name for name, value in properties.items() if type(value) is list)
+            kept = properties.copy()
+            for name in lists:
+                kept[name] = kept[name].copy()
+            _PROPERTY_BLOCKS[raw] = (kept, lists)
+        return properties, stop
+    properties = hit[0].copy()
+    for name in hit[1]:
+        properties[name] = properties[name].copy()
+    return properties, stop
+
+
+def _check_property(check: int, name: str, value) -> None:
+    if check == _FLAG:
+        if value > 1:
+            raise ProtocolError(f"The {name} property is {value}, not 0 or 1.", PROTOCOL_ERROR)
+    elif check == _TOPIC:
+        problem = topic_name_problem(value)
+        if problem is not None:
+            raise ProtocolError(f"The {name} property {problem}.", PROTOCOL_ERROR)
+    elif not value:
+        if check == _ALIAS:
+            raise ProtocolError("Topic Alias 0 is not permitted.", TOPIC_ALIAS_INVALID)
+        raise ProtocolError(f"The {name} property is 0.", PROTOCOL_ERROR)
 
 
 #: Reason codes each packet may carry at level 5 (sections 3.2.2.2, 3.4.2.1,
@@ -555,6 +647,11 @@ def _ack_parser(cls, name):
 
     parse.__name__ = f"_parse_{name.lower()}"
     return parse
+
+
+def _client_subscription_identifier() -> ProtocolError:
+    """[MQTT-3.3.4-6]: only a server puts Subscription Identifiers in a PUBLISH."""
+    return ProtocolError("A client's PUBLISH has a Subscription Identifier.", PROTOCOL_ERROR)
 
 
 def _parse_ack5(cls, ptype, data, pos, end):
@@ -863,9 +960,10 @@ class Parser:
     parser just appends until the packet is whole, so a large packet that
     arrives in many reads costs one copy, not one parse per read.
 
-    ``protocol_level`` selects the rules (4 = MQTT 3.1.1). A CONNECT that
-    parses sets it to the CONNECT's level, so packets pipelined behind the
-    CONNECT in the same read are decoded with the right rules.
+    ``protocol_level`` selects the rules (4 = MQTT 3.1.1, 3 = 3.1, 5 = MQTT
+    5). A CONNECT that parses sets it to the CONNECT's level, so packets
+    pipelined behind the CONNECT in the same read are decoded with the right
+    rules; a server need not set it.
 
     ``server_side`` parses as a server, refusing packets only a server sends;
     False parses as a client (a bridge, or tests).
@@ -998,6 +1096,41 @@ class Parser:
                             pos = end
                             continue
                     _parse_publish(data, start, end, first & 0x0F, level)  # raises
+                elif first >> 4 == 3:
+                    # A level-5 PUBLISH, inline as above, the properties read
+                    # by _publish_properties; what is irregular (an empty
+                    # topic with a Topic Alias, say) goes to _parse_publish.
+                    stop = start + 2 + (data[start] << 8 | data[start + 1]) if length > 1 else end + 1
+                    topic = None
+                    if stop < end:
+                        raw = data[start + 2:stop]
+                        topic = topics.get(raw)
+                        if topic is None:
+                            topic = _valid_topic(raw)
+                    if topic:
+                        if first & 0x06:
+                            packet_id = data[stop] << 8 | data[stop + 1] if stop + 3 <= end else 0
+                            stop += 2
+                        else:
+                            packet_id = None
+                        if packet_id != 0:
+                            if data[stop]:
+                                properties, stop = _publish_properties(data, stop, end)
+                                if "subscription_identifier" in properties and self._server_side:
+                                    raise _client_subscription_identifier()
+                            else:
+                                properties = {}
+                                stop += 1
+                            append(Publish(topic, data[stop:end], first >> 1 & 3, first & 1 == 1,
+                                           first & 8 == 8, packet_id, properties))
+                            pos = end
+                            continue
+                    packet = _parse_publish(data, start, end, first & 0x0F, level)
+                    if "subscription_identifier" in packet.properties and self._server_side:
+                        raise _client_subscription_identifier()
+                    append(packet)
+                    pos = end
+                    continue
                 packet = parsers[first >> 4](data, start, end, first & 0x0F, level)
                 append(packet)
                 pos = end
@@ -1208,21 +1341,66 @@ def _vbi(value: int) -> bytes:
     return bytes(out)
 
 
-def _property_item(ident: int, kind: int, value) -> bytes:
+def _string_writer(ident: int):
+    head = bytes((ident,))
+
+    def write(value: str) -> bytes:
+        raw = value.encode()
+        return head + _pack_h(len(raw)) + raw
+
+    return write
+
+
+def _binary_writer(ident: int):
+    head = bytes((ident,))
+
+    def write(value: bytes) -> bytes:
+        return head + _pack_h(len(value)) + value
+
+    return write
+
+
+def _pair_writer(ident: int):
+    head = bytes((ident,))
+
+    def write(value: tuple[str, str]) -> bytes:
+        name, text = value[0].encode(), value[1].encode()
+        return b"".join((head, _pack_h(len(name)), name, _pack_h(len(text)), text))
+
+    return write
+
+
+def _vbi_writer(ident: int):
+    head = bytes((ident,))
+
+    def write(value: int) -> bytes:
+        return head + _vbi(value)
+
+    return write
+
+
+def _property_writer(ident: int, kind: int):
+    """A function: one value -> the property's bytes, identifier first. A
+    value the wire cannot carry raises struct.error or ValueError."""
     if kind == _BYTE:
-        return bytes((ident, value))
+        return partial(struct.Struct(">BB").pack, ident)
     if kind == _U16:
-        return bytes((ident,)) + _pack_h(value)
+        return partial(struct.Struct(">BH").pack, ident)
     if kind == _U32:
-        return bytes((ident,)) + value.to_bytes(4, "big")
+        return partial(struct.Struct(">BI").pack, ident)
     if kind == _STR:
-        return bytes((ident,)) + _str(value)
+        return _string_writer(ident)
     if kind == _BIN:
-        return bytes((ident,)) + _bin(value)
-    if kind == _VBI:
-        return bytes((ident,)) + _vbi(value)
-    name, text = value
-    return bytes((ident,)) + _str(name) + _str(text)
+        return _binary_writer(ident)
+    if kind == _PAIR:
+        return _pair_writer(ident)
+    return _vbi_writer(ident)
+
+
+#: Property name -> its writer, for the encoder.
+_PROPERTY_WRITERS = {
+    name: _property_writer(ident, kind) for name, (ident, kind) in _PROPERTY_IDS.items()
+}
 
 
 def property_bytes(properties: dict) -> bytes:
@@ -1237,16 +1415,17 @@ def property_bytes(properties: dict) -> bytes:
     if not properties:
         return b""
     parts = []
+    writers = _PROPERTY_WRITERS
     for name, value in properties.items():
-        spec = _PROPERTY_IDS.get(name)
-        if spec is None:
+        write = writers.get(name)
+        if write is None:
             raise ValueError(f"Unknown MQTT 5 property {name!r}.")
         try:
             if type(value) is list:
-                parts += [_property_item(spec[0], spec[1], item) for item in value]
+                parts += map(write, value)
             else:
-                parts.append(_property_item(spec[0], spec[1], value))
-        except (struct.error, OverflowError) as exc:
+                parts.append(write(value))
+        except struct.error as exc:
             raise ValueError(f"The {name} property: {exc}") from None
     return b"".join(parts)
 

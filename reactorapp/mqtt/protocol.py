@@ -9,6 +9,8 @@ client is owed lives in its :class:`Session`; routing lives in the hub.
 
 from __future__ import annotations
 
+import math
+
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -27,19 +29,27 @@ from reactorapp.mqtt.codec import (
     encode_puback, encode_pubcomp, encode_publish, encode_publish_parts,
     encode_pubrec, encode_pubrel,
 )
-from reactorapp.mqtt.connect import ConnectHandling
+from reactorapp.mqtt.connect import (
+    ConnectHandling, expiry_for, protocol_version, receive_maximum,
+)
 from reactorapp.mqtt.interfaces import IConnection
-from reactorapp.mqtt.publish5 import AliasError, encode_for, payload_format_invalid
-from reactorapp.mqtt.session import MQTTSettings, Session
+from reactorapp.mqtt.publish5 import (
+    AliasError, encode_for, encode_plain5, payload_format_invalid,
+)
+from reactorapp.mqtt.session import MQTTSettings, Session, publish_will
+from reactorapp.mqtt.states import AUTHENTICATING, AWAITING_CONNECT, CHALLENGED, CLOSED, CONNECTED
 from reactorapp.mqtt.suboptions import Options
-from reactorapp.mqtt.states import AUTHENTICATING, AWAITING_CONNECT, CLOSED, CONNECTED
 from reactorapp.mqtt.timeouts import Timeouts
+from reactorapp.mqtt.v5 import V5
 from reactorapp.mqtt.writes import BATCH
 
 log = Logger()
 
 #: Highest QoS this broker grants.
 MAXIMUM_QOS = 2
+#: Seconds a connection ended with an MQTT 5 DISCONNECT has to take it
+#: before it is cut off.
+CLOSE_GRACE = 10.0
 
 
 @implementer(IInput, IConnection)
@@ -49,9 +59,6 @@ class MQTTProtocol(ConnectHandling, Protocol):
     As an output it is its transport's streaming producer; as an input it
     can be held back by the subscribers its messages congest (`IInput`).
     """
-
-    #: What an MQTT 5 client agreed on; None for 3.1.1.
-    v5 = None
 
     def __init__(self, factory: MQTTFactory) -> None:
         self.factory = factory
@@ -75,11 +82,14 @@ class MQTTProtocol(ConnectHandling, Protocol):
         self.session: Session | None = None
         self.will: P.Will | None = None
         self.keep_alive = 0
-        self._keepalive_call = None
+        #: The tick of this connection's one timer in ``factory.timeouts``:
+        #: the CONNECT timeout until CONNECT, the keep-alive after CONNACK.
+        self._timer = None
         self._last_packet_at = 0.0
         #: The source address counted by the connection limiter, once admitted.
         self._address: str | None = None
-        self._connect_call = None
+        #: What an MQTT 5 client agreed on (`reactorapp.mqtt.v5.V5`); None for 3.1.1.
+        self.v5: V5 | None = None
         #: Packets (and a protocol error) received while authenticating.
         self._held: list | None = None
         #: Why reading from the client is paused now (empty: reading): a
@@ -119,7 +129,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         self._address = address
         if self.settings.connect_timeout:
             # Slowloris: a connection that never sends CONNECT holds a slot.
-            self._connect_call = self.factory.connect_timeouts.add(
+            self._timer = self.factory.timeouts.add(
                 self.settings.connect_timeout, self, self._connect_timed_out)
         # A streaming producer: the transport pauses us when its buffer is
         # over --send-buffer and resumes us once it has drained. Twisted's
@@ -189,16 +199,17 @@ class MQTTProtocol(ConnectHandling, Protocol):
         self._resume_reading(by)
 
     def _connect_timed_out(self) -> None:
-        self._connect_call = None
+        self._timer = None
         self.guard.stats.connect_timeouts += 1
         log.info("Closing {peer}: no CONNECT within {timeout:g}s",
                  peer=self._peer(), timeout=self.settings.connect_timeout)
         self._close(abort=True)
 
-    def _cancel_connect_timeout(self) -> None:
-        if self._connect_call is not None:
-            self.factory.connect_timeouts.remove(self._connect_call, self)
-            self._connect_call = None
+    def _stop_timer(self) -> None:
+        """Cancel the CONNECT timeout or the keep-alive, whichever is armed."""
+        if self._timer is not None:
+            self.factory.timeouts.remove(self._timer, self)
+            self._timer = None
 
     def dataReceived(self, data: bytes) -> None:
         """Handle a read; what it makes any MQTT connection send is written
@@ -237,51 +248,82 @@ class MQTTProtocol(ConnectHandling, Protocol):
             if state is AUTHENTICATING:
                 self._hold(error)  # in its place, after the packets before it
             elif isinstance(error, UnsupportedProtocol) and state is AWAITING_CONNECT:
-                # [MQTT-3.1.2-2]: a 3.1.1 CONNACK 0x01, then close.
-                self._refuse(P.ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION, error.reason)
+                # [MQTT-3.1.2-2]: a 3.1.1 CONNACK 0x01 (the level is not one
+                # we speak, so neither is its CONNACK), then close.
+                self._refuse(P.ReasonCode.UNSUPPORTED_PROTOCOL_VERSION, error.reason)
+            elif state is CHALLENGED:
+                self._refuse(error.reason_code, error.reason)
             else:
-                self._protocol_error(error.reason)
+                # MQTT 5: DISCONNECT 0x81 malformed, 0x82 protocol error,
+                # 0x95 packet too large... [MQTT-4.13.1-1]
+                self._protocol_error(error.reason, error.reason_code)
 
     def connectionLost(self, reason) -> None:
         self.state = CLOSED
         self._end_congestion()
-        self._stop_keepalive()
-        self._cancel_connect_timeout()
+        self._stop_timer()
         self._cancel_throttle()
         if self._address is not None:
             self.guard.release(self._address)
             self._address = None
-        self._release_session()
+        session = self._release_session()
         # [MQTT-3.1.2-8]: a will still held here was not cancelled by a
         # DISCONNECT, whatever ended the connection.
-        self._publish_will()
+        self._publish_will(session)
 
     # -- outgoing ------------------------------------------------------
 
-    def send_publish0(self, message: Message, retained: bool) -> None:
-        """Hot path: one QoS 0 PUBLISH, encoded once per message and flag."""
-        if self.v5 is not None:
-            self._send_publish5(message, 0, retained, 0, False)
-            return
+    def send_publish0(self, message: Message, retained: bool) -> bool:
+        """Hot path: one QoS 0 PUBLISH, encoded once per message and flag
+        (and level: an MQTT 5 client with nothing of its own in the packet
+        shares the 5.0 encoding, under the keys 2 and 3).
+        False: not sent, too large for the client (`IConnection`)."""
         cache = message.encoded
         if cache is None:
             cache = message.encoded = {}
-        data = cache.get(retained)
-        if data is None:
-            data = cache[retained] = encode_publish(message.topic, message.payload, 0, retained)
+        v5 = self.v5
+        if v5 is None:
+            data = cache.get(retained)
+            if data is None:
+                data = cache[retained] = encode_publish(message.topic, message.payload, 0, retained)
+        elif (v5.topic_alias_maximum or message.expires is not None
+              or self.session.options is not None):
+            return self._send_publish5(message, 0, retained, 0, False)
+        else:
+            data = cache.get(2 + retained)
+            if data is None:
+                data = cache[2 + retained] = encode_plain5(message, 0, retained)
+            if len(data) > v5.maximum_packet_size:
+                self._too_large()
+                return False
         self._send(data)
         self.traffic.sent[0] += 1
         stats = self.stats
         stats.messages_sent += 1
         stats.publish_sent += 1
         stats.bytes_sent += len(data)
+        return True
 
-    def send_publish(self, message: Message, qos: int, retained: bool, packet_id: int, dup: bool) -> None:
-        """A QoS 1/2 PUBLISH: the encoding is shared, only the id varies."""
-        if self.v5 is not None:
-            self._send_publish5(message, qos, retained, packet_id, dup)
-            return
-        if dup:
+    def send_publish(self, message: Message, qos: int, retained: bool, packet_id: int, dup: bool) -> bool:
+        """A QoS 1/2 PUBLISH: the encoding is shared, only the id varies.
+        False: not sent, too large for the client (`IConnection`)."""
+        v5 = self.v5
+        if v5 is not None:
+            if (dup or v5.topic_alias_maximum or message.expires is not None
+                    or self.session.options is not None):
+                return self._send_publish5(message, qos, retained, packet_id, dup)
+            cache = message.encoded
+            if cache is None:
+                cache = message.encoded = {}
+            key = (qos, retained, 5)
+            parts = cache.get(key)
+            if parts is None:
+                parts = cache[key] = encode_plain5(message, qos, retained)
+            data = parts[0] + packet_id.to_bytes(2, "big") + parts[1]
+            if len(data) > v5.maximum_packet_size:
+                self._too_large()
+                return False
+        elif dup:
             data = encode_publish(message.topic, message.payload, qos, retained, True, packet_id)
         else:
             cache = message.encoded
@@ -298,12 +340,26 @@ class MQTTProtocol(ConnectHandling, Protocol):
         stats.messages_sent += 1
         stats.publish_sent += 1
         stats.bytes_sent += len(data)
+        return True
+
+    def _too_large(self) -> None:
+        """[MQTT-3.1.2-24] [MQTT-3.1.2-25]: a PUBLISH over the client's
+        Maximum Packet Size is not sent, and counts as delivered to it."""
+        self.stats.publish_too_large += 1
+
+    def _encode(self, packet) -> bytes:
+        """A packet in the connection's protocol version (MQTT 5: fitted to
+        the client's limits, `V5.fit`)."""
+        if self.v5 is None:
+            return encode(packet)
+        return self.v5.fit(packet) or b""
 
     def _send_publish5(self, message: Message, qos: int, retained: bool, packet_id: int,
-                       dup: bool) -> None:
+                       dup: bool) -> bool:
         """A PUBLISH to an MQTT 5 client (`reactorapp.mqtt.publish5`): the
         Subscription Identifiers and Retain As Published of its matching
-        subscriptions, if it has options, and a Topic Alias if it allows them."""
+        subscriptions, if it has options, and a Topic Alias if it allows them.
+        False: over the client's Maximum Packet Size, not sent."""
         session = self.session
         options = session.options if session is not None else None
         identifiers = ()
@@ -312,14 +368,21 @@ class MQTTProtocol(ConnectHandling, Protocol):
             identifiers = routing.identifiers
             if not retained and routing.as_published:
                 retained = message.retain  # [MQTT-3.3.1-13]
-        data, _ = encode_for(message, qos, retained, packet_id, dup, self.clock.seconds(),
-                             identifiers, self.v5.aliases)
+        v5 = self.v5
+        data, assigned = encode_for(message, qos, retained, packet_id, dup, self.clock,
+                                    identifiers, v5.aliases)
+        if len(data) > v5.maximum_packet_size:
+            if assigned:  # the client never learns that alias
+                v5.aliases.forget(assigned)
+            self._too_large()
+            return False
         self._send(data)
         self.traffic.sent[qos] += 1
         stats = self.stats
         stats.messages_sent += 1
         stats.publish_sent += 1
         stats.bytes_sent += len(data)
+        return True
 
     def send_pubrel(self, packet_id: int) -> None:
         self._write(encode_pubrel(packet_id))
@@ -351,10 +414,42 @@ class MQTTProtocol(ConnectHandling, Protocol):
 
     def _protocol_error(self, reason: str, reason_code: int = P.ReasonCode.PROTOCOL_ERROR) -> None:
         """[MQTT-4.8.0-1]: close this connection, nobody else notices. The
-        will is published because no DISCONNECT was received."""
+        will is published because no DISCONNECT was received. An MQTT 5
+        client is told why first (``reason_code``: 0x81 malformed, 0x82
+        protocol error, 0x94 topic alias invalid, ...) [MQTT-4.13.1-1]."""
         log.info("Closing {peer} ({client_id}): {reason}",
                  peer=self._peer(), client_id=self.client_id, reason=reason)
-        self._close(abort=True)
+        self._disconnect(reason_code, reason)
+
+    def _disconnect(self, reason_code: int, reason: str | None = None,
+                    properties: dict | None = None) -> None:
+        """The server ends the connection: MQTT 5 clients get a DISCONNECT
+        with ``reason_code`` (and ``reason`` as its Reason String) before the
+        close, once CONNACK went out [MQTT-3.14.0-1]; 3.1.1 clients, or a
+        client before CONNACK, a plain close. The session is let go at once
+        (nothing is sent after the DISCONNECT [MQTT-3.14.4-1]) and the will
+        handed on, since the client did not disconnect."""
+        v5 = self.v5
+        session = self._release_session()
+        if v5 is None or self.state is not CONNECTED:
+            self._close(abort=True)
+        else:
+            properties = dict(properties or ())
+            if reason:
+                properties["reason_string"] = reason
+            data = v5.fit(P.Disconnect(reason_code, properties))
+            if data is not None:
+                self._write(data)
+            # Closed once the DISCONNECT is written [MQTT-3.14.4-2]; a client
+            # that does not read it is cut off after CLOSE_GRACE.
+            self._close(abort=False)
+            self._timer = self.factory.timeouts.add(CLOSE_GRACE, self, self._abort)
+        self._publish_will(session)
+
+    def _abort(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def _close(self, abort: bool) -> None:
         """Stop reading and drop the connection; the will, if any, goes out
@@ -362,8 +457,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         if self.state is CLOSED:
             return
         self.state = CLOSED
-        self._stop_keepalive()
-        self._cancel_connect_timeout()
+        self._stop_timer()
         self._cancel_throttle()
         self._end_congestion()
         self.flush_writes()  # what was sent before the close goes out first
@@ -377,38 +471,58 @@ class MQTTProtocol(ConnectHandling, Protocol):
             self.transport.loseConnection()
 
     def take_over(self) -> None:
-        """Another connection claimed this client id [MQTT-3.1.4-2]: close,
-        and publish the will now, since this is not a DISCONNECT."""
+        """Another connection claimed this client id [MQTT-3.1.4-2]: close
+        (MQTT 5: DISCONNECT 0x8E [MQTT-3.1.4-3]), and hand the will on now,
+        since this is not a DISCONNECT."""
         log.info("Client {client_id} taken over by a new connection", client_id=self.client_id)
-        self._release_session()
-        self._close(abort=True)
-        self._publish_will()
+        self._disconnect(P.ReasonCode.SESSION_TAKEN_OVER)
 
-    def disconnect(self) -> None:
+    def disconnect(self, reason_code: int = P.ReasonCode.ADMINISTRATIVE_ACTION) -> None:
         """Drop the connection as on a protocol error (asked for over the
-        admin API): the will goes out from connectionLost."""
-        self._close(abort=True)
+        admin API, or at shutdown with 0x8B): MQTT 5 clients get a
+        DISCONNECT with ``reason_code``; the will goes out from connectionLost."""
+        self._disconnect(reason_code)
 
     def describe(self) -> dict:
         """`IConnection.describe`: for the admin API."""
         transport = self.transport
-        return {"front_end": getattr(self.factory, "front_end", "mqtt"),
+        info = {"front_end": getattr(self.factory, "front_end", "mqtt"),
                 "keep_alive": self.keep_alive,
-                "peer": address_text(transport.getPeer()) if transport is not None else None}
+                "peer": address_text(transport.getPeer()) if transport is not None else None,
+                "protocol_version": protocol_version(self)}
+        if self.v5 is not None:
+            session = self.session
+            info["limits"] = {
+                "client": self.v5.describe(),
+                "server": {"receive_maximum": receive_maximum(self.settings),
+                           "maximum_packet_size": self.settings.max_packet_size,
+                           "topic_alias_maximum": self.settings.topic_alias_maximum},
+                "session_expiry": (None if session is None or math.isinf(session.expiry)
+                                   else session.expiry),
+            }
+        return info
 
-    def _release_session(self) -> None:
-        """Unbind from the session; a clean session ends with its connection."""
+    def _release_session(self):
+        """Unbind from the session and return it; a session whose expiry is
+        0 ends with its connection [MQTT-3.1.2-23] (then None)."""
         session, self.session = self.session, None
         if session is None:
-            return
-        self.stats.client_disconnected()
-        if session.connection is self:
-            session.detach()
-            if not session.persistent:
-                session.discard()
+            return None
+        self.stats.client_disconnected(protocol_version(self))
+        if session.connection is not self:
+            return None
+        session.detach()
+        if not session.expiry:
+            session.discard()
+            return None
+        return session
 
-    def _publish_will(self) -> None:
-        """[MQTT-3.1.2-8]: on any close not preceded by DISCONNECT."""
+    def _publish_will(self, session=None) -> None:
+        """[MQTT-3.1.2-8]: on any close not preceded by a normal DISCONNECT.
+        An MQTT 5 will with a Will Delay Interval waits in the ``session``
+        that outlives the connection: it goes out when the delay ends or
+        the session does, whichever is first, and not at all if the client
+        comes back before [MQTT-3.1.3-9]."""
         will, self.will = self.will, None
         if will is None:
             return
@@ -416,10 +530,11 @@ class MQTTProtocol(ConnectHandling, Protocol):
         properties = application_properties(will.properties)
         message = Message(will.topic, will.payload, will.qos, will.retain, properties,
                           self.client_id, self.clock.seconds() if properties else None)
-        durable = self.hub.publish(message)
-        if durable is not None:
-            durable.addErrback(lambda f: log.failure(
-                "Could not store the will of {client_id}", f, client_id=self.client_id))
+        delay = will.properties.get("will_delay_interval", 0) if self.v5 is not None else 0
+        if delay and session is not None:
+            session.delay_will(message, delay)
+        else:
+            publish_will(self.hub, message)
 
     def _peer(self) -> str:
         return address_text(self.transport.getPeer() if self.transport is not None else None)
@@ -462,14 +577,14 @@ class MQTTProtocol(ConnectHandling, Protocol):
 
     def _start_keepalive(self) -> None:
         if self.keep_alive:
-            self._keepalive_call = self.factory.keepalives.add(
+            self._timer = self.factory.timeouts.add(
                 1.5 * self.keep_alive, self, self._check_keepalive)
 
     def _check_keepalive(self) -> None:
         """[MQTT-3.1.2-24]: silent for 1.5 x Keep Alive means gone. The
         timer is re-armed from the last packet instead of being reset on
         every packet, which keeps the read path cheap."""
-        self._keepalive_call = None
+        self._timer = None
         grace = 1.5 * self.keep_alive
         pauses = self._read_pauses
         if pauses and (len(pauses) > 1 or "output" not in pauses):
@@ -480,21 +595,20 @@ class MQTTProtocol(ConnectHandling, Protocol):
         if idle >= grace:
             log.info("Client {client_id} silent for {idle:.1f}s (keep-alive {keep_alive}s)",
                      client_id=self.client_id, idle=idle, keep_alive=self.keep_alive)
-            self._close(abort=True)
+            self._disconnect(P.ReasonCode.KEEP_ALIVE_TIMEOUT)  # [MQTT-3.1.2-22]
         else:
-            self._keepalive_call = self.factory.keepalives.add(
+            self._timer = self.factory.timeouts.add(
                 grace - idle, self, self._check_keepalive)
-
-    def _stop_keepalive(self) -> None:
-        if self._keepalive_call is not None:
-            self.factory.keepalives.remove(self._keepalive_call, self)
-            self._keepalive_call = None
 
     # -- PUBLISH from the client -----------------------------------------
 
     def _on_publish(self, publish: P.Publish) -> None:
         self.stats.publish_received += 1
         qos = publish.qos
+        if qos and self.v5 is not None and not self.v5.received(receive_maximum(self.settings)):
+            self._protocol_error("more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum",
+                                 P.ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
+            return
         self.traffic.received[qos] += 1
         bucket = self._bucket
         if bucket is not None:
@@ -605,6 +719,8 @@ class MQTTProtocol(ConnectHandling, Protocol):
         acks = self._acks
         if wait is None and not acks:
             self._write(data)
+            if self.v5 is not None:
+                self.v5.answered(data)
             return
         if not acks:
             acks = self._acks = AckLine()
@@ -627,6 +743,9 @@ class MQTTProtocol(ConnectHandling, Protocol):
         acks = self._acks
         ready = acks.ready()
         if ready and self.state is CONNECTED:
+            if self.v5 is not None:
+                for answer in ready:
+                    self.v5.answered(answer)
             data = ready[0] if len(ready) == 1 else b"".join(ready)
             self._send(data)
             stats = self.stats
@@ -736,8 +855,20 @@ class MQTTProtocol(ConnectHandling, Protocol):
     def _on_pingreq(self, _packet) -> None:
         self._write(PINGRESP_BYTES)  # [MQTT-3.12.4-1]
 
-    def _on_disconnect(self, _packet) -> None:
-        """[MQTT-3.14.4-3]: the will is discarded; nothing after counts."""
+    def _on_disconnect(self, packet) -> None:
+        """[MQTT-3.14.4-3]: the will is discarded on a normal disconnection
+        (MQTT 5: reason 0x00; 0x04 and errors keep it); nothing after counts.
+        MQTT 5 may change the Session Expiry Interval, though not from 0."""
+        if self.v5 is not None:
+            interval = packet.properties.get("session_expiry_interval")
+            if interval is not None and self.session is not None:
+                if interval and not self.session.expiry:
+                    self._protocol_error("DISCONNECT sets a Session Expiry Interval after 0")
+                    return
+                self.session.expiry = expiry_for(interval, self.settings)
+            if packet.reason_code != P.ReasonCode.SUCCESS:
+                self._close(abort=False)  # the will goes out from connectionLost
+                return
         self.will = None
         self._close(abort=False)
 
@@ -754,6 +885,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         P.Unsubscribe: _on_unsubscribe,
         P.PingReq: _on_pingreq,
         P.Disconnect: _on_disconnect,
+        P.Auth: ConnectHandling._on_auth,
     }
 
 
@@ -767,6 +899,7 @@ CONNECTED.handlers.update(MQTTProtocol._HANDLERS)
 AWAITING_CONNECT.handlers.update(dict.fromkeys(_PACKET_TYPES, MQTTProtocol._on_first_packet))
 AUTHENTICATING.handlers.update(dict.fromkeys(_PACKET_TYPES, MQTTProtocol._hold))
 CLOSED.handlers.update(dict.fromkeys(_PACKET_TYPES, _ignore))
+CHALLENGED.handlers.update(dict.fromkeys(_PACKET_TYPES, MQTTProtocol._on_auth_answer))
 
 
 class MQTTFactory(Factory):
@@ -788,10 +921,9 @@ class MQTTFactory(Factory):
         #: ("mqtt" for TCP, TLS and Unix sockets, "websocket" over HTTP).
         self.front_end = front_end
         self.traffic = hub.stats.traffic_for(front_end)
-        #: CONNECT timeouts and keep-alives of all its connections, on two
-        #: shared timers rather than a DelayedCall each.
-        self.connect_timeouts = Timeouts(clock)
-        self.keepalives = Timeouts(clock)
+        #: CONNECT timeouts and keep-alives of all its connections (one each
+        #: at a time), on one shared timer rather than a DelayedCall each.
+        self.timeouts = Timeouts(clock)
 
     def buildProtocol(self, addr):
         return self.protocol(self)
