@@ -7,8 +7,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from reactorapp.hub.commit import Commit, placed
+from reactorapp.hub.deadlines import Deadlines
 from reactorapp.hub.flow import Caller, Flow
 from reactorapp.hub.interfaces import IHub
+from reactorapp.hub.shared import AWAY, REFUSED, share_state
 from reactorapp.hub.topics import RetainedTree, TopicTree, is_broker_topic, validate_filter
 
 log = Logger()
@@ -42,7 +44,8 @@ class HubStats:
         "bytes_received", "bytes_sent", "traffic",
         "queue_dropped_qos0", "queue_refused", "queue_spilled", "publishers_held",
         "spill_bytes", "inputs_held", "slow_subscribers", "sessions_expired",
-        "messages_expired", "publish_too_large", "by_version",
+        "messages_expired", "publish_too_large", "shared_deliveries", "shared_handed_over",
+        "by_version",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -84,6 +87,11 @@ class HubStats:
         #: PUBLISHes not sent to an MQTT 5 client because they were larger
         #: than its Maximum Packet Size (counted as delivered to it).
         self.publish_too_large = 0
+        #: Messages given to one member of a shared subscription.
+        self.shared_deliveries = 0
+        #: Shared-subscription messages given to another member of their
+        #: group because the first one left without acknowledging them.
+        self.shared_handed_over = 0
         #: Protocol version ("5.0", "3.1.1", "3.1") -> [connected now,
         #: accepted since start-up].
         self.by_version: dict[str, list[int]] = {}
@@ -129,6 +137,9 @@ class Hub:
         self.flow = Flow()
         self._subscriptions = TopicTree()
         self._retained = RetainedTree()
+        #: Retained messages with a Message Expiry Interval, removed on time.
+        self._deadlines = Deadlines(clock, self._remove_expired, self._is_retained,
+                                    self._retained_messages, self._retained.__len__)
         self._sessions: dict[str, object] = {}
 
     # -- routing ---------------------------------------------------------
@@ -172,6 +183,8 @@ class Hub:
         if message.retain:
             if message.payload:
                 self._retained.set(message.topic, message)
+                if message.expires is not None:
+                    self._deadlines.add(message)
             else:
                 # [MQTT-3.3.1-10] [MQTT-3.3.1-11]: an empty retained payload
                 # is delivered as usual but clears the stored message.
@@ -185,7 +198,8 @@ class Hub:
                     commit = store.pending_commit()
         published_qos = message.qos
         full = None  # Deferreds of subscribers that took it over their bounds
-        for subscriber, granted in self._subscriptions.match(message.topic):
+        plain, groups = self._subscriptions.lookup(message.topic)
+        for subscriber, granted in plain:
             try:
                 wait = subscriber.deliver(
                     message, granted if granted < published_qos else published_qos, False)
@@ -203,14 +217,97 @@ class Hub:
                     full = [wait]
                 else:
                     full.append(wait)
+        for group in groups:  # one member each, chosen now (reactorapp/hub/shared.py)
+            wait = self._deliver_shared(group, message)
+            if wait is not None and wait is not REFUSED and wait is not commit:
+                commit, full = _gather(commit, full, wait)
         if full is None:
             return commit
         return Commit.after(placed(commit, full))
 
     def has_subscribers(self, topic) -> bool:
         """Whether a message on ``topic`` would reach any subscriber now
-        (an MQTT 5 PUBACK says so); the topic tree's cached match."""
-        return bool(self._subscriptions.match(topic))
+        (an MQTT 5 PUBACK says so): the topic tree's cached lookup, which
+        chooses no member of a shared subscription."""
+        plain, groups = self._subscriptions.lookup(topic)
+        return bool(plain) or any(group.members for group in groups)
+
+    def _deliver_shared(self, group, message, skip=None, connected_only=False):
+        """Give ``message`` to one member of ``group``: the first of its
+        candidates (`ShareGroup.candidates`) that takes it. Return what that
+        member's ``deliver`` returned, or `REFUSED` if nobody took it."""
+        qos = message.qos
+        first = group.next_ready(qos) if skip is None else None
+        if first is not None:
+            wait = self._offer(group, first, message, qos)
+            if wait is not REFUSED:
+                return wait
+        for member in group.candidates(qos, skip, connected_only):
+            if member is not first:
+                wait = self._offer(group, member, message, qos)
+                if wait is not REFUSED:
+                    return wait
+        if group.members and not connected_only:
+            self.stats.publish_dropped += 1  # every member refused it
+        return REFUSED
+
+    def _offer(self, group, member, message, qos):
+        """``member.deliver_shared`` (or ``deliver``) at its granted QoS;
+        `REFUSED` if it did not take the message."""
+        granted = group.members.get(member, 0)
+        take = getattr(member, "deliver_shared", None)
+        try:
+            if take is None:
+                wait = member.deliver(message, granted if granted < qos else qos, False)
+            else:
+                wait = take(message, granted if granted < qos else qos, group.share_filter)
+        except Exception:
+            log.failure("Subscriber {subscriber!r} failed to take a message", subscriber=member)
+            return REFUSED
+        if wait is not REFUSED:
+            group.took(member)
+            self.stats.shared_deliveries += 1
+        return wait
+
+    def hand_over(self, share_filter, message, leaving, connected_only=False) -> bool:
+        """Give a shared-subscription ``message`` that the member ``leaving``
+        did not acknowledge to another member of its group; with
+        ``connected_only``, only to one whose client is connected. Return
+        whether one took it (False: the group has ended, or no member
+        could take it, and ``leaving`` keeps or drops it)."""
+        group = self._subscriptions.group(share_filter)
+        if group is None:
+            return False
+        wait = self._deliver_shared(group, message, leaving, connected_only)
+        if wait is REFUSED:
+            return False
+        group.handed_over += 1
+        self.stats.shared_handed_over += 1
+        if wait is not None and not isinstance(wait, Commit):
+            wait.addErrback(lambda f: log.failure("Handing over a message failed", f))
+        return True
+
+    def member_back(self, member, topic_filters) -> None:
+        """``member``'s client is connected again: the offline members of
+        its shared subscriptions (among ``topic_filters``) give what they
+        hold to the connected members (``release_shared``)."""
+        for topic_filter in list(topic_filters):
+            group = self._subscriptions.group(topic_filter)
+            if group is None:
+                continue
+            for other in list(group.members):
+                if other is not member and share_state(other, 1) == AWAY:
+                    release = getattr(other, "release_shared", None)
+                    if release is not None:
+                        release(True)
+
+    def shared_groups(self):
+        """Every shared subscription's `reactorapp.hub.shared.ShareGroup`."""
+        return self._subscriptions.groups()
+
+    def shared_group(self, share_filter):
+        """The `ShareGroup` of ``$share/GROUP/FILTER``, or None when it has no members."""
+        return self._subscriptions.group(share_filter)
 
     def restore_retained(self, messages) -> None:
         """Put back retained messages read from the store at start-up
@@ -221,6 +318,8 @@ class Hub:
                 self._expire_retained(message)
             else:
                 self._retained.set(message.topic, message)
+                if message.expires is not None:
+                    self._deadlines.add(message)
 
     def subscribe(self, subscriber, topic_filter, qos):
         validate_filter(topic_filter)
@@ -249,6 +348,17 @@ class Hub:
             else:
                 kept.append(message)
         return kept
+
+    def _is_retained(self, message) -> bool:
+        return self._retained.get(message.topic) is message
+
+    def _retained_messages(self):
+        return (message for _, message in self._retained.items())
+
+    def _remove_expired(self, message) -> None:
+        """Its deadline passed (`Deadlines`): gone from the tree and the store."""
+        self._retained.remove(message.topic)
+        self._expire_retained(message)
 
     def _expire_retained(self, message) -> None:
         self.stats.messages_expired += 1
@@ -292,3 +402,13 @@ class Hub:
     @property
     def session_count(self) -> int:
         return len(self._sessions)
+
+
+def _gather(commit, full, wait):
+    """Add a subscriber's answer to what the acknowledgement waits for:
+    (`Commit`, list of Deferreds), as `Hub.route`'s loop does inline."""
+    if isinstance(wait, Commit):
+        if commit is not None:  # another batch (rare): wait for both
+            full = [commit.deferred()] if full is None else [*full, commit.deferred()]
+        return wait, full
+    return commit, [wait] if full is None else [*full, wait]

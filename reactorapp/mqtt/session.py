@@ -16,6 +16,7 @@ from zope.interface import implementer
 
 from reactorapp.hub.commit import placed
 from reactorapp.hub.interfaces import ISubscriber
+from reactorapp.hub.shared import AWAY, BUSY, READY, REFUSED
 from reactorapp.mqtt.backlog import Backlog
 from reactorapp.mqtt.suboptions import DEFAULT, OptionTable, Options
 
@@ -159,6 +160,12 @@ class Session:
         self.slow_until = 0.0
         self._last_packet_id = 0
         self._seq = 0
+        #: QoS 1/2 messages taken for a shared subscription and not yet
+        #: acknowledged: their number (``seq``) -> "$share/GROUP/FILTER", so
+        #: that another member gets them if this one goes away.
+        self.shared: dict[int, str] = {}
+        #: The shared subscription `deliver` is taking a message for now.
+        self._share: str | None = None
         #: In-flight messages not yet written, in order: (packet_id, InFlight).
         self._unsent: deque = deque()
         if self.store is not None and not stored:
@@ -219,13 +226,98 @@ class Session:
 
     def _keep(self, message, qos, retained) -> int:
         """Write a message a persistent session owes to the store (`deliver`
-        returns the store's `Commit` for it); return its number there."""
+        returns the store's `Commit` for it); return its number there. A
+        message for a shared subscription is numbered even when not stored,
+        and remembered in `shared`."""
         store = self.store
-        if store is None:
+        share = self._share
+        if store is None and share is None:
             return 0
         self._seq = seq = self._seq + 1
-        store.enqueue(self.client_id, seq, message, qos, retained)
+        if store is not None:
+            store.enqueue(self.client_id, seq, message, qos, retained)
+        if share is not None:
+            self.shared[seq] = share
         return seq
+
+    # -- shared subscriptions (reactorapp/hub/shared.py) --------------------
+
+    @property
+    def share_label(self) -> tuple[str, str]:
+        """(kind, name) of this member, for the admin API."""
+        return "mqtt", self.client_id
+
+    def share_state(self, qos: int) -> int:
+        """Whether this member of a shared subscription can take a message
+        at ``qos`` now: `READY`, `BUSY` (congested, slow a moment ago, or
+        with QoS 1/2 messages waiting) or `AWAY` (its client is offline)."""
+        connection = self.connection
+        if connection is None:
+            return AWAY
+        if not connection.writable or self.slow_until > self.hub.clock.seconds():
+            return BUSY
+        if qos and (self.queue or len(self.inflight) >= self.settings.max_inflight):
+            return BUSY
+        return READY
+
+    def deliver_shared(self, message, qos, share_filter):
+        """`deliver` for the shared subscription ``share_filter``: the message
+        is remembered as shared until acknowledged. `REFUSED` when the ACL
+        hides the topic, or an offline session has no room for it: another
+        member gets it then."""
+        may_read = self.may_read
+        if may_read is not None and not may_read(message.topic):
+            return REFUSED
+        if qos == 0:
+            return self.deliver(message, 0, False)
+        if self.connection is None and self.queue.full(message):
+            return REFUSED
+        self._share = share_filter
+        try:
+            return self.deliver(message, qos, False)
+        finally:
+            self._share = None
+
+    def release_shared(self, connected_only: bool) -> None:
+        """Give the shared-subscription messages this session holds and its
+        client has not acknowledged to other members of their groups (only
+        to connected ones with ``connected_only``; what nobody takes stays).
+
+        Queued messages and QoS 1 messages in flight go; a QoS 2 message
+        already written stays with this session: its delivery is completed
+        when the client comes back, or dropped with the session
+        [MQTT-4.8.2-4] [MQTT-4.8.2-5]."""
+        shared = self.shared
+        if not shared:
+            return
+        hub = self.hub
+        inflight = self.inflight
+        for packet_id, flight in list(inflight.items()):
+            share = shared.get(flight.seq)
+            if share is None or (flight.qos == 2 and flight.sent) or flight.message is None:
+                continue
+            if hub.hand_over(share, flight.message, self, connected_only):
+                del inflight[packet_id]
+                self._given(flight.seq)
+        queue = self.queue
+        if not queue or len(shared) <= len(inflight):
+            return
+        kept = []
+        while queue:
+            entry = queue.popleft()
+            share = shared.get(entry[3])
+            if share is not None and hub.hand_over(share, entry[0], self, connected_only):
+                self._given(entry[3])
+            else:
+                kept.append(entry)
+        for entry in kept:
+            queue.append(entry)
+
+    def _given(self, seq: int) -> None:
+        """A shared message numbered ``seq`` went to another member."""
+        del self.shared[seq]
+        if self.store is not None:
+            self.store.dequeue(self.client_id, seq)
 
     def _send_new(self, connection, message, qos, retained, seq) -> None:
         packet_id = self._next_packet_id()
@@ -297,6 +389,8 @@ class Session:
         """A queued message's Message Expiry Interval passed before its
         delivery started: it is never sent [MQTT-3.3.2-5], and forgotten."""
         self.hub.stats.messages_expired += 1
+        if self.shared:
+            self.shared.pop(seq, None)
         if self.store is not None and seq:
             self.store.dequeue(self.client_id, seq)
 
@@ -304,6 +398,8 @@ class Session:
         """A message the connection would not send (larger than the client's
         Maximum Packet Size): done with, as if acknowledged [MQTT-3.1.2-25]."""
         flight = self.inflight.pop(packet_id, None)
+        if flight is not None and self.shared:
+            self.shared.pop(flight.seq, None)
         if flight is not None and self.store is not None:
             self.store.dequeue(self.client_id, flight.seq)
 
@@ -315,6 +411,8 @@ class Session:
             del self.inflight[packet_id]
             if self.store is not None:
                 self.store.dequeue(self.client_id, flight.seq)
+            if self.shared:
+                self.shared.pop(flight.seq, None)
             self._fill_window()
 
     def pubrec(self, packet_id: int) -> bool:
@@ -336,6 +434,8 @@ class Session:
             del self.inflight[packet_id]
             if self.store is not None:
                 self.store.dequeue(self.client_id, flight.seq)
+            if self.shared:
+                self.shared.pop(flight.seq, None)
             self._fill_window()
 
     def release(self, packet_id: int):
@@ -368,12 +468,19 @@ class Session:
                 self._completed(packet_id)
         self._send_unsent()
         self._fill_window()
+        if any(f.startswith("$share/") for f in self.subscriptions):
+            # Members of its groups that are offline give what they hold
+            # to the connected ones, this one included.
+            self.hub.member_back(self, self.subscriptions)
 
     def detach(self) -> None:
         self.connection = None
         self.detached_at = self.hub.clock.seconds()
         self.queue.drop_held0()
         self.queue.release()  # publishers do not wait for an absent client
+        # Connected members of its shared subscriptions take over what it
+        # has not acknowledged (MQTT 5 section 4.8.2).
+        self.release_shared(connected_only=True)
         self._arm_expiry()
 
     # -- how a session ends ------------------------------------------------------
@@ -414,6 +521,9 @@ class Session:
             message, call = will
             if call.active():
                 call.cancel()
+            # Its Message Expiry Interval counts from now, when it is
+            # published, not from when the connection ended [§3.1.3.2].
+            message.stamp(self.hub.clock.seconds())
             publish_will(self.hub, message)
 
     def _cancel_will(self) -> None:
@@ -472,9 +582,13 @@ class Session:
 
     def discard(self) -> None:
         """End this session: drop its subscriptions and state [MQTT-3.1.2-6].
-        A will still waiting for its delay goes out now [MQTT-3.1.2-8]."""
+        Shared-subscription messages it had not delivered go to another
+        member of their group first. A will still waiting for its delay goes
+        out now [MQTT-3.1.2-8]."""
         self._cancel_expiry()
         self.hub.unsubscribe_all(self, self.subscriptions)
+        self.release_shared(connected_only=False)
+        self.shared.clear()
         self.subscriptions.clear()
         self.options = None
         self.inflight.clear()

@@ -211,6 +211,31 @@ async function refreshStreamSessions() {
   $("stream-sessions-empty").hidden = rows.length > 0;
 }
 
+// -- shared subscriptions ------------------------------------------------------
+
+async function refreshShared() {
+  let groups;
+  try {
+    groups = await getJSON("/shared");
+  } catch (error) {
+    return;
+  }
+  const rows = groups.map((group) => {
+    const members = group.members
+      .map((member) => `${member.kind} ${member.name} (${member.state})`).join(", ");
+    const row = el("tr", {},
+      el("td", {textContent: group.group}),
+      el("td", {textContent: group.filter}),
+      el("td", {textContent: members}),
+      el("td", {className: "num", textContent: group.deliveries}),
+      el("td", {className: "num", textContent: group.handed_over}));
+    row.dataset.share = `$share/${group.group}/${group.filter}`;
+    return row;
+  });
+  $("shared").tBodies[0].replaceChildren(...rows);
+  $("shared-empty").hidden = rows.length > 0;
+}
+
 // -- retained messages as a topic tree ---------------------------------------
 
 function buildTree(messages) {
@@ -323,6 +348,7 @@ document.addEventListener("DOMContentLoaded", () => {
   every(1, refreshStats);
   every(2, refreshClients);
   every(2, refreshStreamSessions);
+  every(2, refreshShared);
   every(5, refreshTopics);
   watch();
 });
