@@ -358,7 +358,9 @@ class MQTTProtocol(ConnectHandling, Protocol):
         options = session.options if session is not None else None
         identifiers = ()
         if options is not None:
-            routing = options.routing(message.topic)
+            share = session.share_of(packet_id)  # a shared subscription's copy
+            routing = (options.routing(message.topic) if share is None
+                       else options.shared_routing(share))
             identifiers = routing.identifiers
             if not retained and routing.as_published:
                 retained = message.retain  # [MQTT-3.3.1-13]

@@ -186,7 +186,7 @@ class Session:
             return  # the ACL hides this topic from the client, retained or not
         options = self.options
         if (options is not None and message.sender == self.client_id and not retained
-                and not options.routing(message.topic).own):
+                and self._share is None and not options.routing(message.topic).own):
             return None  # No Local: not to the client that published it [MQTT-3.8.3-3]
         connection = self.connection
         if qos == 0:
@@ -254,9 +254,10 @@ class Session:
         connection = self.connection
         if connection is None:
             return AWAY
-        if not connection.writable or self.slow_until > self.hub.clock.seconds():
+        if not connection.writable or (
+                self.slow_until and self.slow_until > self.hub.clock.seconds()):
             return BUSY
-        if qos and (self.queue or len(self.inflight) >= self.settings.max_inflight):
+        if qos and (self.queue or len(self.inflight) >= self.window):
             return BUSY
         return READY
 
@@ -268,15 +269,22 @@ class Session:
         may_read = self.may_read
         if may_read is not None and not may_read(message.topic):
             return REFUSED
-        if qos == 0:
-            return self.deliver(message, 0, False)
-        if self.connection is None and self.queue.full(message):
+        if qos and self.connection is None and self.queue.full(message):
             return REFUSED
         self._share = share_filter
         try:
             return self.deliver(message, qos, False)
         finally:
             self._share = None
+
+    def share_of(self, packet_id: int) -> str | None:
+        """The shared subscription (``$share/GROUP/FILTER``) an outgoing
+        PUBLISH is a copy for, or None (a QoS 0 one: while it is taken), so
+        that it carries that subscription's options (`OptionTable.shared_routing`)."""
+        if not packet_id:
+            return self._share
+        flight = self.inflight.get(packet_id)
+        return None if flight is None or not self.shared else self.shared.get(flight.seq)
 
     def release_shared(self, connected_only: bool) -> None:
         """Give the shared-subscription messages this session holds and its
@@ -300,13 +308,18 @@ class Session:
                 del inflight[packet_id]
                 self._given(flight.seq)
         queue = self.queue
-        if not queue or len(shared) <= len(inflight):
-            return
+        if not queue or len(shared) == sum(1 for f in inflight.values() if f.seq in shared):
+            return  # none of them is queued
         kept = []
+        now = hub.clock.seconds()
         while queue:
             entry = queue.popleft()
             share = shared.get(entry[3])
-            if share is not None and hub.hand_over(share, entry[0], self, connected_only):
+            if share is None:
+                kept.append(entry)
+            elif entry[0].expires is not None and entry[0].expired(now):
+                self._expired(entry[3])  # never sent [MQTT-3.3.2-5]
+            elif hub.hand_over(share, entry[0], self, connected_only):
                 self._given(entry[3])
             else:
                 kept.append(entry)
@@ -393,6 +406,8 @@ class Session:
             self.shared.pop(seq, None)
         if self.store is not None and seq:
             self.store.dequeue(self.client_id, seq)
+        if self.shared:
+            self.shared.pop(seq, None)
 
     def _completed(self, packet_id: int) -> None:
         """A message the connection would not send (larger than the client's
@@ -402,6 +417,8 @@ class Session:
             self.shared.pop(flight.seq, None)
         if flight is not None and self.store is not None:
             self.store.dequeue(self.client_id, flight.seq)
+        if flight is not None and self.shared:
+            self.shared.pop(flight.seq, None)
 
     # -- acknowledgements from the client ----------------------------------
 
