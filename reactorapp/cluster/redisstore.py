@@ -235,8 +235,11 @@ class RedisStore:
     def remove_session(self, client_id) -> None:
         self._write(b"X", client_id)
 
-    def add_subscription(self, client_id, topic_filter, qos) -> None:
-        self._write(b"B", client_id, topic_filter, qos)
+    def add_subscription(self, client_id, topic_filter, qos, options=0, identifier=0) -> None:
+        # MQTT 5 options and identifier, when there are any, ride in the
+        # same hash value: "QOS:OPTIONS:IDENTIFIER".
+        value = f"{qos}:{options}:{identifier}" if options or identifier else qos
+        self._write(b"B", client_id, topic_filter, value)
 
     def remove_subscription(self, client_id, topic_filter) -> None:
         self._write(b"b", client_id, topic_filter)
@@ -444,10 +447,15 @@ def _stored_session(answer, client_id: str, shared: dict) -> StoredSession | Non
         message = shared.setdefault(value[ENTRY_HEADER:], message)
         packet_id, state = flight.get(seq, (None, None))
         messages.append(StoredMessage(seq, message, qos, retained, packet_id, state))
-    return StoredSession(
-        client_id,
-        {topic_filter.decode(): int(qos) for topic_filter, qos in _pairs(subscriptions)},
-        messages, {int(packet_id) for packet_id in pubrel or ()})
+    granted, options = {}, {}
+    for topic_filter, value in _pairs(subscriptions):
+        qos, _, rest = value.partition(b":")
+        granted[topic_filter.decode()] = int(qos)
+        if rest:
+            bits, _, identifier = rest.partition(b":")
+            options[topic_filter.decode()] = (int(bits), int(identifier))
+    return StoredSession(client_id, granted, messages,
+                         {int(packet_id) for packet_id in pubrel or ()}, options)
 
 
 def _reason(error: BaseException) -> str:
