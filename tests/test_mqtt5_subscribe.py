@@ -64,7 +64,7 @@ async def test_options_and_identifiers_survive_a_restart(kind, tmp_path):
     """A persistent session keeps its subscriptions' options and identifiers
     in the store; restored, its deliveries look as before."""
     stores = Stores(kind, tmp_path)
-    store, _ = stores.open()
+    store, _ = await stores.open()
     hub = Hub(Clock(), store=store)
     session = Session("c", True, hub, MQTTSettings())
     session.subscribe("a/#", 1, Options(no_local=True, identifier=11))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import queue
 
+import paho.mqtt.client as mqtt
 import pytest
 import pytest_twisted
 import treq
@@ -238,3 +239,48 @@ async def test_sse_webhook_and_mqtt_members_share_the_messages(tmp_path):
     everything = [p for payloads in tally.got.values() for p in payloads]
     assert sorted(everything) == sorted(b"%d" % i for i in range(count))
     assert all(tally.got.values()), tally.got
+
+
+def paho5(broker, client_id: str) -> PahoClient:
+    """A `PahoClient` speaking MQTT 5 (Clean Start, no Clean Session)."""
+    wrapper = PahoClient(broker.host, broker.port, client_id)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+    for name in ("on_connect", "on_disconnect", "on_subscribe", "on_message"):
+        setattr(client, name, getattr(wrapper.client, name))
+    wrapper.client = client
+    return wrapper
+
+
+def test_mqtt5_and_311_consumers_share_one_group(broker):
+    """A paho MQTT 5 client and a 3.1.1 client in one group: CONNACK says
+    shared subscriptions are available, and 20 QoS 1 messages are split
+    between them, each delivered once."""
+    five = paho5(broker, "five")
+    eleven = PahoClient(broker.host, broker.port, "eleven")
+    publisher = paho5(broker, "five-producer")
+    properties: list = []
+    on_connect = five.client.on_connect
+
+    def remember(client, userdata, flags, reason_code, props):
+        properties.append(props)
+        on_connect(client, userdata, flags, reason_code, props)
+
+    five.client.on_connect = remember
+    try:
+        five.connect()
+        eleven.connect()
+        publisher.connect()
+        # Absent means available [MQTT 5 3.2.2.3.15]
+        assert getattr(properties[0], "SharedSubscriptionAvailable", 1) == 1
+        assert five.subscribe(("$share/mixed5/e2e/five/#", 1)) == [1]
+        assert eleven.subscribe(("$share/mixed5/e2e/five/#", 1)) == [1]
+        pool = pooled([five, eleven])
+        for i in range(20):
+            publisher.publish_and_wait("e2e/five/x", b"%d" % i, qos=1)
+        got = [take(pool) for _ in range(20)]
+        assert sorted(p for _, p in got) == sorted(b"%d" % i for i in range(20))
+        assert {who for who, _ in got} == {"five", "eleven"}
+    finally:
+        for client in (five, eleven, publisher):
+            client.close()

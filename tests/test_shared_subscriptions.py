@@ -15,6 +15,8 @@ from reactorapp.hub.topics import TopicTree
 from reactorapp.mqtt import packets as P
 from reactorapp.testing import Inbox
 from reactorapp.webhooks.rules import parse_rule
+from tests.conn5_harness import Broker5, Client5
+from tests.mqtt5_harness import connect5
 from tests.mqtt_harness import Broker
 from tests.test_http_auth import ACL_TEXT, basic, guarded, passwd  # noqa: F401 (a fixture)
 from tests.test_store_session import ManualStore, StoredBroker
@@ -369,13 +371,13 @@ def test_the_acl_applies_to_the_inner_filter_of_a_stream(tmp_path):
     refused (403) one it does not."""
     path = str(tmp_path / "passwd")
     set_password(path, "alice", b"pw-alice", n=2 ** 4)
-    web = guarded(path, ACL_TEXT)
+    site = guarded(path, ACL_TEXT)
     headers = basic("alice", "pw-alice")
-    refused = web.get("/api/v1/stream?filter=$share/g/home/secret/%23", headers=headers)
+    refused = site.get("/api/v1/stream?filter=$share/g/home/secret/%23", headers=headers)
     assert refused.status == 403
-    allowed = web.get("/api/v1/stream?filter=$share/g/home/%23", headers=headers)
+    allowed = site.get("/api/v1/stream?filter=$share/g/home/%23", headers=headers)
     assert allowed.status == 200
-    (group,) = web.hub.shared_groups()
+    (group,) = site.hub.shared_groups()
     assert group.share_filter == "$share/g/home/#"
 
 
@@ -390,17 +392,17 @@ def test_named_stream_sessions_share_a_group_and_are_away_when_detached():
     """Named stream sessions (``session=NAME``) on ``$share/...`` are members
     too: in turn while attached; detached, a session gets nothing while
     another member is attached (like an offline persistent session)."""
-    web = Web()
-    one = Events(web, "session=one&filter=$share/g/s/%23&qos=1")
-    two = Events(web, "session=two&filter=$share/g/s/%23&qos=1")
+    site = Web()
+    one = Events(site, "session=one&filter=$share/g/s/%23&qos=1")
+    two = Events(site, "session=two&filter=$share/g/s/%23&qos=1")
     for i in range(4):
-        web.hub.publish(Message("s/a", b"%d" % i, 1))
+        site.hub.publish(Message("s/a", b"%d" % i, 1))
     assert [p for _, p in one.events()] == ["0", "2"]
     assert [p for _, p in two.events()] == ["1", "3"]
     one.cut()
-    assert web.stream_sessions.get("one").share_state(1) == AWAY
+    assert site.stream_sessions.get("one").share_state(1) == AWAY
     for i in range(4, 7):
-        web.hub.publish(Message("s/a", b"%d" % i, 1))
+        site.hub.publish(Message("s/a", b"%d" % i, 1))
     assert [p for _, p in two.events()] == ["4", "5", "6"]
 
 
@@ -433,9 +435,9 @@ def test_admin_api_lists_groups_members_and_counts(web):  # noqa: F811
 
 def test_the_shared_listing_is_for_administrators(passwd):  # noqa: F811
     """/api/v1/shared needs read access to $admin/shared, as /clients does."""
-    web = guarded(passwd, ACL_TEXT)
-    assert web.get("/api/v1/shared", headers=basic("alice", "pw-alice")).status == 403
-    answer = web.get("/api/v1/shared", headers=basic("ops", "pw-ops"))
+    site = guarded(passwd, ACL_TEXT)
+    assert site.get("/api/v1/shared", headers=basic("alice", "pw-alice")).status == 403
+    answer = site.get("/api/v1/shared", headers=basic("ops", "pw-ops"))
     assert answer.status == 200 and answer.json() == []
 
 
@@ -459,3 +461,102 @@ def test_a_handed_over_message_leaves_the_store_of_the_member_that_left():
     again = broker.restart()
     back = again.connect("worker0", clean=False)
     assert payloads(back) == []
+
+
+# -- MQTT 5 clients ---------------------------------------------------------------
+
+
+def test_mqtt5_members_session_expiry_hands_queued_messages_to_a_311_member():
+    """An MQTT 5 member with a Session Expiry Interval and every member
+    offline: messages queue on the members in turn; when its session
+    expires, what it held goes to the other member (a 3.1.1 persistent
+    session), which gets it when it comes back."""
+    broker = Broker5()
+    five = broker.connect("five", clean=False, properties={"session_expiry_interval": 30})
+    assert five.subscribe(("$share/g/t", 1)) == [1]
+    old = broker.connect311("old", clean=False)
+    old.send(P.Subscribe(1, [P.SubscriptionRequest("$share/g/t", 1)]))
+    assert [p.return_codes for p in old.take()] == [[1]]
+    five.send(P.Disconnect())
+    old.drop()
+    pub = broker.connect("pub")
+    for i in range(4):
+        pub.publish("t", b"%d" % i, qos=1)
+    assert len(broker.hub.get_session("five").queue) == 2
+    broker.clock.advance(30)
+    assert broker.hub.get_session("five") is None
+    assert len(broker.hub.get_session("old").queue) == 4
+    back = Client5(broker, level=P.MQTT_3_1_1)
+    back.send(P.Connect(client_id="old", clean_session=False))
+    assert sorted(p.payload for p in back.take() if type(p) is P.Publish) == [
+        b"0", b"1", b"2", b"3"]
+
+
+def test_a_puback_with_an_error_code_discards_the_message_for_the_group():
+    """[MQTT-4.8.2-6] a PUBACK (or PUBREC) with a reason code of 0x80 or more
+    discards the message: it is not sent to another member, even when the
+    member that refused it goes away."""
+    broker = Broker5()
+    a = broker.connect("a")
+    b = broker.connect("b")
+    assert a.subscribe(("$share/g/t", 2)) == [2]
+    assert b.subscribe(("$share/g/t", 2)) == [2]
+    b.protocol.pauseProducing()  # a gets both
+    pub = broker.connect("pub")
+    pub.publish("t", b"one", qos=1)
+    pub.publish("t", b"two", qos=2)
+    one, two = [p for p in a.take() if type(p) is P.Publish]
+    a.send(P.PubAck(one.packet_id, reason_code=0x80), P.PubRec(two.packet_id, reason_code=0x80))
+    b.protocol.resumeProducing()
+    a.drop()
+    assert [p for p in b.take() if type(p) is P.Publish] == []
+    assert broker.hub.stats.shared_handed_over == 0
+
+
+def test_no_local_on_a_shared_subscription_is_a_protocol_error():
+    """[MQTT-3.8.3-4] an MQTT 5 SUBSCRIBE with No Local on a shared
+    subscription closes the connection."""
+    broker = Broker5()
+    client = broker.connect("c")
+    client.send(P.Subscribe(1, [P.SubscriptionRequest("$share/g/t", 1, no_local=True)]))
+    assert client.closed
+    assert broker.hub.shared_groups() == []
+
+
+def test_a_shared_copy_carries_its_own_subscription_identifier_and_ignores_no_local():
+    """A 5.0 client with a plain and a shared subscription matching one
+    topic gets two copies, each with the identifier of its own subscription
+    [MQTT-3.3.4-5]; No Local on the plain one [MQTT-3.8.3-3] keeps the
+    client's own message from the plain copy only (No Local does not exist
+    for shared subscriptions [MQTT-3.8.3-4])."""
+    broker = Broker()
+    client = connect5(broker, "both")
+    codes, _ = client.subscribe(P.SubscriptionRequest("t", 1, no_local=True), identifier=1)
+    assert codes == [1]
+    codes, _ = client.subscribe(("$share/g/t", 1), identifier=2)
+    assert codes == [1]
+    other = connect5(broker, "other")
+    other.publish("t", b"theirs", qos=1)
+    copies = [p for p in client.take() if type(p) is P.Publish]
+    assert sorted(p.properties.get("subscription_identifier") for p in copies) == [[1], [2]]
+    client.publish("t", b"mine", qos=1)
+    copies = [p for p in client.take() if type(p) is P.Publish]
+    assert [(p.payload, p.properties.get("subscription_identifier")) for p in copies] == [
+        (b"mine", [2])]
+
+
+def test_queued_shared_messages_are_handed_over_behind_plain_ones_in_flight():
+    """A member whose window is full of messages of its own (non-shared)
+    subscriptions still gives the shared messages queued behind them to
+    another member when it goes away."""
+    broker = Broker(max_inflight=2)
+    (a,) = consumers(broker, 1, qos=1)
+    a.subscribe(("own/#", 1))
+    pub = broker.connect("pub")
+    pub.publish("own/1", b"p1", qos=1)
+    pub.publish("own/2", b"p2", qos=1)
+    pub.publish("jobs/x", b"shared", qos=1)  # queued behind the full window
+    assert payloads(a) == [b"p1", b"p2"]
+    (b,) = consumers(broker, 1, qos=1, first=1)
+    a.drop()
+    assert payloads(b) == [b"shared"]

@@ -81,6 +81,11 @@ class HubStats:
         self.slow_subscribers = 0
         #: Persistent sessions removed after their expiry offline.
         self.sessions_expired = 0
+        #: Messages given to one member of a shared subscription.
+        self.shared_deliveries = 0
+        #: Shared-subscription messages given to another member of their
+        #: group because the first one left without acknowledging them.
+        self.shared_handed_over = 0
         #: Messages dropped undelivered because their MQTT 5 Message Expiry
         #: Interval passed (queued, spilled, retained or stored).
         self.messages_expired = 0
@@ -225,13 +230,6 @@ class Hub:
             return commit
         return Commit.after(placed(commit, full))
 
-    def has_subscribers(self, topic) -> bool:
-        """Whether a message on ``topic`` would reach any subscriber now
-        (an MQTT 5 PUBACK says so): the topic tree's cached lookup, which
-        chooses no member of a shared subscription."""
-        plain, groups = self._subscriptions.lookup(topic)
-        return bool(plain) or any(group.members for group in groups)
-
     def _deliver_shared(self, group, message, skip=None, connected_only=False):
         """Give ``message`` to one member of ``group``: the first of its
         candidates (`ShareGroup.candidates`) that takes it. Return what that
@@ -308,6 +306,13 @@ class Hub:
     def shared_group(self, share_filter):
         """The `ShareGroup` of ``$share/GROUP/FILTER``, or None when it has no members."""
         return self._subscriptions.group(share_filter)
+
+    def has_subscribers(self, topic) -> bool:
+        """Whether a message on ``topic`` would reach any subscriber now
+        (an MQTT 5 PUBACK says so); the topic tree's cached lookup (a
+        shared subscription has members while it exists)."""
+        plain, groups = self._subscriptions.lookup(topic)
+        return bool(plain or groups)
 
     def restore_retained(self, messages) -> None:
         """Put back retained messages read from the store at start-up
@@ -398,6 +403,11 @@ class Hub:
         registered one (a newer connection may have replaced it)."""
         if session is None or self._sessions.get(client_id) is session:
             self._sessions.pop(client_id, None)
+
+    def claim(self, client_id) -> None:
+        """A connection is taking ``client_id``. One node has nothing more
+        to do (the connect logic takes it from a local connection); a
+        cluster node closes it on whichever other node had it."""
 
     @property
     def session_count(self) -> int:

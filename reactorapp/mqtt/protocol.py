@@ -286,16 +286,13 @@ class MQTTProtocol(ConnectHandling, Protocol):
             data = cache.get(retained)
             if data is None:
                 data = cache[retained] = encode_publish(message.topic, message.payload, 0, retained)
-        elif (v5.topic_alias_maximum or message.expires is not None
-              or self.session.options is not None):
-            return self._send_publish5(message, 0, retained, 0, False)
-        else:
+        elif v5.plain and message.expires is None and self.session.options is None:
             data = cache.get(2 + retained)
             if data is None:
                 data = cache[2 + retained] = encode_plain5(message, 0, retained)
-            if len(data) > v5.maximum_packet_size:
-                self._too_large()
-                return False
+        else:
+            # Aliases, a size limit, options or expiry: this client's own PUBLISH.
+            return self._send_publish5(message, 0, retained, 0, False)
         self._send(data)
         self.traffic.sent[0] += 1
         stats = self.stats
@@ -309,7 +306,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         False: not sent, too large for the client (`IConnection`)."""
         v5 = self.v5
         if v5 is not None:
-            if (dup or v5.topic_alias_maximum or message.expires is not None
+            if (dup or not v5.plain or message.expires is not None
                     or self.session.options is not None):
                 return self._send_publish5(message, qos, retained, packet_id, dup)
             cache = message.encoded
@@ -320,9 +317,6 @@ class MQTTProtocol(ConnectHandling, Protocol):
             if parts is None:
                 parts = cache[key] = encode_plain5(message, qos, retained)
             data = parts[0] + packet_id.to_bytes(2, "big") + parts[1]
-            if len(data) > v5.maximum_packet_size:
-                self._too_large()
-                return False
         elif dup:
             data = encode_publish(message.topic, message.payload, qos, retained, True, packet_id)
         else:
@@ -364,7 +358,9 @@ class MQTTProtocol(ConnectHandling, Protocol):
         options = session.options if session is not None else None
         identifiers = ()
         if options is not None:
-            routing = options.routing(message.topic)
+            share = session.share_of(packet_id)  # a shared subscription's copy
+            routing = (options.routing(message.topic) if share is None
+                       else options.shared_routing(share))
             identifiers = routing.identifiers
             if not retained and routing.as_published:
                 retained = message.retain  # [MQTT-3.3.1-13]
@@ -605,23 +601,26 @@ class MQTTProtocol(ConnectHandling, Protocol):
     def _on_publish(self, publish: P.Publish) -> None:
         self.stats.publish_received += 1
         qos = publish.qos
-        if qos and self.v5 is not None and not self.v5.received(receive_maximum(self.settings)):
-            self._protocol_error("more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum",
-                                 P.ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
-            return
+        v5 = self.v5
+        if qos and v5 is not None:
+            v5.inbound += 1
+            if v5.inbound > v5.limit:  # [MQTT-3.3.4-7]
+                self._protocol_error("more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum",
+                                     P.ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
+                return
         self.traffic.received[qos] += 1
         bucket = self._bucket
         if bucket is not None:
             delay = bucket.take()
             if delay:
                 self._throttle(delay)
+        if v5 is not None:
+            self._on_publish5(publish)
+            return
         if qos == 2 and publish.packet_id in self.session.awaiting_pubrel:
             # [MQTT-4.3.3-2]: a re-sent QoS 2 PUBLISH is acknowledged again,
             # never forwarded twice.
             self._acknowledge(None, encode_pubrec(publish.packet_id))
-            return
-        if self.v5 is not None:
-            self._on_publish5(publish)
             return
         if publish.topic.startswith(SYS_PREFIX):  # `is_broker_topic`, inlined: hot path
             # Clients may not write the broker's own status [§4.7.2]; the
@@ -664,6 +663,12 @@ class MQTTProtocol(ConnectHandling, Protocol):
             except AliasError as error:
                 self._protocol_error(error.reason, error.reason_code)
                 return
+        if qos == 2 and publish.packet_id in self.session.awaiting_pubrel:
+            # [MQTT-4.3.3-2], after its alias is taken: a re-sent PUBLISH on
+            # a new connection may set the alias later ones use.
+            self._acknowledge(None, encode_pubrec(publish.packet_id))
+            return
+        if received:
             if payload_format_invalid(received, publish.payload):
                 # [MQTT-3.3.2-4] [§3.3.2.3.2]: refused; at QoS 0 there is no
                 # acknowledgement to say so, so the connection ends [§4.13].
@@ -689,13 +694,19 @@ class MQTTProtocol(ConnectHandling, Protocol):
                      if properties and "message_expiry_interval" in properties else None)
         message = Message(topic, publish.payload, qos, publish.retain, properties,
                           self.client_id, timestamp)
-        wait = self.hub.route(message)
-        if qos:
+        hub = self.hub
+        wait = hub.route(message)
+        if not qos:
+            if wait is not None:
+                wait.add(self._on_qos0_placed)
+        elif not hub.has_subscribers(topic):
             # [§3.4.2.1]: 0x10 tells the publisher nobody subscribed.
-            code = 0 if self.hub.has_subscribers(topic) else P.ReasonCode.NO_MATCHING_SUBSCRIBERS
-            self._answer_publish(publish, wait, code)
-        elif wait is not None:
-            wait.add(self._on_qos0_placed)
+            self._answer_publish(publish, wait, P.ReasonCode.NO_MATCHING_SUBSCRIBERS)
+        elif qos == 1:
+            self._acknowledge(wait, encode_puback(publish.packet_id))
+        else:
+            self.session.awaiting_pubrel.add(publish.packet_id)
+            self._acknowledge(wait, encode_pubrec(publish.packet_id))
 
     def _answer_publish(self, publish: P.Publish, wait, code: int) -> None:
         """PUBACK or PUBREC with ``code`` for an MQTT 5 client. A PUBREC with
@@ -719,8 +730,9 @@ class MQTTProtocol(ConnectHandling, Protocol):
         acks = self._acks
         if wait is None and not acks:
             self._write(data)
-            if self.v5 is not None:
-                self.v5.answered(data)
+            v5 = self.v5
+            if v5 is not None and v5.inbound and (data[0] != 0x50 or v5.fails(data)):
+                v5.inbound -= 1  # the client's quota back [§4.9]
             return
         if not acks:
             acks = self._acks = AckLine()
@@ -743,9 +755,11 @@ class MQTTProtocol(ConnectHandling, Protocol):
         acks = self._acks
         ready = acks.ready()
         if ready and self.state is CONNECTED:
-            if self.v5 is not None:
+            v5 = self.v5
+            if v5 is not None:
                 for answer in ready:
-                    self.v5.answered(answer)
+                    if v5.inbound and (answer[0] != 0x50 or v5.fails(answer)):
+                        v5.inbound -= 1
             data = ready[0] if len(ready) == 1 else b"".join(ready)
             self._send(data)
             stats = self.stats

@@ -168,6 +168,10 @@ class Session:
         self._share: str | None = None
         #: In-flight messages not yet written, in order: (packet_id, InFlight).
         self._unsent: deque = deque()
+        #: Unacknowledged PUBLISHes of an earlier connection the client's
+        #: Receive Maximum left no room for at `attach`, by packet id, in
+        #: order; re-sent as acknowledgements make room.
+        self._resend: deque | None = None
         if self.store is not None and not stored:
             self.store.add_session(client_id)
 
@@ -186,7 +190,7 @@ class Session:
             return  # the ACL hides this topic from the client, retained or not
         options = self.options
         if (options is not None and message.sender == self.client_id and not retained
-                and not options.routing(message.topic).own):
+                and self._share is None and not options.routing(message.topic).own):
             return None  # No Local: not to the client that published it [MQTT-3.8.3-3]
         connection = self.connection
         if qos == 0:
@@ -254,9 +258,10 @@ class Session:
         connection = self.connection
         if connection is None:
             return AWAY
-        if not connection.writable or self.slow_until > self.hub.clock.seconds():
+        if not connection.writable or (
+                self.slow_until and self.slow_until > self.hub.clock.seconds()):
             return BUSY
-        if qos and (self.queue or len(self.inflight) >= self.settings.max_inflight):
+        if qos and (self.queue or len(self.inflight) >= self.window):
             return BUSY
         return READY
 
@@ -268,15 +273,22 @@ class Session:
         may_read = self.may_read
         if may_read is not None and not may_read(message.topic):
             return REFUSED
-        if qos == 0:
-            return self.deliver(message, 0, False)
-        if self.connection is None and self.queue.full(message):
+        if qos and self.connection is None and self.queue.full(message):
             return REFUSED
         self._share = share_filter
         try:
             return self.deliver(message, qos, False)
         finally:
             self._share = None
+
+    def share_of(self, packet_id: int) -> str | None:
+        """The shared subscription (``$share/GROUP/FILTER``) an outgoing
+        PUBLISH is a copy for, or None (a QoS 0 one: while it is taken), so
+        that it carries that subscription's options (`OptionTable.shared_routing`)."""
+        if not packet_id:
+            return self._share
+        flight = self.inflight.get(packet_id)
+        return None if flight is None or not self.shared else self.shared.get(flight.seq)
 
     def release_shared(self, connected_only: bool) -> None:
         """Give the shared-subscription messages this session holds and its
@@ -300,13 +312,18 @@ class Session:
                 del inflight[packet_id]
                 self._given(flight.seq)
         queue = self.queue
-        if not queue or len(shared) <= len(inflight):
-            return
+        if not queue or len(shared) == sum(1 for f in inflight.values() if f.seq in shared):
+            return  # none of them is queued
         kept = []
+        now = hub.clock.seconds()
         while queue:
             entry = queue.popleft()
             share = shared.get(entry[3])
-            if share is not None and hub.hand_over(share, entry[0], self, connected_only):
+            if share is None:
+                kept.append(entry)
+            elif entry[0].expires is not None and entry[0].expired(now):
+                self._expired(entry[3])  # never sent [MQTT-3.3.2-5]
+            elif hub.hand_over(share, entry[0], self, connected_only):
                 self._given(entry[3])
             else:
                 kept.append(entry)
@@ -377,6 +394,8 @@ class Session:
         connection = self.connection
         queue = self.queue
         limit = self.window
+        if self._resend:
+            self._resend_held(connection, limit)
         while (connection is not None and connection.writable and queue
                and len(self.inflight) < limit):
             message, qos, retained, seq = queue.popleft()
@@ -393,6 +412,20 @@ class Session:
             self.shared.pop(seq, None)
         if self.store is not None and seq:
             self.store.dequeue(self.client_id, seq)
+        if self.shared:
+            self.shared.pop(seq, None)
+
+    def _resend_held(self, connection, limit: int) -> None:
+        """Re-send, in order, the PUBLISHes `attach` held back, as far as
+        the client's Receive Maximum allows now."""
+        resend = self._resend
+        inflight = self.inflight
+        while connection is not None and resend and len(inflight) - len(resend) < limit:
+            packet_id = resend.popleft()
+            flight = inflight.get(packet_id)
+            if flight is not None and not connection.send_publish(
+                    flight.message, flight.qos, flight.retained, packet_id, True):
+                self._completed(packet_id)
 
     def _completed(self, packet_id: int) -> None:
         """A message the connection would not send (larger than the client's
@@ -402,6 +435,8 @@ class Session:
             self.shared.pop(flight.seq, None)
         if flight is not None and self.store is not None:
             self.store.dequeue(self.client_id, flight.seq)
+        if flight is not None and self.shared:
+            self.shared.pop(flight.seq, None)
 
     # -- acknowledgements from the client ----------------------------------
 
@@ -458,13 +493,23 @@ class Session:
         self.detached_at = None
         self._cancel_expiry()
         self._cancel_will()  # the client is back before its will's delay [MQTT-3.1.3-9]
+        self._resend = None
+        resent = 0
         for packet_id, flight in list(self.inflight.items()):
             if not flight.sent:
                 continue  # held back, goes out below in its turn
             if flight.state == AWAITING_PUBCOMP:
                 connection.send_pubrel(packet_id)
-            elif not connection.send_publish(flight.message, flight.qos, flight.retained,
-                                             packet_id, True):
+            elif resent >= self.window:
+                # No more unacknowledged PUBLISHes than the client's Receive
+                # Maximum, re-sends included [MQTT-3.3.4-9].
+                if self._resend is None:
+                    self._resend = deque()
+                self._resend.append(packet_id)
+            elif connection.send_publish(flight.message, flight.qos, flight.retained,
+                                         packet_id, True):
+                resent += 1
+            else:
                 self._completed(packet_id)
         self._send_unsent()
         self._fill_window()
@@ -594,6 +639,7 @@ class Session:
         self.inflight.clear()
         self.queue.clear()
         self._unsent.clear()
+        self._resend = None
         self.awaiting_pubrel.clear()
         self.hub.remove_session(self.client_id, self)
         if self.store is not None:

@@ -108,12 +108,22 @@ class OptionTable:
             cache[topic] = routing
         return routing
 
+    def shared_routing(self, share_filter: str) -> Routing:
+        """What the shared subscription ``share_filter`` asks of the copy it
+        delivers: that copy is its own [MQTT-3.3.4-5], and No Local does not
+        apply to it [MQTT-3.8.3-4]."""
+        options = self.options.get(share_filter, DEFAULT)
+        identifiers = (options.identifier,) if options.identifier else ()
+        return Routing(True, options.retain_as_published, identifiers)
+
     def _route(self, topic: str) -> Routing:
+        """For the copy the session's non-shared subscriptions deliver
+        (a shared subscription's copy: `shared_routing`)."""
         own = as_published = False
         identifiers = set()
         get = self.options.get
         for topic_filter in self.subscriptions:
-            if not topic_matches(topic_filter, topic):
+            if topic_filter.startswith("$share/") or not topic_matches(topic_filter, topic):
                 continue
             options = get(topic_filter, DEFAULT)
             own = own or not options.no_local
