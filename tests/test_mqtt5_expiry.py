@@ -145,7 +145,7 @@ async def test_stores_give_back_the_properties_and_the_deadline(kind, tmp_path):
     """Properties travel through the store unchanged, retained and queued;
     the deadline is derived from them and the time of publication."""
     stores = Stores(kind, tmp_path)
-    store, _ = stores.open()
+    store, _ = await stores.open()
     properties = {"message_expiry_interval": 30, "content_type": "text/plain",
                   "payload_format_indicator": 1, "response_topic": "re/1",
                   "correlation_data": b"\x00\x01", "user_property": [("a", "1"), ("a", "2")]}
