@@ -305,3 +305,74 @@ def test_other_nodes_filters_are_not_counted_as_subscriptions():
     assert hub.subscription_count == 1
     hub.remove_remote(node, ["theirs", "t/#"])
     assert hub.subscription_count == 1
+
+
+# -- messages for a session that moved ---------------------------------------------
+
+
+class Sessions:
+    """What a node's store does with a message for a session it does not
+    have: a read (answered when the test says) and a forward."""
+
+    def __init__(self) -> None:
+        self.reads: list = []
+        self.forwarded: list = []
+        self.commit = None
+
+    def read(self, *command):
+        d = Deferred()
+        self.reads.append((command, d))
+        return d
+
+    def forward(self, client_id, entry):
+        from reactorapp.hub.commit import Commit
+
+        self.forwarded.append((client_id, entry))
+        self.commit = Commit()
+
+    def pending_commit(self):
+        return self.commit
+
+
+class Kept:
+    def __init__(self) -> None:
+        self.got = []
+
+    def deliver(self, message, qos, retained):
+        self.got.append((message.payload, qos, retained))
+
+
+def test_an_entry_for_one_session_goes_to_it_alone_or_on_to_its_holder():
+    """Entries the store's script added for a session that moved here
+    (`scripts.WRITE`): to that session only, not to the others matching;
+    for a session not here, looked for again once the store's connection
+    answered a read (a load of it sent before is handled then), then sent
+    on; each entry deleted once placed."""
+    from reactorapp.cluster.encoding import pack_entry
+
+    store = Sessions()
+    hub = ClusterHub(Clock(), store=store)
+    here, other, late = Kept(), Kept(), Kept()
+    hub.add_session("c", here)
+    hub.subscribe(other, "t/#", 1)
+    reader, commands = FakeLink(), FakeLink()
+    stats = ClusterStats()
+    inbox = Inbox(hub, reader, commands, "reactorapp:stream:a", stats)
+    inbox.connected()
+    entry = pack_entry(Message("t/x", b"for c", 1, properties={"content_type": "a/b"}), 1, False)
+    reader.sent[0][1].callback([[b"reactorapp:stream:a", [
+        [b"1-0", [b"c", b"c", b"e", entry]],
+        [b"2-0", [b"c", b"gone", b"e", entry]],
+        [b"3-0", [b"c", b"soon", b"e", entry]],
+        [b"4-0", [b"c", b"x", b"e", b"cut"]]]]])
+    assert here.got == [(b"for c", 1, False)] and other.got == []
+    assert stats.received == 3 and commands.sent == []  # 2-0 and 3-0 wait
+    (_, gone), (_, soon) = store.reads
+    hub.add_session("soon", late)  # its load was answered before the read
+    soon.callback(b"PONG")
+    assert late.got == [(b"for c", 1, False)] and store.forwarded == []
+    gone.callback(b"PONG")
+    assert store.forwarded == [("gone", entry)] and commands.sent == []
+    store.commit.fire()  # the forward is in Redis
+    assert commands.sent[0][0] == ("XDEL", "reactorapp:stream:a", b"1-0", b"2-0", b"3-0",
+                                   b"4-0")

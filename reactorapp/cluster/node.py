@@ -29,7 +29,7 @@ from twisted.internet.defer import DeferredList, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from reactorapp.cluster.inbox import Inbox
+from reactorapp.cluster.inbox import Inbox, place_for_session
 from reactorapp.cluster.link import RedisLink
 from reactorapp.cluster.outbox import ClusterStats, Outbox, RemoteNode, stream_key
 
@@ -428,6 +428,8 @@ class ClusterNode(Service):
         return d
 
     def _cbDrained(self, entries, name: str, adopted):
+        import struct
+
         from reactorapp.cluster import frames
         from reactorapp.hub.commit import Commit
 
@@ -435,6 +437,15 @@ class ClusterNode(Service):
             return None
         waits = []
         for _entry_id, fields in entries:
+            if fields[:1] == [b"c"]:
+                # A message for one session that moved to the gone node.
+                try:
+                    wait = place_for_session(self.cluster_hub, fields)
+                except (ValueError, IndexError, struct.error):
+                    continue
+                if wait is not None:
+                    waits.append(wait.deferred())
+                continue
             try:
                 messages = frames.decode(fields[1] if len(fields) > 1 else b"")
             except frames.BadFrame:
