@@ -376,3 +376,62 @@ def test_an_entry_for_one_session_goes_to_it_alone_or_on_to_its_holder():
     store.commit.fire()  # the forward is in Redis
     assert commands.sent[0][0] == ("XDEL", "reactorapp:stream:a", b"1-0", b"2-0", b"3-0",
                                    b"4-0")
+
+
+class Detached:
+    """A persistent session whose client is away."""
+
+    persistent = True
+    connection = None
+
+    def __init__(self) -> None:
+        self.subscriptions = {"t/#": 1, "$share/g/t/#": 1}
+
+    def deliver(self, message, qos, retained):
+        raise AssertionError("let go: not delivered to any more")
+
+
+def test_a_session_let_go_still_sends_on_what_other_nodes_sent_for_it():
+    """Node a lets the session of c go (it connected to b). Messages other
+    nodes had put in a's stream for it, read only afterwards, go on to c's
+    holder through the store; its filters are no longer announced, and
+    messages published on a are left to routing. Once a has read its stream
+    as far as it went one expiry after the move, nothing more goes on."""
+    from reactorapp.cluster.encoding import unpack_entry
+    from twisted.internet.testing import MemoryReactorClock
+
+    from reactorapp.cluster.node import ClusterNode
+
+    clock = MemoryReactorClock()
+    store = Sessions()
+    hub = ClusterHub(clock, store=store)
+    node = ClusterNode(hub, RedisURL("127.0.0.1"), "a", clock, expiry=5.0)
+    node.commands = FakeLink()
+    inbox = node.inbox
+    inbox.reader, inbox.commands = FakeLink(), FakeLink()
+    session = Detached()
+    hub.add_session("c", session)
+    hub.subscribe(session, "t/#", 1)
+    node._taken_over("c", "b")
+    assert hub.get_session("c") is None and hub.local_filters() == []
+    assert hub.subscription_count == 0
+
+    inbox.connected()
+
+    def read(entry_id, payload, qos=1):
+        entry = frames.encode(Message("t/x", payload, qos))
+        inbox.reader.sent[-1][1].callback([[b"reactorapp:stream:a", [[entry_id, [b"m", entry]]]]])
+
+    read(b"1-0", b"before")
+    hub.route(Message("t/x", b"published on a", 1))
+    [(client, entry)] = store.forwarded
+    message, qos, retained = unpack_entry(entry)
+    assert (client, message.payload, qos, retained) == ("c", b"before", 1, False)
+
+    clock.advance(5.0)
+    (args, last), = [(a, d) for a, d in node.commands.sent if a[0] == "XREVRANGE"]
+    assert args[1] == "reactorapp:stream:a"
+    last.callback([[b"2-0", [b"m", b""]]])
+    read(b"2-0", b"late")
+    read(b"3-0", b"after")
+    assert [unpack_entry(e)[0].payload for _, e in store.forwarded] == [b"before", b"late"]

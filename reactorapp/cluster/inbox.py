@@ -55,6 +55,8 @@ class Inbox:
         self._holds: set = set()
         self._reading = False
         self._to_delete: list = []
+        #: (entry id, Deferred) fired once the reader has read that far.
+        self._read_to: list = []
 
     @property
     def held(self) -> bool:
@@ -115,7 +117,25 @@ class Inbox:
             flow.current = previous
         if ids:
             self._placed_then_delete(ids, waits)
+            self._passed()
         self._read()
+
+    def read_past(self, entry_id) -> Deferred:
+        """A Deferred that fires once every entry up to ``entry_id`` (None:
+        the stream was empty) has been read and routed."""
+        d = Deferred()
+        self._read_to.append((_entry_order(entry_id), d))
+        self._passed()
+        return d
+
+    def _passed(self) -> None:
+        at = _entry_order(self.last_id)
+        waiting, self._read_to = self._read_to, []
+        for order, d in waiting:
+            if order <= at:
+                d.callback(None)
+            else:
+                self._read_to.append((order, d))
 
     def _for_session(self, fields):
         try:
@@ -217,3 +237,11 @@ def _cbLookedAgain(_ignored, cluster_hub, client_id, entry, message, qos, retain
 def _deliver(session, message, qos, retained) -> Commit | None:
     wait = session.deliver(message, qos, retained)
     return Commit.after(wait) if isinstance(wait, Deferred) else wait
+
+
+def _entry_order(entry_id) -> tuple[int, int]:
+    """A stream entry id (``b"MS-SEQ"``, or None / ``b"0"``) as something to compare."""
+    if not entry_id:
+        return (0, 0)
+    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
+    return (int(ms), int(seq or 0))
