@@ -168,7 +168,7 @@ SERVER_PACKETS = [
 
 @pytest.mark.parametrize("packet", CLIENT_PACKETS, ids=lambda p: type(p).__name__)
 def test_client_packets_round_trip(packet):
-    """[MQTT-2.2.2-1] Every packet a client sends, with every property it may
+    """[§2.2.2] Every packet a client sends, with every property it may
     carry, comes back equal through a server's level-5 parser, whole or
     byte by byte."""
     wire = encode(packet, protocol_level=5)
@@ -193,7 +193,7 @@ def test_connect_encodes_by_its_own_level():
 # -- the wire layout, byte by byte -----------------------------------------------
 
 def test_connect_layout():
-    """[MQTT-3.1.2-3] [MQTT-3.1.3-9] Properties after Keep Alive; the Will
+    """[§3.1.2.11] [§3.1.3.2] [MQTT-3.1.3-1] Properties after Keep Alive; the Will
     properties before the Will Topic; the CONNECT sets the connection's level."""
     wire = connect5(0x2E, props(b"\x11" + u32(30), b"\x21" + u16(5)),
                     s("c") + props(b"\x18" + u32(9)) + s("w") + s(b"\x01"))
@@ -325,7 +325,7 @@ def test_property_bytes_refuses_what_the_wire_cannot_carry():
         "puback-payload-format", "subscribe-alias", "unsubscribe-subid",
         "disconnect-receive-max", "auth-session-expiry", "id-0", "id-0x7f", "id-vbi"])
 def test_property_not_valid_in_packet_is_malformed(wire):
-    """[MQTT-2.2.2-1] [§2.2.2.2] An identifier that is not valid for its packet
+    """[§2.2.2.2] An identifier that is not valid for its packet
     type is a Malformed Packet."""
     rejects(wire, 0x81, error=MalformedPacket)
 
@@ -351,7 +351,7 @@ def test_property_not_valid_in_packet_is_malformed(wire):
         "vbi-short", "length5", "publish-none", "publish1-none", "subscribe-none",
         "connect-none"])
 def test_property_values_that_do_not_decode_are_malformed(wire):
-    """[MQTT-1.5.4-1] [MQTT-1.5.4-2] [MQTT-1.5.5-1] [§2.2.2.1] Lengths and values
+    """[MQTT-1.5.4-1] [MQTT-1.5.4-2] [MQTT-2.2.2-1] [§1.5.5] [§2.2.2.1] Lengths and values
     that do not fit, and bad strings, are a Malformed Packet."""
     rejects(wire, 0x81, error=MalformedPacket)
 
@@ -417,7 +417,7 @@ def test_property_twice_is_a_protocol_error(wire):
         "auth-data-auth", "response-topic-wildcard", "response-topic-empty", "no-topic"])
 def test_forbidden_values_are_protocol_errors(wire):
     """[§3.3.2.3.8] [§3.8.2.1.2] [§3.1.2.11.3] [§3.1.2.11.4] [§3.1.2.11.6]
-    [§3.1.2.11.7] [§3.1.2.11.10] [MQTT-3.3.2-14] [MQTT-3.3.2-12]
+    [§3.1.2.11.7] [§3.1.2.11.10] [MQTT-3.3.2-14] [§3.3.2.1]
     Values the specification forbids are a Protocol Error."""
     rejects(wire, 0x82)
 
@@ -428,7 +428,7 @@ def test_topic_alias_0():
 
 
 def test_empty_topic_with_alias_is_legal():
-    """[MQTT-3.3.2-12] [§3.3.2.3.4] A zero-length Topic Name with a Topic Alias;
+    """[§3.3.2.1] [§3.3.2.3.4] A zero-length Topic Name with a Topic Alias;
     whether the alias is known is the connection's to check."""
     wire = frame(0x30, s("") + props(b"\x23" + u16(4)) + b"p")
     assert parse(wire) == [Publish("", b"p", properties={"topic_alias": 4})]
@@ -482,7 +482,7 @@ def test_server_packets_protocol_errors(wire):
 
 
 def test_packet_too_large_at_level_5():
-    """[MQTT-3.1.2-24] [MQTT-3.2.2-15] A packet over the limit: 0x95, from its header."""
+    """[MQTT-3.2.2-15] [§3.2.2.3.6] A packet over the limit: 0x95, from its header."""
     error = rejects(b"\x30\xff\x7f", 0x95, server(max_packet_size=1000), PacketTooLarge)
     assert "exceeds" in error.reason
 
@@ -521,7 +521,7 @@ def test_level_5_publish_reads_properties():
 
 
 def test_auth_is_refused_at_3_1_1():
-    """[MQTT-2.1.3-1] Packet type 15 is reserved in 3.1.1; AUTH at level 5 only."""
+    """[§2.2.1 (3.1.1)] Packet type 15 is reserved in 3.1.1; AUTH at level 5 only."""
     rejects(b"\xf0\x00", 0x81, Parser(), MalformedPacket)
     rejects(encode(Auth(0x18, {"authentication_method": "m"}), 5), 0x81, Parser())
     with pytest.raises(ValueError):
@@ -536,7 +536,7 @@ def test_auth_is_refused_at_3_1_1():
     frame(0x82, u16(1) + s("a") + b"\x10"),                 # Retain Handling
 ])
 def test_level_5_fields_are_malformed_at_3_1_1(wire):
-    """[MQTT-3.4.2-1 (3.1.1)] [MQTT-3.14.1-1 (3.1.1)] [MQTT-3-8.3-4 (3.1.1)]
+    """[§3.4.1 (3.1.1)] [§3.14.1 (3.1.1)] [MQTT-3.8.3-4 (3.1.1)]
     What only level 5 may carry is malformed on a 3.1.1 connection."""
     rejects(wire, 0x81, Parser(), MalformedPacket)
 

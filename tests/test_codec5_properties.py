@@ -207,7 +207,7 @@ def packets_in(draw, context: str, from_client: bool = False):
         qos = draw(st.integers(0, 2))
         topic = draw(topic_names)
         if "topic_alias" in properties:
-            topic = draw(st.sampled_from([topic, ""]))  # [MQTT-3.3.2-12]
+            topic = draw(st.sampled_from([topic, ""]))  # [§3.3.2.1]
         return Publish(topic, draw(st.binary(max_size=40)), qos, draw(st.booleans()),
                        bool(qos) and draw(st.booleans()),
                        draw(st.integers(1, 0xFFFF)) if qos else None, properties)
@@ -246,7 +246,7 @@ server_packets = st.one_of(*(packets_in(c) for c in FROM_SERVER), packets_in("PU
 
 @pytest.mark.parametrize("context", CONTEXTS)
 def test_every_packet_round_trips(context):
-    """[MQTT-2.2.2-1] parse(encode(p, 5)) == p for every level-5 packet type, with
+    """[§2.2.2] parse(encode(p, 5)) == p for every level-5 packet type, with
     random properties and reason codes, on the side that receives it."""
     @EXAMPLES
     @given(packets_in(context))
@@ -317,7 +317,7 @@ def test_fast_publish_encoders_match_encode(topic, payload, qos, retain, dup, pa
 
 @pytest.mark.parametrize("context", list(ALLOWED))
 def test_property_not_allowed_is_malformed(context):
-    """[MQTT-2.2.2-1] [§2.2.2.2] A property a packet may not carry: 0x81, in
+    """[§2.2.2.2] A property a packet may not carry: 0x81, in
     every packet and in the Will properties."""
     @settings(max_examples=30, deadline=None)
     @given(st.data())

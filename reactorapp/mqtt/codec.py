@@ -28,6 +28,7 @@ broker's: the codec never looks into payloads.
 from __future__ import annotations
 
 import struct
+from functools import partial
 
 from reactorapp.hub.topics import NULL, topic_name_problem
 from reactorapp.mqtt.packets import (
@@ -56,10 +57,10 @@ from reactorapp.mqtt.packets import (
 )
 
 __all__ = [
-    "SUPPORTED_LEVELS",
     "MAX_CONNECT_SIZE",
     "MAX_REMAINING_LENGTH",
     "PINGRESP_BYTES",
+    "SUPPORTED_LEVELS",
     "MalformedPacket",
     "PacketTooLarge",
     "Parser",
@@ -73,8 +74,8 @@ __all__ = [
     "encode_publish5",
     "encode_publish5_parts",
     "encode_pubrec",
-    "property_bytes",
     "encode_pubrel",
+    "property_bytes",
 ]
 
 MAX_REMAINING_LENGTH = 268_435_455
@@ -307,7 +308,7 @@ def _read_properties(data: bytes, pos: int, end: int, context: int) -> tuple[dic
     """Read a property block: its length, then the properties (section 2.2.2).
 
     A property not allowed where it appears, or a value cut short, is a
-    Malformed Packet [MQTT-2.2.2-1]; one given twice where the specification
+    Malformed Packet (2.2.2.2); one given twice where the specification
     allows it once, or a value the specification forbids, a Protocol Error.
     Inlined by value type: this runs for every level-5 PUBLISH.
     """
@@ -399,7 +400,8 @@ def _read_properties(data: bytes, pos: int, end: int, context: int) -> tuple[dic
 #: hit plus a copy is cheaper than decoding and checking them again. Shared
 #: by every connection; only blocks under 128 bytes without Correlation Data
 #: (which differs per request) are kept, and the cache starts afresh past
-#: _PROPERTY_BLOCKS_MAX blocks, so it holds at most about 128 KiB.
+#: _PROPERTY_BLOCKS_MAX blocks: about 2 MiB at worst, dicts included (1,024
+#: blocks of ten user properties each).
 _PROPERTY_BLOCKS: dict[bytes, tuple[dict, tuple]] = {}
 _PROPERTY_BLOCKS_MAX = 1024
 
@@ -534,15 +536,15 @@ def _parse_connect5(data, pos, end):
     will_qos = cflags >> 3 & 3
     will_retain = cflags & 0x20
     if not has_will and (will_qos or will_retain):
-        # [MQTT-3.1.2-11] [MQTT-3.1.2-13]
+        # [MQTT-3.1.2-11] [MQTT-3.1.2-13] [MQTT-3.1.2-15]
         raise MalformedPacket("CONNECT has Will QoS or Will Retain without a Will.")
     if will_qos == 3:
-        raise MalformedPacket("CONNECT has Will QoS 3.")  # [MQTT-3.1.2-12]
+        raise MalformedPacket("CONNECT has Will QoS 3.")  # [MQTT-3.1.2-14]
     properties, pos = _read_properties(data, pos, end, PacketType.CONNECT)
     client_id, pos = _read_str(data, pos, end, "client identifier")
     will = None
     if has_will:
-        # [MQTT-3.1.3-9]: Will properties, topic and payload, in that order.
+        # 3.1.3.2-3.1.3.4: Will properties, topic and payload, in that order.
         will_properties, pos = _read_properties(data, pos, end, _WILL)
         topic, pos = _read_str(data, pos, end, "Will topic")
         _check_topic_name(topic, "Will topic")
@@ -605,7 +607,7 @@ def _parse_publish(data, pos, end, flags, level):
     if problem is not None:
         if problem is NULL:
             raise MalformedPacket("The PUBLISH Topic Name contains U+0000.")
-        # At level 5 an empty topic is legal with a Topic Alias [MQTT-3.3.2-12];
+        # At level 5 an empty topic is legal with a Topic Alias (3.3.2.1);
         # whether the alias is known is the protocol's to check.
         if topic or level != MQTT_5:
             raise ProtocolError(f"The PUBLISH Topic Name {problem}.", PROTOCOL_ERROR)
@@ -1340,39 +1342,66 @@ def _vbi(value: int) -> bytes:
     return bytes(out)
 
 
-def _put_property(out: bytearray, head: bytes, kind: int, value) -> None:
-    """Append one property, identifier first, to ``out``."""
-    out += head
-    if kind == _STR:
+def _string_writer(ident: int):
+    head = bytes((ident,))
+
+    def write(value: str) -> bytes:
         raw = value.encode()
-        if len(raw) > 0xFFFF:
-            raise ValueError("A string property is longer than 65535 bytes.")
-        out += _pack_h(len(raw))
-        out += raw
-    elif kind == _U32:
-        out += value.to_bytes(4, "big")
-    elif kind == _PAIR:
-        name, text = value
-        for raw in (name.encode(), text.encode()):
-            if len(raw) > 0xFFFF:
-                raise ValueError("A user property is longer than 65535 bytes.")
-            out += _pack_h(len(raw))
-            out += raw
-    elif kind == _BYTE:
-        out.append(value)
-    elif kind == _U16:
-        out += _pack_h(value)
-    elif kind == _BIN:
-        if len(value) > 0xFFFF:
-            raise ValueError("A binary property is longer than 65535 bytes.")
-        out += _pack_h(len(value))
-        out += value
-    else:
-        out += _vbi(value)
+        return head + _pack_h(len(raw)) + raw
+
+    return write
 
 
-#: Name -> (identifier as bytes, value type), for the encoder.
-_PROPERTY_HEADS = {name: (bytes((ident,)), kind) for name, (ident, kind) in _PROPERTY_IDS.items()}
+def _binary_writer(ident: int):
+    head = bytes((ident,))
+
+    def write(value: bytes) -> bytes:
+        return head + _pack_h(len(value)) + value
+
+    return write
+
+
+def _pair_writer(ident: int):
+    head = bytes((ident,))
+
+    def write(value: tuple[str, str]) -> bytes:
+        name, text = value[0].encode(), value[1].encode()
+        return b"".join((head, _pack_h(len(name)), name, _pack_h(len(text)), text))
+
+    return write
+
+
+def _vbi_writer(ident: int):
+    head = bytes((ident,))
+
+    def write(value: int) -> bytes:
+        return head + _vbi(value)
+
+    return write
+
+
+def _property_writer(ident: int, kind: int):
+    """A function: one value -> the property's bytes, identifier first. A
+    value the wire cannot carry raises struct.error or ValueError."""
+    if kind == _BYTE:
+        return partial(struct.Struct(">BB").pack, ident)
+    if kind == _U16:
+        return partial(struct.Struct(">BH").pack, ident)
+    if kind == _U32:
+        return partial(struct.Struct(">BI").pack, ident)
+    if kind == _STR:
+        return _string_writer(ident)
+    if kind == _BIN:
+        return _binary_writer(ident)
+    if kind == _PAIR:
+        return _pair_writer(ident)
+    return _vbi_writer(ident)
+
+
+#: Property name -> its writer, for the encoder.
+_PROPERTY_WRITERS = {
+    name: _property_writer(ident, kind) for name, (ident, kind) in _PROPERTY_IDS.items()
+}
 
 
 def property_bytes(properties: dict) -> bytes:
@@ -1386,20 +1415,20 @@ def property_bytes(properties: dict) -> bytes:
     """
     if not properties:
         return b""
-    out = bytearray()
+    parts = []
+    writers = _PROPERTY_WRITERS
     for name, value in properties.items():
-        spec = _PROPERTY_HEADS.get(name)
-        if spec is None:
+        write = writers.get(name)
+        if write is None:
             raise ValueError(f"Unknown MQTT 5 property {name!r}.")
         try:
             if type(value) is list:
-                for item in value:
-                    _put_property(out, spec[0], spec[1], item)
+                parts += map(write, value)
             else:
-                _put_property(out, spec[0], spec[1], value)
-        except (struct.error, OverflowError) as exc:
+                parts.append(write(value))
+        except struct.error as exc:
             raise ValueError(f"The {name} property: {exc}") from None
-    return bytes(out)
+    return b"".join(parts)
 
 
 def _properties(properties: dict) -> bytes:

@@ -89,6 +89,7 @@ class ConnectHandling:
     def _on_connect(self, connect: P.Connect) -> None:
         if connect.protocol_level == P.MQTT_5:
             self.v5 = V5(connect.properties)
+            self.v5.limit = receive_maximum(self.settings)
         client_id = connect.client_id
         if connect.protocol_level == P.MQTT_3_1 and not 0 < len(client_id) <= 23:
             # MQTT 3.1 (section 3.1): a client id of 1 to 23 characters.

@@ -286,16 +286,13 @@ class MQTTProtocol(ConnectHandling, Protocol):
             data = cache.get(retained)
             if data is None:
                 data = cache[retained] = encode_publish(message.topic, message.payload, 0, retained)
-        elif (v5.topic_alias_maximum or message.expires is not None
-              or self.session.options is not None):
-            return self._send_publish5(message, 0, retained, 0, False)
-        else:
+        elif v5.plain and message.expires is None and self.session.options is None:
             data = cache.get(2 + retained)
             if data is None:
                 data = cache[2 + retained] = encode_plain5(message, 0, retained)
-            if len(data) > v5.maximum_packet_size:
-                self._too_large()
-                return False
+        else:
+            # Aliases, a size limit, options or expiry: this client's own PUBLISH.
+            return self._send_publish5(message, 0, retained, 0, False)
         self._send(data)
         self.traffic.sent[0] += 1
         stats = self.stats
@@ -309,7 +306,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         False: not sent, too large for the client (`IConnection`)."""
         v5 = self.v5
         if v5 is not None:
-            if (dup or v5.topic_alias_maximum or message.expires is not None
+            if (dup or not v5.plain or message.expires is not None
                     or self.session.options is not None):
                 return self._send_publish5(message, qos, retained, packet_id, dup)
             cache = message.encoded
@@ -320,9 +317,6 @@ class MQTTProtocol(ConnectHandling, Protocol):
             if parts is None:
                 parts = cache[key] = encode_plain5(message, qos, retained)
             data = parts[0] + packet_id.to_bytes(2, "big") + parts[1]
-            if len(data) > v5.maximum_packet_size:
-                self._too_large()
-                return False
         elif dup:
             data = encode_publish(message.topic, message.payload, qos, retained, True, packet_id)
         else:
@@ -607,10 +601,13 @@ class MQTTProtocol(ConnectHandling, Protocol):
     def _on_publish(self, publish: P.Publish) -> None:
         self.stats.publish_received += 1
         qos = publish.qos
-        if qos and self.v5 is not None and not self.v5.received(receive_maximum(self.settings)):
-            self._protocol_error("more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum",
-                                 P.ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
-            return
+        v5 = self.v5
+        if qos and v5 is not None:
+            v5.inbound += 1
+            if v5.inbound > v5.limit:  # [MQTT-3.3.4-7]
+                self._protocol_error("more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum",
+                                     P.ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
+                return
         self.traffic.received[qos] += 1
         bucket = self._bucket
         if bucket is not None:
@@ -622,7 +619,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
             # never forwarded twice.
             self._acknowledge(None, encode_pubrec(publish.packet_id))
             return
-        if self.v5 is not None:
+        if v5 is not None:
             self._on_publish5(publish)
             return
         if publish.topic.startswith(SYS_PREFIX):  # `is_broker_topic`, inlined: hot path
@@ -721,8 +718,9 @@ class MQTTProtocol(ConnectHandling, Protocol):
         acks = self._acks
         if wait is None and not acks:
             self._write(data)
-            if self.v5 is not None:
-                self.v5.answered(data)
+            v5 = self.v5
+            if v5 is not None and v5.inbound and (data[0] != 0x50 or v5.fails(data)):
+                v5.inbound -= 1  # the client's quota back [§4.9]
             return
         if not acks:
             acks = self._acks = AckLine()
@@ -745,9 +743,11 @@ class MQTTProtocol(ConnectHandling, Protocol):
         acks = self._acks
         ready = acks.ready()
         if ready and self.state is CONNECTED:
-            if self.v5 is not None:
+            v5 = self.v5
+            if v5 is not None:
                 for answer in ready:
-                    self.v5.answered(answer)
+                    if v5.inbound and (answer[0] != 0x50 or v5.fails(answer)):
+                        v5.inbound -= 1
             data = ready[0] if len(ready) == 1 else b"".join(ready)
             self._send(data)
             stats = self.stats

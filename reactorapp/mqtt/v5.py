@@ -52,7 +52,7 @@ class V5:
     it to ours (what it may send us)."""
 
     __slots__ = ("receive_maximum", "maximum_packet_size", "topic_alias_maximum",
-                 "problem_information", "auth_method", "auth_step", "inbound", "aliases")
+                 "problem_information", "auth_method", "auth_step", "inbound", "limit", "plain", "aliases")
 
     def __init__(self, properties: dict) -> None:
         #: QoS 1/2 PUBLISHes we may have unacknowledged at the client [§3.1.2.11.3].
@@ -72,26 +72,28 @@ class V5:
         #: QoS 1/2 PUBLISHes from the client not yet answered with PUBACK or
         #: PUBCOMP (or a failing PUBREC): held to our Receive Maximum.
         self.inbound = 0
+        #: Our Receive Maximum, which ``inbound`` may not pass.
+        self.limit = 65535
+        #: No topic aliases and no size limit towards the client: a message
+        #: without options or expiry goes out as every such client gets it,
+        #: without a size check (the fan-out path).
+        self.plain = not self.topic_alias_maximum and self.maximum_packet_size >= MAX_PACKET
         #: Topic aliases of this connection, both ways (`reactorapp.mqtt.publish5`).
         self.aliases = TopicAliases(self.topic_alias_maximum)
 
     # -- what the client may send us --------------------------------------------
 
-    def received(self, limit: int) -> bool:
-        """One more QoS 1/2 PUBLISH from the client; False once there are
-        more than ``limit`` (our Receive Maximum) unanswered [§3.3.4]."""
-        self.inbound += 1
-        return self.inbound <= limit
+    # ``inbound`` is counted inline on the message path (MQTTProtocol's
+    # _on_publish and _acknowledge): one more for each QoS 1/2 PUBLISH from
+    # the client, more than ``limit`` is DISCONNECT 0x93 [§3.3.4]; one less
+    # for each PUBACK or PUBCOMP written, and each PUBREC that `fails`
+    # [§4.9]. Never below 0: a PUBCOMP may answer a PUBREL of a QoS 2
+    # message sent on an earlier connection.
 
-    def answered(self, data: bytes) -> None:
-        """An acknowledgement written to the client: a PUBACK, a PUBCOMP or a
-        PUBREC with a failing reason code gives it back one of its quota
-        [§4.9]. Never below 0: a PUBCOMP may answer a PUBREL of a QoS 2
-        message sent on an earlier connection."""
-        first = data[0]
-        if (first == 0x40 or first == 0x70 or (first == 0x50 and len(data) > 4 and data[4] >= 0x80)) \
-                and self.inbound:
-            self.inbound -= 1
+    @staticmethod
+    def fails(data: bytes) -> bool:
+        """Whether a PUBREC carries a failing reason code (ending the flow)."""
+        return len(data) > 4 and data[4] >= 0x80
 
     # -- what we may send the client -------------------------------------------------
 
