@@ -335,3 +335,21 @@ def test_a_batch_sent_again_is_added_to_the_stream_once():
         assert add("a", 1, b"second") == 0
         assert add("restarted", 0, b"third") == 1
         assert call(sock, "XLEN", stream) == 3
+
+
+def test_a_new_batch_waits_behind_the_ones_to_send_again():
+    """Redis is back but the outbox has not yet sent again what waited: a
+    batch made meanwhile goes after them, never before (each stream sees a
+    sender's numbers in order)."""
+    clock, hub, link, outbox, node = outbox_and_node()
+    link.connected = False
+    hub.route(Message("t/1", b"one", 1))
+    clock.advance(0)
+    link.connected = True
+    hub.route(Message("t/2", b"two", 1))
+    clock.advance(0)
+    assert link.sent == []
+    outbox.connected()
+    sent = [[m.payload for m in frames.decode(args[7])] for args, _ in link.sent]
+    assert sent == [[b"one"], [b"two"]]
+    assert link.sent[0][0][6] < link.sent[1][0][6]

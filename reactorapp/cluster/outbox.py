@@ -202,7 +202,9 @@ class Outbox:
             round_.commit.fire()
 
     def _send(self, batch: _Batch) -> None:
-        if not self.link.connected:
+        # Behind batches still waiting, so each stream gets them in order
+        # (`ADD_ONCE` would take a lower number after a higher as seen).
+        if not self.link.connected or self._unsent:
             self._unsent[batch.seq] = batch
             return
         self._sent[batch.seq] = batch
@@ -239,6 +241,9 @@ class Outbox:
     def connected(self) -> None:
         """The connection is back: send what waited, in order."""
         unsent, self._unsent = self._unsent, {}
+        if not self.link.connected:
+            self._unsent = unsent
+            return
         for seq in sorted(unsent):
             self._send(unsent[seq])
 
