@@ -12,6 +12,7 @@ left out: the system calls are not in these numbers (run.py has them).
 
     python bench/hotpath.py                    # this checkout
     python bench/hotpath.py --tree /other/checkout
+    python bench/hotpath.py --level 5          # every client speaks MQTT 5
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ def build(settings_kwargs=None):
     return hub, factory
 
 
+#: Protocol level of every client: 4 (MQTT 3.1.1) or 5 (--level).
+LEVEL = 4
+
+
 def connect(factory, client_id: str, subscribe: str | None = None, qos: int = 0):
     sys.path.insert(0, str(HERE))
     import loadgen
@@ -89,10 +94,43 @@ def connect(factory, client_id: str, subscribe: str | None = None, qos: int = 0)
     protocol = factory.buildProtocol(None)
     transport = _transport_class()()
     protocol.makeConnection(transport)
+    if LEVEL == 5:
+        from reactorapp.mqtt import packets as P
+        from reactorapp.mqtt.codec import encode
+
+        protocol.dataReceived(encode(P.Connect(client_id, protocol_level=5), 5))
+        if subscribe:
+            protocol.dataReceived(encode(P.Subscribe(1, [P.SubscriptionRequest(subscribe, qos)]), 5))
+        return protocol, transport
     protocol.dataReceived(loadgen.encode_connect(client_id, keep_alive=0))
     if subscribe:
         protocol.dataReceived(loadgen.encode_subscribe(1, subscribe, qos))
     return protocol, transport
+
+
+def publish_ring(topic: str, qos: int) -> tuple[bytes, int]:
+    """`loadgen.publish_ring`, at level 5: each PUBLISH has an empty
+    property block between its packet id and its payload."""
+    sys.path.insert(0, str(HERE))
+    import loadgen
+
+    if LEVEL != 5:
+        return loadgen.publish_ring(topic, qos)
+    from reactorapp.mqtt import packets as P
+    from reactorapp.mqtt.codec import encode
+
+    one = encode(P.Publish(topic, b"x" * loadgen.PAYLOAD_SIZE, qos,
+                           packet_id=1 if qos else None), 5)
+    size = len(one)
+    ring = bytearray(one * loadgen.RING)
+    seq_at = size - loadgen.PAYLOAD_SIZE
+    for shift, offset in ((24, 0), (16, 1), (8, 2), (0, 3)):
+        ring[seq_at + offset::size] = bytes(i >> shift & 0xFF for i in range(loadgen.RING))
+    if qos:
+        ids = range(1, loadgen.RING + 1)
+        ring[seq_at - 3::size] = bytes(i >> 8 for i in ids)
+        ring[seq_at - 2::size] = bytes(i & 0xFF for i in ids)
+    return bytes(ring), size
 
 
 def scenario(name: str, messages: int) -> float:
@@ -118,7 +156,7 @@ def scenario(name: str, messages: int) -> float:
         qos = 1
     else:
         raise ValueError(name)
-    rings = [loadgen.publish_ring(topic, qos) for topic in topics]
+    rings = [publish_ring(topic, qos) for topic in topics]
     per_read = 65536 // rings[0][1]
     reads = []
     for ring, size in rings:
@@ -163,7 +201,11 @@ def main(argv=None) -> int:
     parser.add_argument("--messages", type=int, default=400_000)
     parser.add_argument("--scenarios", default="fanin,fanout,qos1")
     parser.add_argument("--repeat", type=int, default=3, help="best of N")
+    parser.add_argument("--level", type=int, choices=(4, 5), default=4,
+                        help="protocol level of every client: 4 (MQTT 3.1.1) or 5")
     args = parser.parse_args(argv)
+    global LEVEL
+    LEVEL = args.level
     sys.path.insert(0, str(args.tree.resolve()))
     for name in args.scenarios.split(","):
         best = min(scenario(name, args.messages) for _ in range(args.repeat))

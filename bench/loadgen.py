@@ -92,18 +92,58 @@ def _str(text: str) -> bytes:
     return struct.pack(">H", len(data)) + data
 
 
+#: The MQTT version spoken (``--mqtt-version``): its protocol level, and
+#: for 5 what the broker's CONNACK said its Receive Maximum is.
+PROTOCOL = {"level": 4, "receive_maximum": 65535}
+
+
+def _props() -> bytes:
+    """An empty MQTT 5 property block; nothing at 3.1.1."""
+    return b"\x00" if PROTOCOL["level"] == 5 else b""
+
+
 def encode_connect(client_id: str, keep_alive: int = 300) -> bytes:
-    return _packet(0x10, _str("MQTT") + bytes((4, 0x02)) + struct.pack(">H", keep_alive)
-                   + _str(client_id))
+    return _packet(0x10, _str("MQTT") + bytes((PROTOCOL["level"], 0x02))
+                   + struct.pack(">H", keep_alive) + _props() + _str(client_id))
 
 
 def encode_subscribe(packet_id: int, topic_filter: str, qos: int) -> bytes:
-    return _packet(0x82, struct.pack(">H", packet_id) + _str(topic_filter) + bytes((qos,)))
+    return _packet(0x82, struct.pack(">H", packet_id) + _props() + _str(topic_filter)
+                   + bytes((qos,)))
 
 
 def encode_publish(topic: str, payload: bytes, qos: int = 0, packet_id: int = 0) -> bytes:
-    body = _str(topic) + (struct.pack(">H", packet_id) if qos else b"") + payload
+    body = _str(topic) + (struct.pack(">H", packet_id) if qos else b"") + _props() + payload
     return _packet(0x30 | qos << 1, body)
+
+
+def _receive_maximum(body: bytes) -> int:
+    """The Receive Maximum (property 0x21) of an MQTT 5 CONNACK body; 65535
+    when absent."""
+    length, shift, i = 0, 0, 2
+    while True:
+        byte = body[i]
+        length |= (byte & 0x7F) << shift
+        i += 1
+        if byte < 0x80:
+            break
+        shift += 7
+    end = i + length
+    sizes = {0x11: 4, 0x12: None, 0x13: 2, 0x15: None, 0x16: None, 0x1A: None, 0x1C: None,
+             0x1F: None, 0x21: 2, 0x22: 2, 0x24: 1, 0x25: 1, 0x26: None, 0x27: 4, 0x28: 1,
+             0x29: 1, 0x2A: 1}
+    while i < end:
+        ident = body[i]
+        i += 1
+        if ident == 0x21:
+            return body[i] << 8 | body[i + 1]
+        size = sizes[ident]
+        if size is None:  # a string or binary; a user property is two strings
+            for _ in range(2 if ident == 0x26 else 1):
+                i += 2 + (body[i] << 8 | body[i + 1])
+        else:
+            i += size
+    return 65535
 
 
 DISCONNECT = b"\xe0\x00"
@@ -128,8 +168,9 @@ def publish_ring(topic: str, qos: int) -> tuple[bytes, int]:
         ring[seq_at + offset::size] = bytes(i >> shift & 0xFF for i in range(RING))
     if qos:
         ids = range(1, RING + 1)
-        ring[seq_at - 2::size] = bytes(i >> 8 for i in ids)
-        ring[seq_at - 1::size] = bytes(i & 0xFF for i in ids)
+        id_at = seq_at - 2 - len(_props())  # MQTT 5: the property block comes between
+        ring[id_at::size] = bytes(i >> 8 for i in ids)
+        ring[id_at + 1::size] = bytes(i & 0xFF for i in ids)
     return bytes(ring), size
 
 
@@ -237,15 +278,17 @@ def connect(host: str, port: int, client_id: str, timeout: float = 10.0) -> sock
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(encode_connect(client_id))
     first, body = _recv_exactly_packet(sock, timeout)
-    if first != 0x20 or len(body) != 2 or body[1] != 0:
+    if first != 0x20 or body[1] != 0 or (len(body) != 2 and PROTOCOL["level"] != 5):
         raise BenchError(f"CONNECT of {client_id} refused: {first:#x} {body!r}")
+    if PROTOCOL["level"] == 5:
+        PROTOCOL["receive_maximum"] = _receive_maximum(body)
     return sock
 
 
 def subscribe(sock: socket.socket, topic_filter: str, qos: int, timeout: float = 10.0) -> None:
     sock.sendall(encode_subscribe(1, topic_filter, qos))
     first, body = _recv_exactly_packet(sock, timeout)
-    if first != 0x90 or body[2:] != bytes((qos,)):
+    if first != 0x90 or body[2 + len(_props()):] != bytes((qos,)):
         raise BenchError(f"SUBSCRIBE {topic_filter} at QoS {qos} refused: {body!r}")
 
 
@@ -431,8 +474,8 @@ def _subscriber_reader(client: Client, topic: str, qos: int, sources: str, engin
     shape = encode_publish(topic, b"x" * PAYLOAD_SIZE, qos, 1)
     size = len(shape)
     seq_at = size - PAYLOAD_SIZE
-    id_at = seq_at - 2
-    source_at = seq_at - (2 if qos else 0) - 1
+    id_at = seq_at - 2 - len(_props())
+    source_at = seq_at - len(_props()) - (2 if qos else 0) - 1
     source_bytes = [s.encode() for s in sources]
     index = {b: i for i, b in enumerate(source_bytes)}
     received = track.received
@@ -526,6 +569,9 @@ def streaming(host: str, port: int, *, publishers: int, subscribers: int, qos: i
                 2, b"\xd0\x00", lambda run, k: None, _unexpected(client))
             pubs.append(client)
             engine.add(client)
+        if qos:
+            # MQTT 5: no more unacknowledged than the broker's Receive Maximum.
+            window = min(window, PROTOCOL["receive_maximum"])
         rings = [publish_ring(topic, qos) for topic in topics]
         positions = [0] * publishers
         lost = [0] * publishers  # given up on after a stall
@@ -1175,6 +1221,7 @@ def run(scenario: str, host: str, port: int, *, duration: float = 5.0, warmup: f
     else:
         raise ValueError(f"unknown scenario {scenario!r}")
     result["scenario"] = scenario
+    result["mqtt_version"] = "5" if PROTOCOL["level"] == 5 else "3.1.1"
     return result
 
 
@@ -1204,7 +1251,14 @@ def main(argv=None) -> int:
                         help="fanin, qos1, latency: subscribers connect here (another"
                              " node of a cluster) instead of --port")
     parser.add_argument("--cpu", type=int, help="pin the generator to this CPU")
+    parser.add_argument("--mqtt-version", choices=("3.1.1", "5"), default="3.1.1",
+                        help="the clients' MQTT version (5: fanin, fanout, qos1, latency"
+                             " and blast-*)")
     args = parser.parse_args(argv)
+    if args.mqtt_version == "5":
+        if args.scenario in ("idle", "storm"):
+            parser.error("--mqtt-version 5 is for the message scenarios, not idle or storm")
+        PROTOCOL["level"] = 5
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     try:

@@ -95,8 +95,28 @@ class Config:
     session_expiry: float = setting(
         0.0,
         "Seconds a persistent session (Clean Session 0) is kept for a client that"
-        " stays away; then it is removed with its queue. 0 keeps it for ever.",
+        " stays away; then it is removed with its queue. 0 keeps it for ever. Also"
+        " the longest Session Expiry Interval an MQTT 5 client gets.",
         metavar="SECONDS", minimum=0,
+    )
+    max_keepalive: int = setting(
+        0,
+        "Longest keep-alive, in seconds, an MQTT 5 client may use: one that asks for"
+        " more, or for 0, is told this value in CONNACK and held to it (3.1.1 clients"
+        " keep theirs). 0 means no limit.",
+        metavar="SECONDS", minimum=0, maximum=65535,
+    )
+    topic_alias_maximum: int = setting(
+        10,
+        "Topic aliases an MQTT 5 client may use in the PUBLISHes it sends (announced"
+        " in CONNACK); 0: none.",
+        metavar="N", minimum=0, maximum=65535,
+    )
+    response_information: str = setting(
+        "response/%c/",
+        "What an MQTT 5 client that asks for Response Information gets in CONNACK: a"
+        " topic prefix for its responses, %c replaced by its client id. Empty: none.",
+        metavar="TEXT",
     )
     max_dead_letters: int = setting(
         10_000,

@@ -25,9 +25,9 @@ from reactorapp.config import Config, ConfigError
 from reactorapp.hub.hub import Hub
 from reactorapp.hub.systopics import SysTopicsService
 from reactorapp.mqtt.backlog import Backlog
-from reactorapp.mqtt.expiry import SessionExpiry
 from reactorapp.mqtt.protocol import MQTTFactory
 from reactorapp.mqtt.session import MQTTSettings, restore_sessions
+from reactorapp.mqtt.shutdown import DisconnectOnStop
 from reactorapp.plugins import loadAuthenticator, parseListener, protocolPlugins
 from reactorapp.protocols import HubFactory
 from reactorapp.store import make_store
@@ -166,6 +166,10 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
         max_pending_acks=config.max_pending_acks,
         send_buffer=config.send_buffer,
         slow_subscriber_timeout=config.slow_subscriber_timeout,
+        max_keepalive=config.max_keepalive,
+        session_expiry=config.session_expiry,
+        topic_alias_maximum=config.topic_alias_maximum,
+        response_information=config.response_information,
     )
     guard = make_guard(config, reactor, authenticator)
     warn_if_open(guard, [("MQTT", d) for d in config.mqtt] + [("HTTP", d) for d in http]
@@ -228,8 +232,6 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
     tls = [endpoint.tls for _, endpoint in endpoints + httpEndpoints
            + [(None, endpoint) for _, endpoint in pluginListeners] if hasattr(endpoint, "tls")]
     hangup = []
-    if config.session_expiry:
-        SessionExpiry(hub, config.session_expiry).setServiceParent(top)
     watched = []
     if config.acl and isinstance(guard.authorizer, ACLAuthorizer):
         watched.append(ACLFile(config.acl, guard.authorizer, partial(on_thread, reactor)))
@@ -245,6 +247,8 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
         hangup.append(watch.check)
     # SIGHUP reads the certificates (and the ACL and password files) again at once.
     TLSReloader(tls, reactor, on_hangup=hangup).setServiceParent(top)
+    # Last, so it stops first: MQTT 5 clients hear DISCONNECT 0x8B.
+    DisconnectOnStop(hub, reactor).setServiceParent(top)
     return top
 
 

@@ -34,6 +34,24 @@ def test_fanin_qos1_delivers_everything_it_sent(tmp_path):
     assert result["lost"] == 0
 
 
+def test_fanin_qos1_with_mqtt_5_clients_keeps_to_the_brokers_receive_maximum(tmp_path):
+    """``--mqtt-version 5``: level-5 packets, and a window no larger than the
+    Receive Maximum the broker announced [MQTT-3.3.4-7] (a larger one would
+    be disconnected with 0x93)."""
+    loadgen.PROTOCOL["level"] = 5
+    try:
+        with running_broker(tmp_path, "--sys-interval", "0", "--max-pending-acks", "50") as broker:
+            result = loadgen.run("fanin", "127.0.0.1", broker.port, duration=1.0, warmup=0.2,
+                                 qos=1, window=200, broker_pid=broker.proc.pid)
+        assert loadgen.PROTOCOL["receive_maximum"] == 50
+    finally:
+        loadgen.PROTOCOL.update(level=4, receive_maximum=65535)
+    assert result["mqtt_version"] == "5"
+    assert result["sent"] > 0
+    assert result["acked"] == result["delivered"] == result["sent"]
+    assert result["lost"] == 0
+
+
 def _blast_checks(result: dict, publishers: int, subscribers: int, messages: int) -> None:
     """What every unpaced run must report, whatever the broker dropped or
     held back (a broker may hold publishers back for a subscriber that does

@@ -547,9 +547,10 @@ def test_password_and_will_message_are_binary():
 
 # -- CONNECT ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, level", [("MQTT", 3), ("MQTT", 5), ("MQTT", 0x84), ("MQIsdp", 4)])
+@pytest.mark.parametrize("name, level", [("MQTT", 3), ("MQTT", 6), ("MQTT", 0x84), ("MQIsdp", 4),
+                                         ("MQIsdp", 5)])
 def test_unsupported_protocol_level(name, level):
-    """[MQTT-3.1.2-2] [MQTT-3.1.2-1] "MQTT" at a level other than 4, or "MQIsdp"
+    """[MQTT-3.1.2-2] [MQTT-3.1.2-1] "MQTT" at a level other than 4 or 5, or "MQIsdp"
     at a level other than 3, gets UnsupportedProtocol: the server answers CONNACK 0x01."""
     wire = encode(Connect("c", protocol_name=name, protocol_level=level))
     error = rejects(wire, UnsupportedProtocol)
@@ -741,7 +742,8 @@ def test_errors_have_a_reason_and_a_code():
 # -- encoding limits ---------------------------------------------------------------------
 
 def test_encode_refuses_what_the_wire_cannot_carry():
-    """Strings over 65535 bytes, missing or out-of-range ids, and MQTT 5 are refused."""
+    """Strings over 65535 bytes, missing or out-of-range ids, AUTH at 3.1.1 and
+    unknown protocol levels are refused."""
     with pytest.raises(ValueError):
         encode(Publish("t" * 65536))
     with pytest.raises(ValueError):
@@ -752,8 +754,8 @@ def test_encode_refuses_what_the_wire_cannot_carry():
         encode_publish_parts("t", b"", 0, False)
     with pytest.raises(ValueError):
         encode(Auth())
-    with pytest.raises(NotImplementedError):
-        encode(PingReq(), protocol_level=5)
+    with pytest.raises(ValueError):
+        encode(PingReq(), protocol_level=6)
 
 
 def test_encode_longest_topic():

@@ -21,7 +21,7 @@ def test_an_mqtt_connection_provides_iconnection():
     client = broker.connect("c1", keep_alive=30)
     assert verifyObject(IConnection, client.protocol)
     assert client.protocol.describe() == {
-        "front_end": "mqtt", "keep_alive": 30,
+        "front_end": "mqtt", "keep_alive": 30, "protocol_version": "3.1.1",
         "peer": address_text(client.protocol.transport.getPeer())}
 
 

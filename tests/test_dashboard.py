@@ -42,6 +42,7 @@ def browser():
 def test_dashboard_shows_clients_and_publishes(tmp_path, browser):
     with running_broker(tmp_path, "--sys-interval", "1") as broker:
         subscriber = Paho(broker, "kitchen-display")
+        worker = Paho(broker, "kitchen-worker")
         try:
             subscriber.subscribe("home/#", 1)
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
@@ -57,6 +58,12 @@ def test_dashboard_shows_clients_and_publishes(tmp_path, browser):
                 timeout=WAIT_MS)
             assert "home/#" in page.locator('#clients tr[data-client-id="kitchen-display"]') \
                 .inner_text()
+
+            # A shared subscription is listed with its member (/api/v1/shared).
+            worker.subscribe("$share/screens/home/#", 1)
+            shared = page.locator('#shared tr[data-share="$share/screens/home/#"]')
+            shared.wait_for(timeout=WAIT_MS)
+            assert "mqtt kitchen-worker (ready)" in shared.inner_text()
 
             # The live view (SSE on '#') is open before publishing.
             page.locator("#watch-status", has_text="Watching #").wait_for(timeout=WAIT_MS)
@@ -85,3 +92,4 @@ def test_dashboard_shows_clients_and_publishes(tmp_path, browser):
             assert problems == []
         finally:
             subscriber.close()
+            worker.close()

@@ -7,7 +7,6 @@ import http.client
 import json
 
 from reactorapp.mqtt import packets as P
-from reactorapp.mqtt.expiry import SessionExpiry, expire_sessions
 from reactorapp.mqtt.session import restore_sessions
 from reactorapp.store.memory import MemoryStore
 from tests.brokerproc import running_broker
@@ -17,8 +16,8 @@ from tests.paho_client import TIMEOUT, PahoClient
 HOUR = 3600.0
 
 
-def stored_broker() -> tuple[Broker, MemoryStore]:
-    broker = Broker()
+def stored_broker(**settings) -> tuple[Broker, MemoryStore]:
+    broker = Broker(**settings)
     store = broker.hub.store = MemoryStore()
     return broker, store
 
@@ -30,10 +29,8 @@ def away(broker, client_id: str) -> None:
 
 
 def test_an_absent_clients_session_expires_from_memory_and_the_store():
-    broker, store = stored_broker()
+    broker, store = stored_broker(session_expiry=HOUR)
     away(broker, "gone")
-    expiry = SessionExpiry(broker.hub, HOUR)
-    expiry.startService()
     broker.clock.advance(HOUR - 60)
     assert broker.hub.get_session("gone") is not None
     broker.clock.advance(60)
@@ -45,31 +42,41 @@ def test_an_absent_clients_session_expires_from_memory_and_the_store():
     publisher.publish("t/1", b"x", qos=1)
     assert [p.type for p in publisher.take()] == ["PUBACK"]
     assert store.load().sessions == []
-    expiry.stopService()
+    assert not broker.clock.getDelayedCalls()
 
 
 def test_a_connected_client_or_one_that_came_back_keeps_its_session():
-    broker, _ = stored_broker()
+    broker, _ = stored_broker(session_expiry=HOUR)
     broker.connect("here", clean=False)
     away(broker, "back")
-    broker.clock.advance(HOUR)
+    broker.clock.advance(HOUR - 1)
     broker.connect("back", clean=False)  # the clock starts again when it leaves
-    assert expire_sessions(broker.hub, HOUR) == []
+    broker.clock.advance(10 * HOUR)
     assert {"here", "back"} <= set(broker.hub.sessions())
+    assert broker.hub.stats.sessions_expired == 0
+
+
+def test_without_session_expiry_a_persistent_session_stays():
+    broker, _ = stored_broker()
+    away(broker, "kept")
+    broker.clock.advance(1000 * HOUR)
+    assert broker.hub.get_session("kept") is not None
+    assert not broker.clock.getDelayedCalls()
 
 
 def test_a_restored_session_counts_from_start_up():
     """The store keeps no time: a session read back at start-up has its
     whole expiry ahead of it."""
-    broker, store = stored_broker()
+    broker, store = stored_broker(session_expiry=HOUR)
     away(broker, "old")
-    restarted = Broker()
+    restarted = Broker(session_expiry=HOUR)
     restarted.clock.advance(10 * HOUR)
     restarted.hub.store = store
     restore_sessions(restarted.hub, store.load().sessions, restarted.factory.settings)
-    assert expire_sessions(restarted.hub, HOUR) == []
-    restarted.clock.advance(HOUR)
-    assert expire_sessions(restarted.hub, HOUR) == ["old"]
+    restarted.clock.advance(HOUR - 1)
+    assert restarted.hub.get_session("old") is not None
+    restarted.clock.advance(1)
+    assert restarted.hub.get_session("old") is None
 
 
 # -- through twistd --------------------------------------------------------------

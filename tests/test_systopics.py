@@ -26,7 +26,7 @@ class FakeHub:
             clients_connected=0, clients_maximum=0, messages_received=0,
             messages_sent=0, publish_received=0, publish_sent=0, publish_dropped=0,
             bytes_received=0, bytes_sent=0, started_at=clock.seconds(),
-            connections=0, sessions_expired=0,
+            connections=0, sessions_expired=0, messages_expired=0,
         )
         self.subscription_count = 0
         self.retained_count = 0

@@ -345,18 +345,16 @@ def test_pruning_keeps_nodes_still_in_use():
 
 
 def test_shared_subscription_is_separate_from_plain_one():
-    """MQTT 5 "$share/g/f" and "f" are two subscriptions of one subscriber; match merges them.
-
-    [MQTT-3.3.5-1] until round-robin exists, a shared member is matched like a
-    plain subscriber on the inner filter, once, at its highest QoS.
-    """
+    """MQTT 5 section 4.8.2: "$share/g/f" and "f" are two subscriptions of one
+    subscriber, and a message matching both is a copy for each; groups with
+    the same name on other filters are other groups."""
     tree = TopicTree()
     assert tree.add("a/b", "s", 0) is True
     assert tree.add("$share/g/a/b", "s", 2) is True
     assert tree.add("$share/h/a/+", "t", 1) is True
     assert tree.add("$share/h/a/#", "u", 1) is True
     assert len(tree) == 4
-    assert sorted(tree.match("a/b")) == [("s", 2), ("t", 1), ("u", 1)]
+    assert sorted(tree.match("a/b")) == [("s", 0), ("s", 2), ("t", 1), ("u", 1)]
     assert sorted(tree.match("a")) == [("u", 1)]
     assert tree.remove("$share/g/a/b", "s") is True
     assert sorted(tree.match("a/b")) == [("s", 0), ("t", 1), ("u", 1)]
@@ -526,19 +524,35 @@ subscriptions = st.lists(
 )
 
 
-def _expected(subs: dict, topic: str) -> list:
-    """Reference answer: each subscriber once, at its highest QoS [MQTT-3.3.5-1]."""
+def _expected(subs: dict, topic: str) -> tuple[list, dict]:
+    """Reference answer: each plain subscriber once, at its highest QoS
+    [MQTT-3.3.5-1]; and each matching shared subscription with its members."""
     best: dict = {}
+    groups: dict = {}
     for (topic_filter, subscriber), qos in subs.items():
-        if topic_matches(topic_filter, topic) and qos > best.get(subscriber, -1):
+        if not topic_matches(topic_filter, topic):
+            continue
+        if topic_filter.startswith("$share/"):
+            groups.setdefault(topic_filter, {})[subscriber] = qos
+        elif qos > best.get(subscriber, -1):
             best[subscriber] = qos
-    return sorted(best.items())
+    return sorted(best.items()), groups
+
+
+def _found(tree: TopicTree, topic: str) -> tuple[list, dict]:
+    plain, groups = tree.lookup(topic)
+    chosen = tree.match(topic)[len(plain):]
+    assert len(chosen) == len(groups)  # one member of each group
+    for group, (member, qos) in zip(groups, chosen):
+        assert group.members[member] == qos
+    return sorted(plain), {group.share_filter: dict(group.members) for group in groups}
 
 
 @settings(max_examples=300, deadline=None)
 @given(subscriptions, st.lists(topics, min_size=1, max_size=8))
 def test_topic_tree_agrees_with_reference(subs, topic_list):
-    """[MQTT-4.7.1-2] [MQTT-4.7.1-3] [MQTT-4.7.2-1] [MQTT-3.3.5-1] TopicTree.match == topic_matches."""
+    """[MQTT-4.7.1-2] [MQTT-4.7.1-3] [MQTT-4.7.2-1] [MQTT-3.3.5-1] TopicTree.lookup == topic_matches,
+    and match takes one member of each matching shared subscription."""
     tree = TopicTree()
     reference: dict = {}
     for topic_filter, subscriber, qos in subs:
@@ -547,8 +561,8 @@ def test_topic_tree_agrees_with_reference(subs, topic_list):
         reference[(topic_filter, subscriber)] = qos
     assert len(tree) == len(reference)
     for topic in topic_list:
-        assert sorted(tree.match(topic)) == _expected(reference, topic)
-        assert sorted(tree.match(topic)) == _expected(reference, topic)  # from the cache
+        assert _found(tree, topic) == _expected(reference, topic)
+        assert _found(tree, topic) == _expected(reference, topic)  # from the cache
 
 
 @settings(max_examples=200, deadline=None)
@@ -572,7 +586,7 @@ def test_topic_tree_cache_consistent_under_changes(operations, topic_list):
             assert tree.remove(topic_filter, subscriber) is existed
         assert len(tree) == len(reference)
         for topic in topic_list:
-            assert sorted(tree.match(topic)) == _expected(reference, topic)
+            assert _found(tree, topic) == _expected(reference, topic)
     for topic_filter, subscriber in list(reference):
         assert tree.remove(topic_filter, subscriber)
     assert tree._root.is_empty() and tree._shared_root.is_empty()

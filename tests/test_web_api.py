@@ -408,7 +408,8 @@ def test_stats(web):
     assert stats["clients"]["connected"] == 1
     assert stats["traffic"]["mqtt"] == {"received": [0, 1, 0], "sent": [2, 0, 0]}
     assert stats["traffic"]["http"]["received"] == [1, 0, 0]
-    assert stats["messages"] == {"received": 2, "sent": 2, "dropped": 0}
+    assert stats["messages"] == {"received": 2, "sent": 2, "dropped": 0, "too_large": 0,
+                                 "expired": 0}
 
 
 def test_health_and_readiness(web):

@@ -49,7 +49,6 @@ def test_a_single_filter_may_be_a_string_and_duplicates_are_merged():
     ({"url": "http://example.com/#frag"}, "must not have a fragment"),
     ({"filters": ["a/#/b"]}, "'filters' has a bad topic filter: In the topic filter 'a/#/b'"),
     ({"filters": []}, "'filters' must be a non-empty list"),
-    ({"filters": ["$share/g/a"]}, "shared subscription"),
     ({"method": "GET"}, "'method' must be one of 'POST', 'PUT', 'PATCH', not 'GET'"),
     ({"format": "xml"}, "'format' must be one of 'json', 'raw'"),
     ({"timeout": 0}, "'timeout' must be a number more than 0 and at most 300, not 0"),

@@ -6,9 +6,10 @@ them by providing these interfaces (see docs/security.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,37 @@ class NotAuthorized(Exception):
     (MQTT CONNACK 5, HTTP 403)."""
 
 
+class UseAnotherServer(Exception):
+    """Raised (or failed with) by an authenticator that sends the client
+    elsewhere: MQTT 5 clients get CONNACK 0x9C "use another server" (0x9D
+    "server moved" when ``permanent``) with ``reference`` as the Server
+    Reference [§4.11]; 3.1.1 clients get CONNACK 3."""
+
+    def __init__(self, reference: str, permanent: bool = False) -> None:
+        super().__init__(reference)
+        self.reference = reference
+        self.permanent = permanent
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """One more round of an enhanced authentication (MQTT 5): ``data`` goes
+    to the client in an AUTH packet, and the client's answer (bytes or None)
+    is handed to ``next``, which returns what `start_authentication` does."""
+
+    data: bytes | None
+    next: Callable[[bytes | None], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """The end of an enhanced authentication: the client is ``identity``,
+    and ``data`` (the server's last word, or None) goes with the CONNACK."""
+
+    identity: Identity
+    data: bytes | None = None
+
+
 class IAuthenticator(Interface):
     """Decides who a connecting client is."""
 
@@ -52,6 +84,29 @@ class IAuthenticator(Interface):
 
     def authenticate_token(token, peer):
         """Check a bearer token (HTTP API): the `Identity`, or None."""
+
+
+class IEnhancedAuthenticator(Interface):
+    """Optional, beside `IAuthenticator`: MQTT 5 enhanced authentication
+    (challenge and response: SCRAM, Kerberos, a signed nonce...) [§4.12].
+
+    A CONNECT with an Authentication Method the authenticator does not list
+    in ``auth_methods`` is refused with CONNACK 0x8C; one it lists starts an
+    exchange of AUTH packets through `start_authentication`. The same call
+    serves re-authentication of a connected client (AUTH 0x19).
+    """
+
+    auth_methods = Attribute("The Authentication Method names spoken (a collection of str).")
+
+    def start_authentication(method, data, username, client_id, peer, certificate):
+        """Begin an exchange: ``method`` is the Authentication Method,
+        ``data`` the client's Authentication Data (bytes or None), the rest
+        as for `IAuthenticator.authenticate`.
+
+        Return (or a Deferred of) an `Identity` or `Authenticated` (accept),
+        a `Challenge` (ask the client for more), or None (wrong credentials:
+        0x86); fail with `NotAuthorized` (0x87) or `UseAnotherServer`.
+        """
 
 
 class IAuthorizer(Interface):

@@ -235,8 +235,10 @@ class RedisStore:
     def remove_session(self, client_id) -> None:
         self._write(b"X", client_id)
 
-    def add_subscription(self, client_id, topic_filter, qos) -> None:
-        self._write(b"B", client_id, topic_filter, qos)
+    def add_subscription(self, client_id, topic_filter, qos, options=0, identifier=0) -> None:
+        # "QOS", or "QOS:OPTIONS:IDENTIFIER" for an MQTT 5 subscription with some.
+        value = f"{qos}:{options}:{identifier}" if options or identifier else qos
+        self._write(b"B", client_id, topic_filter, value)
 
     def remove_subscription(self, client_id, topic_filter) -> None:
         self._write(b"b", client_id, topic_filter)
@@ -444,10 +446,16 @@ def _stored_session(answer, client_id: str, shared: dict) -> StoredSession | Non
         message = shared.setdefault(value[ENTRY_HEADER:], message)
         packet_id, state = flight.get(seq, (None, None))
         messages.append(StoredMessage(seq, message, qos, retained, packet_id, state))
-    return StoredSession(
-        client_id,
-        {topic_filter.decode(): int(qos) for topic_filter, qos in _pairs(subscriptions)},
-        messages, {int(packet_id) for packet_id in pubrel or ()})
+    filters, options = {}, {}
+    for topic_filter, value in _pairs(subscriptions):
+        topic_filter = topic_filter.decode()
+        qos, _, rest = (value if isinstance(value, bytes) else b"%d" % value).partition(b":")
+        filters[topic_filter] = int(qos)
+        if rest:
+            bits, identifier = rest.split(b":")
+            options[topic_filter] = (int(bits), int(identifier))
+    return StoredSession(client_id, filters, messages,
+                         {int(packet_id) for packet_id in pubrel or ()}, options)
 
 
 def _reason(error: BaseException) -> str:

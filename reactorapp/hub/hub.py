@@ -9,6 +9,7 @@ from zope.interface import implementer
 from reactorapp.hub.commit import Commit, placed
 from reactorapp.hub.flow import Caller, Flow
 from reactorapp.hub.interfaces import IHub
+from reactorapp.hub.shared import AWAY, REFUSED, share_state
 from reactorapp.hub.topics import RetainedTree, TopicTree, is_broker_topic, validate_filter
 
 log = Logger()
@@ -42,6 +43,8 @@ class HubStats:
         "bytes_received", "bytes_sent", "traffic",
         "queue_dropped_qos0", "queue_refused", "queue_spilled", "publishers_held",
         "spill_bytes", "inputs_held", "slow_subscribers", "sessions_expired",
+        "shared_deliveries", "shared_handed_over",
+        "messages_expired", "publish_too_large", "by_version",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -75,8 +78,22 @@ class HubStats:
         #: Times a subscriber drained nothing for --slow-subscriber-timeout
         #: and was marked slow (its QoS 0 messages dropped from then on).
         self.slow_subscribers = 0
-        #: Persistent sessions removed after --session-expiry offline.
+        #: Persistent sessions removed after their expiry offline.
         self.sessions_expired = 0
+        #: Messages given to one member of a shared subscription.
+        self.shared_deliveries = 0
+        #: Shared-subscription messages given to another member of their
+        #: group because the first one left without acknowledging them.
+        self.shared_handed_over = 0
+        #: Messages dropped undelivered because their MQTT 5 Message Expiry
+        #: Interval passed (queued, spilled, retained or stored).
+        self.messages_expired = 0
+        #: PUBLISHes not sent to an MQTT 5 client because they were larger
+        #: than its Maximum Packet Size (counted as delivered to it).
+        self.publish_too_large = 0
+        #: Protocol version ("5.0", "3.1.1", "3.1") -> [connected now,
+        #: accepted since start-up].
+        self.by_version: dict[str, list[int]] = {}
         #: Front end name ("mqtt", "websocket", "http", "sse", ...) -> Traffic.
         self.traffic: dict[str, Traffic] = {}
 
@@ -87,14 +104,22 @@ class HubStats:
             traffic = self.traffic[front_end] = Traffic()
         return traffic
 
-    def client_connected(self) -> None:
+    def client_connected(self, version: str = "3.1.1") -> None:
         self.connections += 1
         self.clients_connected += 1
         if self.clients_connected > self.clients_maximum:
             self.clients_maximum = self.clients_connected
+        counts = self.by_version.get(version)
+        if counts is None:
+            counts = self.by_version[version] = [0, 0]
+        counts[0] += 1
+        counts[1] += 1
 
-    def client_disconnected(self) -> None:
+    def client_disconnected(self, version: str = "3.1.1") -> None:
         self.clients_connected -= 1
+        counts = self.by_version.get(version)
+        if counts is not None:
+            counts[0] -= 1
 
 
 @implementer(IHub)
@@ -167,7 +192,8 @@ class Hub:
                     commit = store.pending_commit()
         published_qos = message.qos
         full = None  # Deferreds of subscribers that took it over their bounds
-        for subscriber, granted in self._subscriptions.match(message.topic):
+        plain, groups = self._subscriptions.lookup(message.topic)
+        for subscriber, granted in plain:
             try:
                 wait = subscriber.deliver(
                     message, granted if granted < published_qos else published_qos, False)
@@ -185,21 +211,140 @@ class Hub:
                     full = [wait]
                 else:
                     full.append(wait)
+        for group in groups:  # one member each, chosen now (reactorapp/hub/shared.py)
+            wait = self._deliver_shared(group, message)
+            if wait is not None and wait is not REFUSED and wait is not commit:
+                commit, full = _gather(commit, full, wait)
         if full is None:
             return commit
         return Commit.after(placed(commit, full))
 
+    def _deliver_shared(self, group, message, skip=None, connected_only=False):
+        """Give ``message`` to one member of ``group``: the first of its
+        candidates (`ShareGroup.candidates`) that takes it. Return what that
+        member's ``deliver`` returned, or `REFUSED` if nobody took it."""
+        qos = message.qos
+        first = group.next_ready(qos) if skip is None else None
+        if first is not None:
+            wait = self._offer(group, first, message, qos)
+            if wait is not REFUSED:
+                return wait
+        for member in group.candidates(qos, skip, connected_only):
+            if member is not first:
+                wait = self._offer(group, member, message, qos)
+                if wait is not REFUSED:
+                    return wait
+        if group.members and not connected_only:
+            self.stats.publish_dropped += 1  # every member refused it
+        return REFUSED
+
+    def _offer(self, group, member, message, qos):
+        """``member.deliver_shared`` (or ``deliver``) at its granted QoS;
+        `REFUSED` if it did not take the message."""
+        granted = group.members.get(member, 0)
+        take = getattr(member, "deliver_shared", None)
+        try:
+            if take is None:
+                wait = member.deliver(message, granted if granted < qos else qos, False)
+            else:
+                wait = take(message, granted if granted < qos else qos, group.share_filter)
+        except Exception:
+            log.failure("Subscriber {subscriber!r} failed to take a message", subscriber=member)
+            return REFUSED
+        if wait is not REFUSED:
+            group.took(member)
+            self.stats.shared_deliveries += 1
+        return wait
+
+    def hand_over(self, share_filter, message, leaving, connected_only=False) -> bool:
+        """Give a shared-subscription ``message`` that the member ``leaving``
+        did not acknowledge to another member of its group; with
+        ``connected_only``, only to one whose client is connected. Return
+        whether one took it (False: the group has ended, or no member
+        could take it, and ``leaving`` keeps or drops it)."""
+        group = self._subscriptions.group(share_filter)
+        if group is None:
+            return False
+        wait = self._deliver_shared(group, message, leaving, connected_only)
+        if wait is REFUSED:
+            return False
+        group.handed_over += 1
+        self.stats.shared_handed_over += 1
+        if wait is not None and not isinstance(wait, Commit):
+            wait.addErrback(lambda f: log.failure("Handing over a message failed", f))
+        return True
+
+    def member_back(self, member, topic_filters) -> None:
+        """``member``'s client is connected again: the offline members of
+        its shared subscriptions (among ``topic_filters``) give what they
+        hold to the connected members (``release_shared``)."""
+        for topic_filter in list(topic_filters):
+            group = self._subscriptions.group(topic_filter)
+            if group is None:
+                continue
+            for other in list(group.members):
+                if other is not member and share_state(other, 1) == AWAY:
+                    release = getattr(other, "release_shared", None)
+                    if release is not None:
+                        release(True)
+
+    def shared_groups(self):
+        """Every shared subscription's `reactorapp.hub.shared.ShareGroup`."""
+        return self._subscriptions.groups()
+
+    def shared_group(self, share_filter):
+        """The `ShareGroup` of ``$share/GROUP/FILTER``, or None when it has no members."""
+        return self._subscriptions.group(share_filter)
+
+    def has_subscribers(self, topic) -> bool:
+        """Whether a message on ``topic`` would reach any subscriber now
+        (an MQTT 5 PUBACK says so); the topic tree's cached lookup (a
+        shared subscription has members while it exists)."""
+        plain, groups = self._subscriptions.lookup(topic)
+        return bool(plain or groups)
+
     def restore_retained(self, messages) -> None:
-        """Put back retained messages read from the store at start-up."""
+        """Put back retained messages read from the store at start-up
+        (those that expired meanwhile are removed instead)."""
+        now = self.clock.seconds()
         for message in messages:
-            self._retained.set(message.topic, message)
+            if message.expired(now):
+                self._expire_retained(message)
+            else:
+                self._retained.set(message.topic, message)
 
     def subscribe(self, subscriber, topic_filter, qos):
         validate_filter(topic_filter)
         self._subscriptions.add(topic_filter, subscriber, qos)
         if topic_filter.startswith("$share/"):
             return []  # shared subscriptions get no retained messages
-        return self._retained.match(topic_filter)
+        return self._unexpired(self._retained.match(topic_filter))
+
+    def _unexpired(self, found: list) -> list:
+        """Retained messages minus those whose Message Expiry Interval has
+        passed, which are removed, here and from the store [MQTT-3.3.2-5]."""
+        now = None
+        for message in found:
+            if message.expires is not None:
+                now = self.clock.seconds() if now is None else now
+                if message.expired(now):
+                    break
+        else:
+            return found
+        kept = []
+        for message in found:
+            if message.expired(now):
+                if self._retained.get(message.topic) is message:
+                    self._retained.remove(message.topic)
+                    self._expire_retained(message)
+            else:
+                kept.append(message)
+        return kept
+
+    def _expire_retained(self, message) -> None:
+        self.stats.messages_expired += 1
+        if self.store is not None and not is_broker_topic(message.topic):
+            self.store.remove_retained(message.topic)
 
     def unsubscribe(self, subscriber, topic_filter):
         return self._subscriptions.remove(topic_filter, subscriber)
@@ -208,7 +353,7 @@ class Hub:
         self._subscriptions.remove_all(subscriber, topic_filters)
 
     def retained(self, topic_filter):
-        return self._retained.match(topic_filter)
+        return self._unexpired(self._retained.match(topic_filter))
 
     @property
     def subscription_count(self) -> int:
@@ -243,3 +388,13 @@ class Hub:
     @property
     def session_count(self) -> int:
         return len(self._sessions)
+
+
+def _gather(commit, full, wait):
+    """Add a subscriber's answer to what the acknowledgement waits for:
+    (`Commit`, list of Deferreds), as `Hub.route`'s loop does inline."""
+    if isinstance(wait, Commit):
+        if commit is not None:  # another batch (rare): wait for both
+            full = [commit.deferred()] if full is None else [*full, commit.deferred()]
+        return wait, full
+    return commit, [wait] if full is None else [*full, wait]

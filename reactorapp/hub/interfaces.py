@@ -68,6 +68,9 @@ class IHub(Interface):
         written in one store batch share one `Commit`.
         """
 
+    def has_subscribers(topic):
+        """Whether a message on ``topic`` would reach any subscriber now."""
+
     def subscribe(subscriber, topic_filter, qos):
         """Add or replace ``subscriber``'s subscription to ``topic_filter``.
 
@@ -81,6 +84,23 @@ class IHub(Interface):
     def unsubscribe_all(subscriber, topic_filters):
         """Remove each of ``subscriber``'s subscriptions to ``topic_filters``
         (a session or stream that ends)."""
+
+    def hand_over(share_filter, message, leaving, connected_only=False):
+        """Give a message of the shared subscription ``share_filter`` that
+        the member ``leaving`` did not acknowledge to another member of the
+        group (with ``connected_only``, only to one that is connected);
+        return whether one took it (reactorapp/hub/shared.py)."""
+
+    def member_back(member, topic_filters):
+        """``member`` is connected again: the offline members of its shared
+        subscriptions among ``topic_filters`` give what they hold to the
+        connected members."""
+
+    def shared_groups():
+        """Every shared subscription's `reactorapp.hub.shared.ShareGroup`."""
+
+    def shared_group(share_filter):
+        """The `ShareGroup` of ``$share/GROUP/FILTER``, or None when it has no members."""
 
     def retained(topic_filter):
         """Return the retained messages that ``topic_filter`` matches."""

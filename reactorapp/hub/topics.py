@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Iterator
 
+from reactorapp.hub.shared import ShareGroup
+
 __all__ = [
     "InvalidTopic", "validate_topic", "validate_filter", "is_valid_topic",
     "is_valid_filter", "topic_matches", "parse_shared", "TopicTree",
@@ -247,12 +249,17 @@ class TopicTree:
     Every filter's ``{subscriber: qos}`` dict is referenced both from
     ``_filters`` (for bookkeeping) and from its trie node (for matching), so
     changing a QoS touches one dict. Shared subscriptions live in a second
-    trie whose dicts map share name -> that group's ``{subscriber: qos}``.
+    trie whose dicts map share name -> that filter's `ShareGroup`, which
+    holds the same ``{subscriber: qos}`` dict and whose turn it is.
 
-    ``match`` results are cached per topic. Any change clears the cache, and
-    the cache is cleared as well when it grows past ``cache_max_topics``
-    entries or ``cache_max_pairs`` subscribers in total, so memory stays
-    bounded whatever topics clients publish to.
+    ``lookup`` results are cached per topic: the plain subscribers, and the
+    groups, not the member each group chooses (that is chosen per message).
+    A change of plain subscriptions or of the set of groups clears the
+    cache; members joining or leaving an existing group do not, since the
+    cached group sees them. The cache is cleared as well when it grows past
+    ``cache_max_topics`` entries or ``cache_max_pairs`` subscribers and
+    groups in total, so memory stays bounded whatever topics clients
+    publish to.
     """
 
     cache_max_topics = 10_000
@@ -265,7 +272,9 @@ class TopicTree:
         self._filters: dict[str, dict[Hashable, int]] = {}
         self._count = 0
         self._shared_filters = 0
-        self._cache: dict[str, list[tuple[Hashable, int]]] = {}
+        #: Every shared subscription's group, by its whole filter.
+        self._groups: dict[str, ShareGroup] = {}
+        self._cache: dict[str, tuple[list[tuple[Hashable, int]], tuple]] = {}
         self._cache_pairs = 0
 
     def __len__(self) -> int:
@@ -280,11 +289,16 @@ class TopicTree:
             validate_filter(topic_filter)
             members = self._filters[topic_filter] = {}
             self._link(topic_filter, members)
+            self._clear_cache()
         old = members.get(subscriber)
         if old == qos:
             return False
         members[subscriber] = qos
-        self._clear_cache()
+        group = self._groups.get(topic_filter)
+        if group is None:
+            self._clear_cache()
+        elif old is None:
+            group.joined(subscriber)
         if old is None:
             self._count += 1
             return True
@@ -297,10 +311,15 @@ class TopicTree:
             return False
         del members[subscriber]
         self._count -= 1
+        group = self._groups.get(topic_filter)
+        if group is not None:
+            group.left(subscriber)
         if not members:
             del self._filters[topic_filter]
             self._unlink(topic_filter)
-        self._clear_cache()
+            self._clear_cache()
+        elif group is None:
+            self._clear_cache()
         return True
 
     def remove_all(self, subscriber: Hashable, filters: Iterable[str]) -> None:
@@ -309,21 +328,45 @@ class TopicTree:
             self.remove(topic_filter, subscriber)
 
     def match(self, topic: str) -> list[tuple[Hashable, int]]:
-        """Each matching subscriber once, with its highest QoS among matching filters [MQTT-3.3.5-1].
+        """Who gets a message on ``topic``: each plain subscriber once, with
+        its highest QoS among matching filters [MQTT-3.3.5-1], then one
+        member of each matching shared subscription, chosen now (a
+        subscriber may so appear more than once: one copy per subscription).
 
-        The returned list is cached and shared: callers must not modify it.
+        The hub routes with `lookup` instead, to tell shared copies apart.
+        Without shared subscriptions the list is the cached one: callers
+        must not modify it.
         """
-        result = self._cache.get(topic)
-        if result is not None:
-            return result
+        plain, groups = self.lookup(topic)
+        if not groups:
+            return plain
+        result = list(plain)
+        for group in groups:
+            for member in group.candidates(2):
+                group.took(member)
+                result.append((member, group.members[member]))
+                break
+        return result
+
+    def lookup(self, topic: str) -> tuple[list[tuple[Hashable, int]], tuple]:
+        """The plain subscribers of ``topic`` (as `match` without shared
+        subscriptions) and the `ShareGroup` of each matching shared
+        subscription, whose member is chosen per message by the caller.
+
+        Both are cached and shared: callers must not modify them.
+        """
+        entry = self._cache.get(topic)
+        if entry is not None:
+            return entry
         levels = topic.split("/")
         dollar = topic[:1] == "$"
         hits: list[dict] = []
         _collect(self._root, levels, dollar, hits)
+        groups: tuple = ()
         if self._shared_filters:
-            groups: list[dict] = []
-            _collect(self._shared_root, levels, dollar, groups)
-            self._shared_hits(groups, hits)
+            found: list[dict] = []
+            _collect(self._shared_root, levels, dollar, found)
+            groups = tuple(group for by_name in found for group in by_name.values())
         if not hits:
             result = []
         elif len(hits) == 1:
@@ -336,28 +379,26 @@ class TopicTree:
                     if get(subscriber, -1) < qos:
                         best[subscriber] = qos
             result = list(best.items())
-        self._remember(topic, result)
-        return result
+        entry = (result, groups)
+        self._remember(topic, entry, len(result) + len(groups))
+        return entry
 
-    def _shared_hits(self, groups: list[dict], hits: list[dict]) -> None:
-        """Add what the matching shared subscriptions deliver to ``hits``.
+    def group(self, share_filter: str) -> ShareGroup | None:
+        """The group of the shared subscription ``$share/GROUP/FILTER``, if it has members."""
+        return self._groups.get(share_filter)
 
-        ``groups`` holds one ``{share name: {subscriber: qos}}`` dict per
-        matching shared filter. For now every member receives, as with a
-        normal subscription. MQTT 5 wants one member per group (round-robin):
-        choose it here, and stop caching results that depend on the choice.
-        """
-        for by_group in groups:
-            hits.extend(by_group.values())
+    def groups(self) -> list[ShareGroup]:
+        """Every shared subscription's group (a snapshot)."""
+        return list(self._groups.values())
 
-    def _remember(self, topic: str, result: list) -> None:
+    def _remember(self, topic: str, entry: tuple, size: int) -> None:
         if len(topic) > self.cache_max_topic_length:
             return
         if (len(self._cache) >= self.cache_max_topics
-                or self._cache_pairs + len(result) > self.cache_max_pairs):
+                or self._cache_pairs + size > self.cache_max_pairs):
             self._clear_cache()
-        self._cache[topic] = result
-        self._cache_pairs += len(result)
+        self._cache[topic] = entry
+        self._cache_pairs += size
 
     def _clear_cache(self) -> None:
         if self._cache:
@@ -389,14 +430,15 @@ class TopicTree:
                 node.subs = members
             return
         self._shared_filters += 1
+        share = self._groups[topic_filter] = ShareGroup(group, inner, members)
         if is_hash:
             if node.hash_subs is None:
                 node.hash_subs = {}
-            node.hash_subs[group] = members
+            node.hash_subs[group] = share
         else:
             if node.subs is None:
                 node.subs = {}
-            node.subs[group] = members
+            node.subs[group] = share
 
     def _unlink(self, topic_filter: str) -> None:
         """Take an emptied filter off the trie and prune the nodes left empty."""
@@ -417,6 +459,7 @@ class TopicTree:
                 node.subs = None
         else:
             self._shared_filters -= 1
+            del self._groups[topic_filter]
             by_group = node.hash_subs if is_hash else node.subs
             del by_group[group]
             if not by_group:

@@ -21,23 +21,32 @@ class IConnection(Interface):
         same; False if the output is stuck and nobody may be held."""
 
     def send_publish0(message, retained):
-        """Write a QoS 0 PUBLISH of ``message``."""
+        """Write a QoS 0 PUBLISH of ``message``; False if it was not written
+        because it is larger than the client takes (MQTT 5 Maximum Packet
+        Size), True otherwise."""
 
     def send_publish(message, qos, retained, packet_id, dup):
-        """Write a QoS 1/2 PUBLISH of ``message`` under ``packet_id``."""
+        """Write a QoS 1/2 PUBLISH of ``message`` under ``packet_id``; False
+        if it was not written, being larger than the client takes: the
+        session is then done with it, as if acknowledged [MQTT-3.1.2-25]."""
 
     def send_pubrel(packet_id):
         """Write a PUBREL (re-sent for an unfinished QoS 2 exchange)."""
 
     def take_over():
-        """Another connection claimed this client id: close, publishing the
-        will (this is not a DISCONNECT)."""
+        """Another connection claimed this client id: close (MQTT 5:
+        DISCONNECT 0x8E), handing on the will (this is not a DISCONNECT)."""
 
-    def disconnect():
-        """Drop the connection as the server does on a protocol error: the
-        will is published, a persistent session stays [MQTT-3.1.2-8]."""
+    def disconnect(reason_code=0x98):
+        """Drop the connection as the server does on a protocol error (MQTT
+        5 clients get a DISCONNECT with ``reason_code``, 0x98 Administrative
+        action by default): the will is handed on, a persistent session
+        stays [MQTT-3.1.2-8]."""
 
     def describe():
         """What the admin API shows of the connection, as JSON values:
-        ``front_end`` ("mqtt", "websocket", ...), ``keep_alive`` (seconds)
-        and ``peer`` (host:port, or None)."""
+        ``front_end`` ("mqtt", "websocket", ...), ``keep_alive`` (seconds),
+        ``peer`` (host:port, or None), ``protocol_version`` ("5.0", "3.1.1"
+        or "3.1"), and for MQTT 5 ``limits``: what each side allows (receive
+        maximum, maximum packet size, topic alias maximum) and the
+        session's expiry in seconds (None: never)."""

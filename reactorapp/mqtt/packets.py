@@ -21,6 +21,10 @@ specification types them; two properties may appear more than once and are
 lists: ``user_property`` (a list of ``(name, value)`` string pairs, in order)
 and, in PUBLISH, ``subscription_identifier`` (a list of ints; in SUBSCRIBE it
 is one int). A property that is absent is not in the dict.
+
+At level 5 some 3.1.1 fields carry their MQTT 5 meaning: ``Connect.clean_session``
+is Clean Start, ``ConnAck.return_code`` and ``SubAck.return_codes`` hold
+reason codes. ``Connect.protocol_level`` says which level a connection speaks.
 """
 
 from __future__ import annotations

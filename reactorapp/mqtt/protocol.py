@@ -9,6 +9,8 @@ client is owed lives in its :class:`Session`; routing lives in the hub.
 
 from __future__ import annotations
 
+import math
+
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -18,7 +20,7 @@ from reactorapp.auth.guard import Guard
 from reactorapp.auth.interfaces import Identity
 from reactorapp.auth.limits import TokenBucket
 from reactorapp.hub.flow import SLOW_REMEMBERED, Congestion, IInput
-from reactorapp.hub.message import Message
+from reactorapp.hub.message import Message, application_properties
 from reactorapp.hub.topics import SYS_PREFIX, is_valid_filter
 from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.acks import AckLine
@@ -27,17 +29,27 @@ from reactorapp.mqtt.codec import (
     encode_puback, encode_pubcomp, encode_publish, encode_publish_parts,
     encode_pubrec, encode_pubrel,
 )
-from reactorapp.mqtt.connect import ConnectHandling
+from reactorapp.mqtt.connect import (
+    ConnectHandling, expiry_for, protocol_version, receive_maximum,
+)
 from reactorapp.mqtt.interfaces import IConnection
-from reactorapp.mqtt.session import MQTTSettings, Session
-from reactorapp.mqtt.states import AUTHENTICATING, AWAITING_CONNECT, CLOSED, CONNECTED
+from reactorapp.mqtt.publish5 import (
+    AliasError, encode_for, encode_plain5, payload_format_invalid,
+)
+from reactorapp.mqtt.session import MQTTSettings, Session, publish_will
+from reactorapp.mqtt.states import AUTHENTICATING, AWAITING_CONNECT, CHALLENGED, CLOSED, CONNECTED
+from reactorapp.mqtt.suboptions import Options
 from reactorapp.mqtt.timeouts import Timeouts
+from reactorapp.mqtt.v5 import V5
 from reactorapp.mqtt.writes import BATCH
 
 log = Logger()
 
 #: Highest QoS this broker grants.
 MAXIMUM_QOS = 2
+#: Seconds a connection ended with an MQTT 5 DISCONNECT has to take it
+#: before it is cut off.
+CLOSE_GRACE = 10.0
 
 
 @implementer(IInput, IConnection)
@@ -70,11 +82,14 @@ class MQTTProtocol(ConnectHandling, Protocol):
         self.session: Session | None = None
         self.will: P.Will | None = None
         self.keep_alive = 0
-        self._keepalive_call = None
+        #: The tick of this connection's one timer in ``factory.timeouts``:
+        #: the CONNECT timeout until CONNECT, the keep-alive after CONNACK.
+        self._timer = None
         self._last_packet_at = 0.0
         #: The source address counted by the connection limiter, once admitted.
         self._address: str | None = None
-        self._connect_call = None
+        #: What an MQTT 5 client agreed on (`reactorapp.mqtt.v5.V5`); None for 3.1.1.
+        self.v5: V5 | None = None
         #: Packets (and a protocol error) received while authenticating.
         self._held: list | None = None
         #: Why reading from the client is paused now (empty: reading): a
@@ -114,7 +129,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         self._address = address
         if self.settings.connect_timeout:
             # Slowloris: a connection that never sends CONNECT holds a slot.
-            self._connect_call = self.factory.connect_timeouts.add(
+            self._timer = self.factory.timeouts.add(
                 self.settings.connect_timeout, self, self._connect_timed_out)
         # A streaming producer: the transport pauses us when its buffer is
         # over --send-buffer and resumes us once it has drained. Twisted's
@@ -184,16 +199,17 @@ class MQTTProtocol(ConnectHandling, Protocol):
         self._resume_reading(by)
 
     def _connect_timed_out(self) -> None:
-        self._connect_call = None
+        self._timer = None
         self.guard.stats.connect_timeouts += 1
         log.info("Closing {peer}: no CONNECT within {timeout:g}s",
                  peer=self._peer(), timeout=self.settings.connect_timeout)
         self._close(abort=True)
 
-    def _cancel_connect_timeout(self) -> None:
-        if self._connect_call is not None:
-            self.factory.connect_timeouts.remove(self._connect_call, self)
-            self._connect_call = None
+    def _stop_timer(self) -> None:
+        """Cancel the CONNECT timeout or the keep-alive, whichever is armed."""
+        if self._timer is not None:
+            self.factory.timeouts.remove(self._timer, self)
+            self._timer = None
 
     def dataReceived(self, data: bytes) -> None:
         """Handle a read; what it makes any MQTT connection send is written
@@ -232,45 +248,76 @@ class MQTTProtocol(ConnectHandling, Protocol):
             if state is AUTHENTICATING:
                 self._hold(error)  # in its place, after the packets before it
             elif isinstance(error, UnsupportedProtocol) and state is AWAITING_CONNECT:
-                # [MQTT-3.1.2-2]: a 3.1.1 CONNACK 0x01, then close.
-                self._refuse(P.ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION, error.reason)
+                # [MQTT-3.1.2-2]: a 3.1.1 CONNACK 0x01 (the level is not one
+                # we speak, so neither is its CONNACK), then close.
+                self._refuse(P.ReasonCode.UNSUPPORTED_PROTOCOL_VERSION, error.reason)
+            elif state is CHALLENGED:
+                self._refuse(error.reason_code, error.reason)
             else:
-                self._protocol_error(error.reason)
+                # MQTT 5: DISCONNECT 0x81 malformed, 0x82 protocol error,
+                # 0x95 packet too large... [MQTT-4.13.1-1]
+                self._protocol_error(error.reason, error.reason_code)
 
     def connectionLost(self, reason) -> None:
         self.state = CLOSED
         self._end_congestion()
-        self._stop_keepalive()
-        self._cancel_connect_timeout()
+        self._stop_timer()
         self._cancel_throttle()
         if self._address is not None:
             self.guard.release(self._address)
             self._address = None
-        self._release_session()
+        session = self._release_session()
         # [MQTT-3.1.2-8]: a will still held here was not cancelled by a
         # DISCONNECT, whatever ended the connection.
-        self._publish_will()
+        self._publish_will(session)
 
     # -- outgoing ------------------------------------------------------
 
-    def send_publish0(self, message: Message, retained: bool) -> None:
-        """Hot path: one QoS 0 PUBLISH, encoded once per message and flag."""
+    def send_publish0(self, message: Message, retained: bool) -> bool:
+        """Hot path: one QoS 0 PUBLISH, encoded once per message and flag
+        (and level: an MQTT 5 client with nothing of its own in the packet
+        shares the 5.0 encoding, under the keys 2 and 3).
+        False: not sent, too large for the client (`IConnection`)."""
         cache = message.encoded
         if cache is None:
             cache = message.encoded = {}
-        data = cache.get(retained)
-        if data is None:
-            data = cache[retained] = encode_publish(message.topic, message.payload, 0, retained)
+        v5 = self.v5
+        if v5 is None:
+            data = cache.get(retained)
+            if data is None:
+                data = cache[retained] = encode_publish(message.topic, message.payload, 0, retained)
+        elif v5.plain and message.expires is None and self.session.options is None:
+            data = cache.get(2 + retained)
+            if data is None:
+                data = cache[2 + retained] = encode_plain5(message, 0, retained)
+        else:
+            # Aliases, a size limit, options or expiry: this client's own PUBLISH.
+            return self._send_publish5(message, 0, retained, 0, False)
         self._send(data)
         self.traffic.sent[0] += 1
         stats = self.stats
         stats.messages_sent += 1
         stats.publish_sent += 1
         stats.bytes_sent += len(data)
+        return True
 
-    def send_publish(self, message: Message, qos: int, retained: bool, packet_id: int, dup: bool) -> None:
-        """A QoS 1/2 PUBLISH: the encoding is shared, only the id varies."""
-        if dup:
+    def send_publish(self, message: Message, qos: int, retained: bool, packet_id: int, dup: bool) -> bool:
+        """A QoS 1/2 PUBLISH: the encoding is shared, only the id varies.
+        False: not sent, too large for the client (`IConnection`)."""
+        v5 = self.v5
+        if v5 is not None:
+            if (dup or not v5.plain or message.expires is not None
+                    or self.session.options is not None):
+                return self._send_publish5(message, qos, retained, packet_id, dup)
+            cache = message.encoded
+            if cache is None:
+                cache = message.encoded = {}
+            key = (qos, retained, 5)
+            parts = cache.get(key)
+            if parts is None:
+                parts = cache[key] = encode_plain5(message, qos, retained)
+            data = parts[0] + packet_id.to_bytes(2, "big") + parts[1]
+        elif dup:
             data = encode_publish(message.topic, message.payload, qos, retained, True, packet_id)
         else:
             cache = message.encoded
@@ -287,6 +334,51 @@ class MQTTProtocol(ConnectHandling, Protocol):
         stats.messages_sent += 1
         stats.publish_sent += 1
         stats.bytes_sent += len(data)
+        return True
+
+    def _too_large(self) -> None:
+        """[MQTT-3.1.2-24] [MQTT-3.1.2-25]: a PUBLISH over the client's
+        Maximum Packet Size is not sent, and counts as delivered to it."""
+        self.stats.publish_too_large += 1
+
+    def _encode(self, packet) -> bytes:
+        """A packet in the connection's protocol version (MQTT 5: fitted to
+        the client's limits, `V5.fit`)."""
+        if self.v5 is None:
+            return encode(packet)
+        return self.v5.fit(packet) or b""
+
+    def _send_publish5(self, message: Message, qos: int, retained: bool, packet_id: int,
+                       dup: bool) -> bool:
+        """A PUBLISH to an MQTT 5 client (`reactorapp.mqtt.publish5`): the
+        Subscription Identifiers and Retain As Published of its matching
+        subscriptions, if it has options, and a Topic Alias if it allows them.
+        False: over the client's Maximum Packet Size, not sent."""
+        session = self.session
+        options = session.options if session is not None else None
+        identifiers = ()
+        if options is not None:
+            share = session.share_of(packet_id)  # a shared subscription's copy
+            routing = (options.routing(message.topic) if share is None
+                       else options.shared_routing(share))
+            identifiers = routing.identifiers
+            if not retained and routing.as_published:
+                retained = message.retain  # [MQTT-3.3.1-13]
+        v5 = self.v5
+        data, assigned = encode_for(message, qos, retained, packet_id, dup, self.clock,
+                                    identifiers, v5.aliases)
+        if len(data) > v5.maximum_packet_size:
+            if assigned:  # the client never learns that alias
+                v5.aliases.forget(assigned)
+            self._too_large()
+            return False
+        self._send(data)
+        self.traffic.sent[qos] += 1
+        stats = self.stats
+        stats.messages_sent += 1
+        stats.publish_sent += 1
+        stats.bytes_sent += len(data)
+        return True
 
     def send_pubrel(self, packet_id: int) -> None:
         self._write(encode_pubrel(packet_id))
@@ -316,12 +408,44 @@ class MQTTProtocol(ConnectHandling, Protocol):
 
     # -- closing -------------------------------------------------------
 
-    def _protocol_error(self, reason: str) -> None:
+    def _protocol_error(self, reason: str, reason_code: int = P.ReasonCode.PROTOCOL_ERROR) -> None:
         """[MQTT-4.8.0-1]: close this connection, nobody else notices. The
-        will is published because no DISCONNECT was received."""
+        will is published because no DISCONNECT was received. An MQTT 5
+        client is told why first (``reason_code``: 0x81 malformed, 0x82
+        protocol error, 0x94 topic alias invalid, ...) [MQTT-4.13.1-1]."""
         log.info("Closing {peer} ({client_id}): {reason}",
                  peer=self._peer(), client_id=self.client_id, reason=reason)
-        self._close(abort=True)
+        self._disconnect(reason_code, reason)
+
+    def _disconnect(self, reason_code: int, reason: str | None = None,
+                    properties: dict | None = None) -> None:
+        """The server ends the connection: MQTT 5 clients get a DISCONNECT
+        with ``reason_code`` (and ``reason`` as its Reason String) before the
+        close, once CONNACK went out [MQTT-3.14.0-1]; 3.1.1 clients, or a
+        client before CONNACK, a plain close. The session is let go at once
+        (nothing is sent after the DISCONNECT [MQTT-3.14.4-1]) and the will
+        handed on, since the client did not disconnect."""
+        v5 = self.v5
+        session = self._release_session()
+        if v5 is None or self.state is not CONNECTED:
+            self._close(abort=True)
+        else:
+            properties = dict(properties or ())
+            if reason:
+                properties["reason_string"] = reason
+            data = v5.fit(P.Disconnect(reason_code, properties))
+            if data is not None:
+                self._write(data)
+            # Closed once the DISCONNECT is written [MQTT-3.14.4-2]; a client
+            # that does not read it is cut off after CLOSE_GRACE.
+            self._close(abort=False)
+            self._timer = self.factory.timeouts.add(CLOSE_GRACE, self, self._abort)
+        self._publish_will(session)
+
+    def _abort(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def _close(self, abort: bool) -> None:
         """Stop reading and drop the connection; the will, if any, goes out
@@ -329,8 +453,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         if self.state is CLOSED:
             return
         self.state = CLOSED
-        self._stop_keepalive()
-        self._cancel_connect_timeout()
+        self._stop_timer()
         self._cancel_throttle()
         self._end_congestion()
         self.flush_writes()  # what was sent before the close goes out first
@@ -344,47 +467,70 @@ class MQTTProtocol(ConnectHandling, Protocol):
             self.transport.loseConnection()
 
     def take_over(self) -> None:
-        """Another connection claimed this client id [MQTT-3.1.4-2]: close,
-        and publish the will now, since this is not a DISCONNECT."""
+        """Another connection claimed this client id [MQTT-3.1.4-2]: close
+        (MQTT 5: DISCONNECT 0x8E [MQTT-3.1.4-3]), and hand the will on now,
+        since this is not a DISCONNECT."""
         log.info("Client {client_id} taken over by a new connection", client_id=self.client_id)
-        self._release_session()
-        self._close(abort=True)
-        self._publish_will()
+        self._disconnect(P.ReasonCode.SESSION_TAKEN_OVER)
 
-    def disconnect(self) -> None:
+    def disconnect(self, reason_code: int = P.ReasonCode.ADMINISTRATIVE_ACTION) -> None:
         """Drop the connection as on a protocol error (asked for over the
-        admin API): the will goes out from connectionLost."""
-        self._close(abort=True)
+        admin API, or at shutdown with 0x8B): MQTT 5 clients get a
+        DISCONNECT with ``reason_code``; the will goes out from connectionLost."""
+        self._disconnect(reason_code)
 
     def describe(self) -> dict:
         """`IConnection.describe`: for the admin API."""
         transport = self.transport
-        return {"front_end": getattr(self.factory, "front_end", "mqtt"),
+        info = {"front_end": getattr(self.factory, "front_end", "mqtt"),
                 "keep_alive": self.keep_alive,
-                "peer": address_text(transport.getPeer()) if transport is not None else None}
+                "peer": address_text(transport.getPeer()) if transport is not None else None,
+                "protocol_version": protocol_version(self)}
+        if self.v5 is not None:
+            session = self.session
+            info["limits"] = {
+                "client": self.v5.describe(),
+                "server": {"receive_maximum": receive_maximum(self.settings),
+                           "maximum_packet_size": self.settings.max_packet_size,
+                           "topic_alias_maximum": self.settings.topic_alias_maximum},
+                "session_expiry": (None if session is None or math.isinf(session.expiry)
+                                   else session.expiry),
+            }
+        return info
 
-    def _release_session(self) -> None:
-        """Unbind from the session; a clean session ends with its connection."""
+    def _release_session(self):
+        """Unbind from the session and return it; a session whose expiry is
+        0 ends with its connection [MQTT-3.1.2-23] (then None)."""
         session, self.session = self.session, None
         if session is None:
-            return
-        self.stats.client_disconnected()
-        if session.connection is self:
-            session.detach()
-            if not session.persistent:
-                session.discard()
+            return None
+        self.stats.client_disconnected(protocol_version(self))
+        if session.connection is not self:
+            return None
+        session.detach()
+        if not session.expiry:
+            session.discard()
+            return None
+        return session
 
-    def _publish_will(self) -> None:
-        """[MQTT-3.1.2-8]: on any close not preceded by DISCONNECT."""
+    def _publish_will(self, session=None) -> None:
+        """[MQTT-3.1.2-8]: on any close not preceded by a normal DISCONNECT.
+        An MQTT 5 will with a Will Delay Interval waits in the ``session``
+        that outlives the connection: it goes out when the delay ends or
+        the session does, whichever is first, and not at all if the client
+        comes back before [MQTT-3.1.3-9]."""
         will, self.will = self.will, None
         if will is None:
             return
-        message = Message(will.topic, will.payload, will.qos, will.retain,
-                          sender=self.client_id)
-        durable = self.hub.publish(message)
-        if durable is not None:
-            durable.addErrback(lambda f: log.failure(
-                "Could not store the will of {client_id}", f, client_id=self.client_id))
+        # An MQTT 5 will carries its properties like a PUBLISH [§3.1.3.2].
+        properties = application_properties(will.properties)
+        message = Message(will.topic, will.payload, will.qos, will.retain, properties,
+                          self.client_id, self.clock.seconds() if properties else None)
+        delay = will.properties.get("will_delay_interval", 0) if self.v5 is not None else 0
+        if delay and session is not None:
+            session.delay_will(message, delay)
+        else:
+            publish_will(self.hub, message)
 
     def _peer(self) -> str:
         return address_text(self.transport.getPeer() if self.transport is not None else None)
@@ -427,14 +573,14 @@ class MQTTProtocol(ConnectHandling, Protocol):
 
     def _start_keepalive(self) -> None:
         if self.keep_alive:
-            self._keepalive_call = self.factory.keepalives.add(
+            self._timer = self.factory.timeouts.add(
                 1.5 * self.keep_alive, self, self._check_keepalive)
 
     def _check_keepalive(self) -> None:
         """[MQTT-3.1.2-24]: silent for 1.5 x Keep Alive means gone. The
         timer is re-armed from the last packet instead of being reset on
         every packet, which keeps the read path cheap."""
-        self._keepalive_call = None
+        self._timer = None
         grace = 1.5 * self.keep_alive
         pauses = self._read_pauses
         if pauses and (len(pauses) > 1 or "output" not in pauses):
@@ -445,21 +591,23 @@ class MQTTProtocol(ConnectHandling, Protocol):
         if idle >= grace:
             log.info("Client {client_id} silent for {idle:.1f}s (keep-alive {keep_alive}s)",
                      client_id=self.client_id, idle=idle, keep_alive=self.keep_alive)
-            self._close(abort=True)
+            self._disconnect(P.ReasonCode.KEEP_ALIVE_TIMEOUT)  # [MQTT-3.1.2-22]
         else:
-            self._keepalive_call = self.factory.keepalives.add(
+            self._timer = self.factory.timeouts.add(
                 grace - idle, self, self._check_keepalive)
-
-    def _stop_keepalive(self) -> None:
-        if self._keepalive_call is not None:
-            self.factory.keepalives.remove(self._keepalive_call, self)
-            self._keepalive_call = None
 
     # -- PUBLISH from the client -----------------------------------------
 
     def _on_publish(self, publish: P.Publish) -> None:
         self.stats.publish_received += 1
         qos = publish.qos
+        v5 = self.v5
+        if qos and v5 is not None:
+            v5.inbound += 1
+            if v5.inbound > v5.limit:  # [MQTT-3.3.4-7]
+                self._protocol_error("more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum",
+                                     P.ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
+                return
         self.traffic.received[qos] += 1
         bucket = self._bucket
         if bucket is not None:
@@ -470,6 +618,9 @@ class MQTTProtocol(ConnectHandling, Protocol):
             # [MQTT-4.3.3-2]: a re-sent QoS 2 PUBLISH is acknowledged again,
             # never forwarded twice.
             self._acknowledge(None, encode_pubrec(publish.packet_id))
+            return
+        if v5 is not None:
+            self._on_publish5(publish)
             return
         if publish.topic.startswith(SYS_PREFIX):  # `is_broker_topic`, inlined: hot path
             # Clients may not write the broker's own status [§4.7.2]; the
@@ -494,6 +645,69 @@ class MQTTProtocol(ConnectHandling, Protocol):
         elif wait is not None:  # QoS 0 is never waited for; failures are logged
             wait.add(self._on_qos0_placed)
 
+    def _on_publish5(self, publish: P.Publish) -> None:
+        """The rest of `_on_publish` for an MQTT 5 client: its Topic Alias,
+        the Payload Format check, the properties handed on with the message,
+        and a reason code in PUBACK/PUBREC (`reactorapp.mqtt.publish5`)."""
+        qos = publish.qos
+        topic = publish.topic
+        received = publish.properties
+        properties = None
+        if received:
+            if "subscription_identifier" in received:
+                self._protocol_error("a PUBLISH from a client has a Subscription Identifier")
+                return  # [MQTT-3.3.4-6]
+            try:
+                topic = self.v5.aliases.resolve(topic, received.get("topic_alias"),
+                                                self.settings.topic_alias_maximum)
+            except AliasError as error:
+                self._protocol_error(error.reason, error.reason_code)
+                return
+            if payload_format_invalid(received, publish.payload):
+                # [MQTT-3.3.2-4] [§3.3.2.3.2]: refused; at QoS 0 there is no
+                # acknowledgement to say so, so the connection ends [§4.13].
+                self.stats.publish_dropped += 1
+                if qos:
+                    self._answer_publish(publish, None, P.ReasonCode.PAYLOAD_FORMAT_INVALID)
+                else:
+                    self._protocol_error("payload is not the UTF-8 its PUBLISH says it is",
+                                         P.ReasonCode.PAYLOAD_FORMAT_INVALID)
+                return
+            properties = application_properties(received)
+        if topic.startswith(SYS_PREFIX):
+            # Clients may not write the broker's own status [§4.7.2].
+            self.stats.publish_dropped += 1
+            self._answer_publish(publish, None, P.ReasonCode.NOT_AUTHORIZED)
+            return
+        if self.authorizer is not None and not self.authorizer.can_publish(self.identity, topic):
+            self.guard.stats.publish_denied += 1
+            self._answer_publish(publish, None, P.ReasonCode.NOT_AUTHORIZED)
+            return
+        # A message that expires is stamped with the hub's clock (Message.expires).
+        timestamp = (self.clock.seconds()
+                     if properties and "message_expiry_interval" in properties else None)
+        message = Message(topic, publish.payload, qos, publish.retain, properties,
+                          self.client_id, timestamp)
+        wait = self.hub.route(message)
+        if qos:
+            # [§3.4.2.1]: 0x10 tells the publisher nobody subscribed.
+            code = 0 if self.hub.has_subscribers(topic) else P.ReasonCode.NO_MATCHING_SUBSCRIBERS
+            self._answer_publish(publish, wait, code)
+        elif wait is not None:
+            wait.add(self._on_qos0_placed)
+
+    def _answer_publish(self, publish: P.Publish, wait, code: int) -> None:
+        """PUBACK or PUBREC with ``code`` for an MQTT 5 client. A PUBREC with
+        a failure code ends the QoS 2 exchange: no PUBREL is awaited."""
+        packet_id = publish.packet_id
+        if publish.qos == 1:
+            data = encode_puback(packet_id) if not code else encode(P.PubAck(packet_id, code), 5)
+        else:
+            if code < 0x80:
+                self.session.awaiting_pubrel.add(packet_id)
+            data = encode_pubrec(packet_id) if not code else encode(P.PubRec(packet_id, code), 5)
+        self._acknowledge(wait, data)
+
     def _acknowledge(self, wait, data: bytes) -> None:
         """Send PUBACK/PUBREC/PUBCOMP once the message is placed, in the order
         the packets arrived [MQTT-4.6.0-2] [MQTT-4.6.0-3].
@@ -504,6 +718,9 @@ class MQTTProtocol(ConnectHandling, Protocol):
         acks = self._acks
         if wait is None and not acks:
             self._write(data)
+            v5 = self.v5
+            if v5 is not None and v5.inbound and (data[0] != 0x50 or v5.fails(data)):
+                v5.inbound -= 1  # the client's quota back [§4.9]
             return
         if not acks:
             acks = self._acks = AckLine()
@@ -526,6 +743,11 @@ class MQTTProtocol(ConnectHandling, Protocol):
         acks = self._acks
         ready = acks.ready()
         if ready and self.state is CONNECTED:
+            v5 = self.v5
+            if v5 is not None:
+                for answer in ready:
+                    if v5.inbound and (answer[0] != 0x50 or v5.fails(answer)):
+                        v5.inbound -= 1
             data = ready[0] if len(ready) == 1 else b"".join(ready)
             self._send(data)
             stats = self.stats
@@ -575,34 +797,57 @@ class MQTTProtocol(ConnectHandling, Protocol):
         retained = []
         authorizer = self.authorizer
         limit = self.settings.max_subscriptions
+        # MQTT 5 says why a filter was refused [§3.9.3]; 3.1.1 has 0x80 only.
+        v5 = self.v5 is not None
+        identifier = subscribe.properties.get("subscription_identifier", 0) if v5 else 0
         for request in subscribe.subscriptions:
-            if not is_valid_filter(request.topic_filter):
-                codes.append(P.SUBACK_FAILURE)
+            topic_filter = request.topic_filter
+            if not is_valid_filter(topic_filter):
+                codes.append(P.ReasonCode.TOPIC_FILTER_INVALID if v5 else P.SUBACK_FAILURE)
                 continue
             if authorizer is not None and not authorizer.can_subscribe(
-                    self.identity, request.topic_filter):
+                    self.identity, topic_filter):
                 self.guard.stats.subscribe_denied += 1
-                codes.append(P.SUBACK_FAILURE)
+                codes.append(P.ReasonCode.NOT_AUTHORIZED if v5 else P.SUBACK_FAILURE)
                 continue
-            if (limit and len(session.subscriptions) >= limit
-                    and request.topic_filter not in session.subscriptions):
+            existed = topic_filter in session.subscriptions
+            if limit and len(session.subscriptions) >= limit and not existed:
                 self.guard.stats.subscriptions_over_limit += 1
-                codes.append(P.SUBACK_FAILURE)
+                codes.append(P.ReasonCode.QUOTA_EXCEEDED if v5 else P.SUBACK_FAILURE)
                 continue
             granted = min(request.qos, MAXIMUM_QOS)
             codes.append(granted)
-            for message in session.subscribe(request.topic_filter, granted):
+            if not v5:
+                found = session.subscribe(topic_filter, granted)
+            else:
+                handling = request.retain_handling
+                found = session.subscribe(topic_filter, granted, Options(
+                    request.no_local, request.retain_as_published, handling, identifier))
+                if handling == 2 or (handling == 1 and existed):
+                    continue  # [MQTT-3.3.1-10] [MQTT-3.3.1-11]
+            for message in found:
                 retained.append((message, granted))
-        self._write(encode(P.SubAck(subscribe.packet_id, codes)))
+        self._write(encode(P.SubAck(subscribe.packet_id, codes), 5 if v5 else 4))
         for message, granted in retained:
             # [MQTT-3.8.4-6]: at the lower of stored and granted QoS.
             session.deliver(message, min(message.qos, granted), True)
 
     def _on_unsubscribe(self, unsubscribe: P.Unsubscribe) -> None:
-        """[MQTT-3.10.4-1..6]: exact filters removed, UNSUBACK always."""
+        """[MQTT-3.10.4-1..6]: exact filters removed, UNSUBACK always; for
+        MQTT 5 with a reason code per filter: 0x11 when there was no such
+        subscription [MQTT-3.11.3-1]."""
+        codes = []
         for topic_filter in unsubscribe.topic_filters:
-            self.session.unsubscribe(topic_filter)
-        self._write(encode(P.UnsubAck(unsubscribe.packet_id)))
+            if self.session.unsubscribe(topic_filter):
+                codes.append(P.ReasonCode.SUCCESS)
+            elif is_valid_filter(topic_filter):
+                codes.append(P.ReasonCode.NO_SUBSCRIPTION_EXISTED)
+            else:
+                codes.append(P.ReasonCode.TOPIC_FILTER_INVALID)
+        if self.v5 is None:
+            self._write(encode(P.UnsubAck(unsubscribe.packet_id)))
+        else:
+            self._write(encode(P.UnsubAck(unsubscribe.packet_id, codes), 5))
 
     # -- the rest ------------------------------------------------------------
 
@@ -612,8 +857,20 @@ class MQTTProtocol(ConnectHandling, Protocol):
     def _on_pingreq(self, _packet) -> None:
         self._write(PINGRESP_BYTES)  # [MQTT-3.12.4-1]
 
-    def _on_disconnect(self, _packet) -> None:
-        """[MQTT-3.14.4-3]: the will is discarded; nothing after counts."""
+    def _on_disconnect(self, packet) -> None:
+        """[MQTT-3.14.4-3]: the will is discarded on a normal disconnection
+        (MQTT 5: reason 0x00; 0x04 and errors keep it); nothing after counts.
+        MQTT 5 may change the Session Expiry Interval, though not from 0."""
+        if self.v5 is not None:
+            interval = packet.properties.get("session_expiry_interval")
+            if interval is not None and self.session is not None:
+                if interval and not self.session.expiry:
+                    self._protocol_error("DISCONNECT sets a Session Expiry Interval after 0")
+                    return
+                self.session.expiry = expiry_for(interval, self.settings)
+            if packet.reason_code != P.ReasonCode.SUCCESS:
+                self._close(abort=False)  # the will goes out from connectionLost
+                return
         self.will = None
         self._close(abort=False)
 
@@ -630,6 +887,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         P.Unsubscribe: _on_unsubscribe,
         P.PingReq: _on_pingreq,
         P.Disconnect: _on_disconnect,
+        P.Auth: ConnectHandling._on_auth,
     }
 
 
@@ -643,6 +901,7 @@ CONNECTED.handlers.update(MQTTProtocol._HANDLERS)
 AWAITING_CONNECT.handlers.update(dict.fromkeys(_PACKET_TYPES, MQTTProtocol._on_first_packet))
 AUTHENTICATING.handlers.update(dict.fromkeys(_PACKET_TYPES, MQTTProtocol._hold))
 CLOSED.handlers.update(dict.fromkeys(_PACKET_TYPES, _ignore))
+CHALLENGED.handlers.update(dict.fromkeys(_PACKET_TYPES, MQTTProtocol._on_auth_answer))
 
 
 class MQTTFactory(Factory):
@@ -664,10 +923,9 @@ class MQTTFactory(Factory):
         #: ("mqtt" for TCP, TLS and Unix sockets, "websocket" over HTTP).
         self.front_end = front_end
         self.traffic = hub.stats.traffic_for(front_end)
-        #: CONNECT timeouts and keep-alives of all its connections, on two
-        #: shared timers rather than a DelayedCall each.
-        self.connect_timeouts = Timeouts(clock)
-        self.keepalives = Timeouts(clock)
+        #: CONNECT timeouts and keep-alives of all its connections (one each
+        #: at a time), on one shared timer rather than a DelayedCall each.
+        self.timeouts = Timeouts(clock)
 
     def buildProtocol(self, addr):
         return self.protocol(self)

@@ -7,6 +7,7 @@ the client to come back. The protocol only turns its calls into bytes.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -15,7 +16,9 @@ from zope.interface import implementer
 
 from reactorapp.hub.commit import placed
 from reactorapp.hub.interfaces import ISubscriber
+from reactorapp.hub.shared import AWAY, BUSY, READY, REFUSED
 from reactorapp.mqtt.backlog import Backlog
+from reactorapp.mqtt.suboptions import DEFAULT, OptionTable, Options
 
 log = Logger()
 
@@ -32,7 +35,15 @@ class MQTTSettings:
     max_packet_size: int = 268_435_460
     max_inflight: int = 20
     max_queued_messages: int = 1000
-    max_keepalive: int = 65535
+    #: Longest keep-alive an MQTT 5 client may use, in seconds (0: no limit).
+    max_keepalive: int = 0
+    #: Seconds a persistent session outlives its connection (0: for ever), and
+    #: the longest Session Expiry Interval an MQTT 5 client gets.
+    session_expiry: float = 0.0
+    #: Topic aliases an MQTT 5 client may send (CONNACK Topic Alias Maximum).
+    topic_alias_maximum: int = 10
+    #: Response Information for an MQTT 5 client that asks ("%c": its client id).
+    response_information: str = "response/%c/"
     #: Seconds from TCP connect to CONNECT before the connection is closed; 0: no limit.
     connect_timeout: float = 10.0
     #: Subscriptions one client may hold; 0: no limit.
@@ -110,9 +121,24 @@ class Session:
         self.persistent = persistent
         self.hub = hub
         self.settings = settings
+        #: Seconds it is kept once its client has gone (0: it ends with the
+        #: connection; inf: never ends): Clean Session 0 and --session-expiry
+        #: for 3.1.1, the Session Expiry Interval for MQTT 5 [MQTT-3.1.2-23].
+        self.expiry = (settings.session_expiry or math.inf) if persistent else 0.0
+        #: QoS 1/2 messages sent and not yet acknowledged, at most: --max-inflight,
+        #: or less for an MQTT 5 client's Receive Maximum [MQTT-3.3.4-9].
+        self.window = settings.max_inflight
+        #: While the client is away: the call that ends the session at its expiry.
+        self._expiry_call = None
+        #: A will waiting for its Will Delay Interval: (message, DelayedCall).
+        self._will = None
         #: Where a persistent session keeps its state (the hub's store), or None.
         self.store = hub.store if persistent else None
         self.subscriptions: dict[str, int] = {}
+        #: MQTT 5 options of subscriptions that have some (No Local, Retain
+        #: As Published, a Subscription Identifier), or None: most sessions
+        #: pay nothing for them (`reactorapp.mqtt.suboptions`).
+        self.options: OptionTable | None = None
         #: Outgoing QoS 1/2 messages by packet id, in the order they were sent.
         self.inflight: dict[int, InFlight] = {}
         #: QoS 1/2 messages waiting for room in the window or for the client,
@@ -134,6 +160,12 @@ class Session:
         self.slow_until = 0.0
         self._last_packet_id = 0
         self._seq = 0
+        #: QoS 1/2 messages taken for a shared subscription and not yet
+        #: acknowledged: their number (``seq``) -> "$share/GROUP/FILTER", so
+        #: that another member gets them if this one goes away.
+        self.shared: dict[int, str] = {}
+        #: The shared subscription `deliver` is taking a message for now.
+        self._share: str | None = None
         #: In-flight messages not yet written, in order: (packet_id, InFlight).
         self._unsent: deque = deque()
         if self.store is not None and not stored:
@@ -152,6 +184,10 @@ class Session:
         may_read = self.may_read
         if may_read is not None and not may_read(message.topic):
             return  # the ACL hides this topic from the client, retained or not
+        options = self.options
+        if (options is not None and message.sender == self.client_id and not retained
+                and self._share is None and not options.routing(message.topic).own):
+            return None  # No Local: not to the client that published it [MQTT-3.8.3-3]
         connection = self.connection
         if qos == 0:
             if connection is not None:
@@ -169,7 +205,7 @@ class Session:
         # retained messages sent for a SUBSCRIBE ride along with a later batch.
         store = self.store if not retained else None
         if (connection is not None and (connection.writable or connection.hold_input())
-                and not queue and len(self.inflight) < self.settings.max_inflight):
+                and not queue and len(self.inflight) < self.window):
             self._send_new(connection, message, qos, retained, self._keep(message, qos, retained))
             # A persistent session wrote it: acknowledged once durable.
             return None if store is None else store.pending_commit()
@@ -190,13 +226,111 @@ class Session:
 
     def _keep(self, message, qos, retained) -> int:
         """Write a message a persistent session owes to the store (`deliver`
-        returns the store's `Commit` for it); return its number there."""
+        returns the store's `Commit` for it); return its number there. A
+        message for a shared subscription is numbered even when not stored,
+        and remembered in `shared`."""
         store = self.store
-        if store is None:
+        share = self._share
+        if store is None and share is None:
             return 0
         self._seq = seq = self._seq + 1
-        store.enqueue(self.client_id, seq, message, qos, retained)
+        if store is not None:
+            store.enqueue(self.client_id, seq, message, qos, retained)
+        if share is not None:
+            self.shared[seq] = share
         return seq
+
+    # -- shared subscriptions (reactorapp/hub/shared.py) --------------------
+
+    @property
+    def share_label(self) -> tuple[str, str]:
+        """(kind, name) of this member, for the admin API."""
+        return "mqtt", self.client_id
+
+    def share_state(self, qos: int) -> int:
+        """Whether this member of a shared subscription can take a message
+        at ``qos`` now: `READY`, `BUSY` (congested, slow a moment ago, or
+        with QoS 1/2 messages waiting) or `AWAY` (its client is offline)."""
+        connection = self.connection
+        if connection is None:
+            return AWAY
+        if not connection.writable or (
+                self.slow_until and self.slow_until > self.hub.clock.seconds()):
+            return BUSY
+        if qos and (self.queue or len(self.inflight) >= self.window):
+            return BUSY
+        return READY
+
+    def deliver_shared(self, message, qos, share_filter):
+        """`deliver` for the shared subscription ``share_filter``: the message
+        is remembered as shared until acknowledged. `REFUSED` when the ACL
+        hides the topic, or an offline session has no room for it: another
+        member gets it then."""
+        may_read = self.may_read
+        if may_read is not None and not may_read(message.topic):
+            return REFUSED
+        if qos and self.connection is None and self.queue.full(message):
+            return REFUSED
+        self._share = share_filter
+        try:
+            return self.deliver(message, qos, False)
+        finally:
+            self._share = None
+
+    def share_of(self, packet_id: int) -> str | None:
+        """The shared subscription (``$share/GROUP/FILTER``) an outgoing
+        PUBLISH is a copy for, or None (a QoS 0 one: while it is taken), so
+        that it carries that subscription's options (`OptionTable.shared_routing`)."""
+        if not packet_id:
+            return self._share
+        flight = self.inflight.get(packet_id)
+        return None if flight is None or not self.shared else self.shared.get(flight.seq)
+
+    def release_shared(self, connected_only: bool) -> None:
+        """Give the shared-subscription messages this session holds and its
+        client has not acknowledged to other members of their groups (only
+        to connected ones with ``connected_only``; what nobody takes stays).
+
+        Queued messages and QoS 1 messages in flight go; a QoS 2 message
+        already written stays with this session: its delivery is completed
+        when the client comes back, or dropped with the session
+        [MQTT-4.8.2-4] [MQTT-4.8.2-5]."""
+        shared = self.shared
+        if not shared:
+            return
+        hub = self.hub
+        inflight = self.inflight
+        for packet_id, flight in list(inflight.items()):
+            share = shared.get(flight.seq)
+            if share is None or (flight.qos == 2 and flight.sent) or flight.message is None:
+                continue
+            if hub.hand_over(share, flight.message, self, connected_only):
+                del inflight[packet_id]
+                self._given(flight.seq)
+        queue = self.queue
+        if not queue or len(shared) == sum(1 for f in inflight.values() if f.seq in shared):
+            return  # none of them is queued
+        kept = []
+        now = hub.clock.seconds()
+        while queue:
+            entry = queue.popleft()
+            share = shared.get(entry[3])
+            if share is None:
+                kept.append(entry)
+            elif entry[0].expires is not None and entry[0].expired(now):
+                self._expired(entry[3])  # never sent [MQTT-3.3.2-5]
+            elif hub.hand_over(share, entry[0], self, connected_only):
+                self._given(entry[3])
+            else:
+                kept.append(entry)
+        for entry in kept:
+            queue.append(entry)
+
+    def _given(self, seq: int) -> None:
+        """A shared message numbered ``seq`` went to another member."""
+        del self.shared[seq]
+        if self.store is not None:
+            self.store.dequeue(self.client_id, seq)
 
     def _send_new(self, connection, message, qos, retained, seq) -> None:
         packet_id = self._next_packet_id()
@@ -211,7 +345,8 @@ class Session:
             durable = self.store.sync()
         if durable is None and not self._unsent:
             flight.sent = True
-            connection.send_publish(message, qos, retained, packet_id, False)
+            if not connection.send_publish(message, qos, retained, packet_id, False):
+                self._completed(packet_id)
             return
         self._unsent.append((packet_id, flight))  # behind earlier ones, in order
         if durable is not None:
@@ -237,7 +372,9 @@ class Session:
             unsent.popleft()
             if self.inflight.get(packet_id) is flight:
                 flight.sent = True
-                connection.send_publish(flight.message, flight.qos, flight.retained, packet_id, False)
+                if not connection.send_publish(flight.message, flight.qos, flight.retained,
+                                               packet_id, False):
+                    self._completed(packet_id)
 
     def _next_packet_id(self) -> int:
         """An id not in use by this session's outgoing messages [MQTT-2.3.1-4]."""
@@ -252,11 +389,32 @@ class Session:
     def _fill_window(self) -> None:
         connection = self.connection
         queue = self.queue
-        limit = self.settings.max_inflight
+        limit = self.window
         while (connection is not None and connection.writable and queue
                and len(self.inflight) < limit):
             message, qos, retained, seq = queue.popleft()
+            if message.expires is not None and message.expired(self.hub.clock.seconds()):
+                self._expired(seq)
+                continue
             self._send_new(connection, message, qos, retained, seq)
+
+    def _expired(self, seq: int) -> None:
+        """A queued message's Message Expiry Interval passed before its
+        delivery started: it is never sent [MQTT-3.3.2-5], and forgotten."""
+        self.hub.stats.messages_expired += 1
+        if self.store is not None and seq:
+            self.store.dequeue(self.client_id, seq)
+        if self.shared:
+            self.shared.pop(seq, None)
+
+    def _completed(self, packet_id: int) -> None:
+        """A message the connection would not send (larger than the client's
+        Maximum Packet Size): done with, as if acknowledged [MQTT-3.1.2-25]."""
+        flight = self.inflight.pop(packet_id, None)
+        if flight is not None and self.store is not None:
+            self.store.dequeue(self.client_id, flight.seq)
+        if flight is not None and self.shared:
+            self.shared.pop(flight.seq, None)
 
     # -- acknowledgements from the client ----------------------------------
 
@@ -266,6 +424,8 @@ class Session:
             del self.inflight[packet_id]
             if self.store is not None:
                 self.store.dequeue(self.client_id, flight.seq)
+            if self.shared:
+                self.shared.pop(flight.seq, None)
             self._fill_window()
 
     def pubrec(self, packet_id: int) -> bool:
@@ -287,6 +447,8 @@ class Session:
             del self.inflight[packet_id]
             if self.store is not None:
                 self.store.dequeue(self.client_id, flight.seq)
+            if self.shared:
+                self.shared.pop(flight.seq, None)
             self._fill_window()
 
     def release(self, packet_id: int):
@@ -307,53 +469,138 @@ class Session:
         original order [MQTT-4.4.0-1] [MQTT-4.6.0-1], then drain the queue."""
         self.connection = connection
         self.detached_at = None
+        self._cancel_expiry()
+        self._cancel_will()  # the client is back before its will's delay [MQTT-3.1.3-9]
         for packet_id, flight in list(self.inflight.items()):
             if not flight.sent:
                 continue  # held back, goes out below in its turn
             if flight.state == AWAITING_PUBCOMP:
                 connection.send_pubrel(packet_id)
-            else:
-                connection.send_publish(flight.message, flight.qos, flight.retained, packet_id, True)
+            elif not connection.send_publish(flight.message, flight.qos, flight.retained,
+                                             packet_id, True):
+                self._completed(packet_id)
         self._send_unsent()
         self._fill_window()
+        if any(f.startswith("$share/") for f in self.subscriptions):
+            # Members of its groups that are offline give what they hold
+            # to the connected ones, this one included.
+            self.hub.member_back(self, self.subscriptions)
 
     def detach(self) -> None:
         self.connection = None
         self.detached_at = self.hub.clock.seconds()
         self.queue.drop_held0()
         self.queue.release()  # publishers do not wait for an absent client
+        # Connected members of its shared subscriptions take over what it
+        # has not acknowledged (MQTT 5 section 4.8.2).
+        self.release_shared(connected_only=True)
+        self._arm_expiry()
+
+    # -- how a session ends ------------------------------------------------------
+
+    def _arm_expiry(self) -> None:
+        """The client is away: end the session once its expiry has passed
+        (0 is the connection's to end; inf never)."""
+        self._cancel_expiry()
+        if 0 < self.expiry < math.inf:
+            self._expiry_call = self.hub.clock.callLater(self.expiry, self.expire)
+
+    def _cancel_expiry(self) -> None:
+        call, self._expiry_call = self._expiry_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def expire(self) -> None:
+        """The client stayed away for the session's expiry: it ends, from
+        memory and from the store, and a will waiting for its delay goes out."""
+        self._expiry_call = None
+        if self.connection is not None or self.hub.get_session(self.client_id) is not self:
+            return
+        self.hub.stats.sessions_expired += 1
+        log.info("Session {client_id} expired: its client has been away {expiry:g} s",
+                 client_id=self.client_id, expiry=self.expiry)
+        self.discard()
+
+    def delay_will(self, message, delay: float) -> None:
+        """Keep the will of the connection that just ended until ``delay``
+        seconds have passed or the session ends, whichever is first; a
+        client that comes back before cancels it [MQTT-3.1.3-9]."""
+        self._cancel_will()
+        self._will = (message, self.hub.clock.callLater(delay, self._send_will))
+
+    def _send_will(self) -> None:
+        will, self._will = self._will, None
+        if will is not None:
+            message, call = will
+            if call.active():
+                call.cancel()
+            publish_will(self.hub, message)
+
+    def _cancel_will(self) -> None:
+        will, self._will = self._will, None
+        if will is not None and will[1].active():
+            will[1].cancel()
 
     def resume(self) -> None:
         """The connection can take more (its transport drained): send the
         held QoS 0 messages, then refill the window, until it is full again."""
         connection = self.connection
         queue = self.queue
+        clock = self.hub.clock
         while connection is not None and connection.writable and queue.held0:
-            connection.send_publish0(*queue.popleft0())
+            message, retained = queue.popleft0()
+            if message.expires is not None and message.expired(clock.seconds()):
+                self.hub.stats.messages_expired += 1
+                continue
+            connection.send_publish0(message, retained)
         self._fill_window()
 
-    def subscribe(self, topic_filter: str, qos: int):
-        """Add or replace a subscription [MQTT-3.8.4-3]; return the retained
-        messages to send for it."""
+    def subscribe(self, topic_filter: str, qos: int, options: Options = DEFAULT):
+        """Add or replace a subscription [MQTT-3.8.4-3], with its MQTT 5
+        ``options``; return the retained messages to send for it."""
         retained = self.hub.subscribe(self, topic_filter, qos)
         self.subscriptions[topic_filter] = qos
+        self._set_options(topic_filter, options)
         if self.store is not None:
-            self.store.add_subscription(self.client_id, topic_filter, qos)
+            if options is DEFAULT or options == DEFAULT:
+                self.store.add_subscription(self.client_id, topic_filter, qos)
+            else:
+                self.store.add_subscription(self.client_id, topic_filter, qos,
+                                            options.bits, options.identifier)
         return retained
+
+    def _set_options(self, topic_filter: str, options: Options) -> None:
+        table = self.options
+        if options.per_delivery:
+            if table is None:
+                table = self.options = OptionTable(self.subscriptions)
+            table.set(topic_filter, options)
+        elif table is not None:
+            table.set(topic_filter, options)
+            if not table:
+                self.options = None
 
     def unsubscribe(self, topic_filter: str) -> bool:
         """Remove a subscription matched byte for byte [MQTT-3.10.4-1]."""
         if self.subscriptions.pop(topic_filter, None) is None:
             return False
+        self._set_options(topic_filter, DEFAULT)
         self.hub.unsubscribe(self, topic_filter)
         if self.store is not None:
             self.store.remove_subscription(self.client_id, topic_filter)
         return True
 
     def discard(self) -> None:
-        """End this session: drop its subscriptions and state [MQTT-3.1.2-6]."""
+        """End this session: drop its subscriptions and state [MQTT-3.1.2-6].
+        Shared-subscription messages it had not delivered go to another
+        member of their group first. A will still waiting for its delay goes
+        out now [MQTT-3.1.2-8]."""
+        self._cancel_expiry()
         self.hub.unsubscribe_all(self, self.subscriptions)
+        self.release_shared(connected_only=False)
+        self.shared.clear()
         self.subscriptions.clear()
+        self.options = None
         self.inflight.clear()
         self.queue.clear()
         self._unsent.clear()
@@ -361,6 +608,7 @@ class Session:
         self.hub.remove_session(self.client_id, self)
         if self.store is not None:
             self.store.remove_session(self.client_id)
+        self._send_will()
 
     def restore(self, stored) -> None:
         """Take back, without writing it again, what the store kept: a
@@ -368,6 +616,9 @@ class Session:
         for topic_filter, qos in stored.subscriptions.items():
             self.hub.subscribe(self, topic_filter, qos)
             self.subscriptions[topic_filter] = qos
+        for topic_filter, (bits, identifier) in stored.options.items():
+            if topic_filter in self.subscriptions:
+                self._set_options(topic_filter, Options.from_bits(bits, identifier))
         self.awaiting_pubrel = _StoredIds(self.store, self.client_id, stored.awaiting_pubrel)
         messages = stored.messages
         # Only QoS 2 packet ids are stored. QoS 1 messages before the last of
@@ -395,8 +646,18 @@ class Session:
 
 
 def restore_sessions(hub, stored_sessions, settings: MQTTSettings) -> None:
-    """Rebuild the persistent sessions a store kept, at start-up."""
+    """Rebuild the persistent sessions a store kept, at start-up. The store
+    keeps no times: each is away from start-up on, for --session-expiry."""
     for stored in stored_sessions:
         session = Session(stored.client_id, True, hub, settings, stored=True)
         session.restore(stored)
         hub.add_session(stored.client_id, session)
+        session._arm_expiry()
+
+
+def publish_will(hub, message) -> None:
+    """Publish a will; a failure to store it is logged."""
+    durable = hub.publish(message)
+    if durable is not None:
+        durable.addErrback(lambda f: log.failure(
+            "Could not store the will of {client_id}", f, client_id=message.sender))

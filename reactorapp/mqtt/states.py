@@ -27,6 +27,8 @@ class State:
 AWAITING_CONNECT = State("AWAITING_CONNECT")
 #: CONNECT received, the authenticator has not answered: packets are held.
 AUTHENTICATING = State("AUTHENTICATING")
+#: MQTT 5 enhanced authentication: AUTH sent, the client's AUTH awaited.
+CHALLENGED = State("CHALLENGED")
 #: CONNACK 0 sent: the session is bound.
 CONNECTED = State("CONNECTED")
 #: Closed or closing: nothing read counts any more [MQTT-3.1.4-5].

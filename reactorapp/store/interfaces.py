@@ -46,6 +46,9 @@ class StoredSession:
     subscriptions: dict[str, int] = field(default_factory=dict)
     messages: list[StoredMessage] = field(default_factory=list)
     awaiting_pubrel: set[int] = field(default_factory=set)
+    #: MQTT 5 options of the subscriptions that have some: filter ->
+    #: (Subscription Options bits without the QoS, Subscription Identifier).
+    options: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,8 +93,12 @@ class IStore(Interface):
     def remove_session(client_id):
         """Forget a session with its subscriptions, messages and packet ids."""
 
-    def add_subscription(client_id, topic_filter, qos):
-        """Add or replace one subscription of a session."""
+    def add_subscription(client_id, topic_filter, qos, options=0, identifier=0):
+        """Add or replace one subscription of a session; an MQTT 5 one may
+        have ``options`` (the Subscription Options byte without its QoS
+        bits: No Local, Retain As Published, Retain Handling) and a
+        Subscription ``identifier`` (0: none). Sessions pass them only when
+        they are not 0."""
 
     def remove_subscription(client_id, topic_filter):
         """Remove one subscription of a session."""

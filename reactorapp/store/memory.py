@@ -20,7 +20,8 @@ class MemoryTables:
 
     def __init__(self) -> None:
         self.retained: dict[str, object] = {}
-        #: client id -> [subscriptions, {seq: StoredMessage}, awaiting PUBREL ids]
+        #: client id -> [subscriptions, {seq: StoredMessage}, awaiting PUBREL
+        #: ids, MQTT 5 subscription options]
         self.sessions: dict[str, list] = {}
 
 
@@ -44,9 +45,9 @@ class MemoryStore:
                 client_id, dict(subscriptions),
                 [StoredMessage(m.seq, m.message, m.qos, m.retained, m.packet_id, m.state)
                  for _, m in sorted(queue.items())],
-                set(pubrel),
+                set(pubrel), dict(options),
             )
-            for client_id, (subscriptions, queue, pubrel) in tables.sessions.items()
+            for client_id, (subscriptions, queue, pubrel, options) in tables.sessions.items()
         ]
         return StoredState(list(tables.retained.values()), sessions)
 
@@ -72,22 +73,27 @@ class MemoryStore:
     def add_session(self, client_id) -> None:
         self.writes += 1
         if not self.closed:
-            self.tables.sessions.setdefault(client_id, [{}, {}, set()])
+            self.tables.sessions.setdefault(client_id, [{}, {}, set(), {}])
 
     def remove_session(self, client_id) -> None:
         self.writes += 1
         if not self.closed:
             self.tables.sessions.pop(client_id, None)
 
-    def add_subscription(self, client_id, topic_filter, qos) -> None:
+    def add_subscription(self, client_id, topic_filter, qos, options=0, identifier=0) -> None:
         session = self._session(client_id)
         if session is not None:
             session[0][topic_filter] = qos
+            if options or identifier:
+                session[3][topic_filter] = (options, identifier)
+            else:
+                session[3].pop(topic_filter, None)
 
     def remove_subscription(self, client_id, topic_filter) -> None:
         session = self._session(client_id)
         if session is not None:
             session[0].pop(topic_filter, None)
+            session[3].pop(topic_filter, None)
 
     def enqueue(self, client_id, seq, message, qos, retained) -> None:
         session = self._session(client_id)

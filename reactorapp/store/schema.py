@@ -77,6 +77,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
             retained INTEGER NOT NULL, properties TEXT, sender TEXT, timestamp REAL NOT NULL,
             PRIMARY KEY (name, seq)) WITHOUT ROWID""",
     ),
+    # MQTT 5 subscription options (No Local, Retain As Published, Retain
+    # Handling: the options byte without its QoS bits) and Subscription
+    # Identifiers of persistent sessions (reactorapp/mqtt/suboptions.py).
+    (
+        "ALTER TABLE subscriptions ADD COLUMN options INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE subscriptions ADD COLUMN identifier INTEGER NOT NULL DEFAULT 0",
+    ),
 ]
 
 VERSION = len(MIGRATIONS)

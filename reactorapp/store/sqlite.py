@@ -58,8 +58,8 @@ _REMOVE_SESSION = (
     "DELETE FROM queue WHERE client_id = ?",
     "DELETE FROM awaiting_pubrel WHERE client_id = ?",
 )
-_ADD_SUBSCRIPTION = ("INSERT OR REPLACE INTO subscriptions (client_id, topic_filter, qos)"
-                     " VALUES (?, ?, ?)")
+_ADD_SUBSCRIPTION = ("INSERT OR REPLACE INTO subscriptions"
+                     " (client_id, topic_filter, qos, options, identifier) VALUES (?, ?, ?, ?, ?)")
 _REMOVE_SUBSCRIPTION = "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?"
 _ADD_MESSAGE = ("INSERT OR REPLACE INTO messages"
                 " (id, topic, payload, qos, retain, properties, sender, timestamp)"
@@ -164,10 +164,13 @@ class SQLiteStore:
             client_id: StoredSession(client_id)
             for (client_id,) in connection.execute("SELECT client_id FROM sessions")
         }
-        for client_id, topic_filter, qos in connection.execute(
-                "SELECT client_id, topic_filter, qos FROM subscriptions"):
-            if client_id in sessions:
-                sessions[client_id].subscriptions[topic_filter] = qos
+        for client_id, topic_filter, qos, options, identifier in connection.execute(
+                "SELECT client_id, topic_filter, qos, options, identifier FROM subscriptions"):
+            session = sessions.get(client_id)
+            if session is not None:
+                session.subscriptions[topic_filter] = qos
+                if options or identifier:
+                    session.options[topic_filter] = (options, identifier)
         for client_id, packet_id in connection.execute(
                 "SELECT client_id, packet_id FROM awaiting_pubrel"):
             if client_id in sessions:
@@ -220,8 +223,8 @@ class SQLiteStore:
         for sql in _REMOVE_SESSION:
             self.write(sql, (client_id,))
 
-    def add_subscription(self, client_id, topic_filter, qos) -> None:
-        self.write(_ADD_SUBSCRIPTION, (client_id, topic_filter, qos))
+    def add_subscription(self, client_id, topic_filter, qos, options=0, identifier=0) -> None:
+        self.write(_ADD_SUBSCRIPTION, (client_id, topic_filter, qos, options, identifier))
 
     def remove_subscription(self, client_id, topic_filter) -> None:
         self.write(_REMOVE_SUBSCRIPTION, (client_id, topic_filter))

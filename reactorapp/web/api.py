@@ -16,6 +16,7 @@ from reactorapp.addresses import address_text
 from reactorapp.hub.counters import api_tree
 from reactorapp.hub.flow import Caller
 from reactorapp.hub.message import Message
+from reactorapp.hub.shared import share_state
 from reactorapp.web.errors import (
     ApiError, Body, JSONResource, bad_request, not_found,
 )
@@ -290,6 +291,36 @@ class OneSession(JSONResource):
                  client_id=self.client_id, peer=address_text(request.getClientAddress()))
         session.discard()
         return None
+
+
+_STATES = ("ready", "busy", "away")
+
+
+def member_json(member, qos: int) -> dict:
+    """One member of a shared subscription: what it is (``share_label``:
+    an MQTT client, an SSE stream, a stream session, a webhook rule), its
+    granted QoS and whether it can take a message now."""
+    kind, name = getattr(member, "share_label", None) or ("other", repr(member))
+    return {"kind": kind, "name": name, "qos": qos,
+            "state": _STATES[share_state(member, qos)]}
+
+
+class Shared(JSONResource):
+    """GET /api/v1/shared: every shared subscription ($share/GROUP/FILTER),
+    its members and what it delivered."""
+
+    def __init__(self, hub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def json_GET(self, request):
+        answer = []
+        for group in sorted(self.hub.shared_groups(), key=lambda g: g.share_filter):
+            info = group.describe()
+            info["members"] = [member_json(member, qos)
+                               for member, qos in list(group.members.items())]
+            answer.append(info)
+        return answer
 
 
 class Stats(JSONResource):

@@ -38,7 +38,7 @@ REALM = b"reactorapp"
 #: Top-level paths served without HTTP authentication.
 OPEN = frozenset({b"healthz", b"readyz", b"mqtt"})
 #: Paths under /api/v1/ that only administrators may use, given an ACL.
-ADMIN = frozenset({b"backup", b"clients", b"sessions", b"stats", b"webhooks"})
+ADMIN = frozenset({b"backup", b"clients", b"sessions", b"shared", b"stats", b"webhooks"})
 #: Seconds a successful Basic login is remembered (scrypt costs ~60 ms).
 BASIC_CACHE_SECONDS = 60.0
 BASIC_CACHE_SIZE = 1024

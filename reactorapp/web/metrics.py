@@ -47,6 +47,18 @@ class HubCollector:
                 sent.add_metric((name, QOS_LABELS[qos]), traffic.sent[qos])
         yield received
         yield sent
+        connected = GaugeMetricFamily(
+            "reactorapp_clients_connected_by_version",
+            "MQTT clients connected now, by protocol version.", labels=("version",))
+        accepted = CounterMetricFamily(
+            "reactorapp_connections_by_version",
+            "MQTT connections accepted (CONNACK 0) since start-up, by protocol version.",
+            labels=("version",))
+        for version, (now, total) in sorted(stats.by_version.items()):
+            connected.add_metric((version,), now)
+            accepted.add_metric((version,), total)
+        yield connected
+        yield accepted
 
 class WebCollector:
     """Server-Sent Events streams and WebSocket connections."""

@@ -11,7 +11,7 @@ from twisted.web import http, server
 from reactorapp.addresses import address_key
 from reactorapp.auth.limits import ConnectionLimiter
 
-from reactorapp.web.api import Clients, OpenAPI, Publish, Retained, Sessions, Stats, Topics
+from reactorapp.web.api import Clients, OpenAPI, Publish, Retained, Sessions, Shared, Stats, Topics
 from reactorapp.web.dashboard import DashboardPage, StaticFiles, load_static
 from reactorapp.web.errors import (
     ApiError, Router, error_body, internal_error_body, json_bytes,
@@ -216,6 +216,7 @@ def make_site(hub, reactor, websocket_mqtt_factory, *, max_body_size: int,
                                   sessions=stream_sessions))
     v1.putChild(b"clients", Clients(hub))
     v1.putChild(b"sessions", Sessions(hub, stream_sessions))
+    v1.putChild(b"shared", Shared(hub))
     v1.putChild(b"stats", Stats(hub, stats))
     extra = api or {}
     for name, child in extra.items():

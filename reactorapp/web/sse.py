@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from reactorapp.hub.interfaces import ISubscriber
+from reactorapp.hub.shared import BUSY, READY, REFUSED
 from reactorapp.web.errors import STREAMING, ApiError, Body, JSONResource, bad_request
 from reactorapp.web.guard import read_filter, require_subscribe
 from reactorapp.web.messages import query_bool, query_filters, query_qos, query_text
@@ -113,6 +114,25 @@ class EventStream:
                 lambda f: log.failure("Heartbeats of {stream!r} stopped", f, stream=self))
 
     # -- ISubscriber ------------------------------------------------------
+
+    @property
+    def share_label(self) -> tuple[str, str]:
+        """(kind, name) of this member, for the admin API: the reader's address."""
+        address = self.request.getClientAddress()
+        return "sse", f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+
+    def share_state(self, qos: int) -> int:
+        """As a member of a shared subscription: `BUSY` while its reader is
+        slow (paused, events waiting), so that other members come first."""
+        return BUSY if self.paused or self.buffer else READY
+
+    def deliver_shared(self, message, qos, share_filter):
+        """`deliver` for a ``$share/...`` filter: `REFUSED` (another member
+        gets it) when the reader's ACL hides the topic or the stream ended."""
+        may_read = self.may_read
+        if self.closed or (may_read is not None and not may_read(message.topic)):
+            return REFUSED
+        return self.deliver(message, qos, False)
 
     def deliver(self, message, qos, retained):
         if self.closed:

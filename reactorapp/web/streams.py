@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from reactorapp.hub.commit import placed
 from reactorapp.hub.interfaces import ISubscriber
+from reactorapp.hub.shared import AWAY, BUSY, READY, REFUSED
 from reactorapp.web.errors import compact_json
 from reactorapp.web.messages import message_json
 
@@ -114,6 +115,29 @@ class StreamSession:
         return f"<StreamSession {self.name!r}>"
 
     # -- delivery (ISubscriber) ---------------------------------------------
+
+    @property
+    def share_label(self) -> tuple[str, str]:
+        """(kind, name) of this member, for the admin API."""
+        return "stream", self.name
+
+    def share_state(self, qos: int) -> int:
+        """As a member of a shared subscription: `AWAY` with no stream
+        attached, `BUSY` while its stream is paused or events wait."""
+        stream = self.stream
+        if stream is None:
+            return AWAY
+        if not stream.writable or self.queue.held0 or (qos and self.queue):
+            return BUSY
+        return READY
+
+    def deliver_shared(self, message, qos, share_filter):
+        """`deliver` for a ``$share/...`` filter: `REFUSED` (another member
+        gets it) when the reader's ACL hides the topic."""
+        may_read = self.may_read
+        if may_read is not None and not may_read(message.topic):
+            return REFUSED
+        return self.deliver(message, qos, False)
 
     def deliver(self, message, qos, retained):
         may_read = self.may_read

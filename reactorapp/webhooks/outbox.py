@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from reactorapp.hub.interfaces import ISubscriber
+from reactorapp.hub.shared import BUSY, READY
 from reactorapp.webhooks.delivery import DeadLetter, Delivery
 from reactorapp.webhooks.dispatcher import Result
 
@@ -164,6 +165,19 @@ class RuleOutbox:
                 d.cancel()
 
     # -- taking messages (ISubscriber) ---------------------------------------
+
+    @property
+    def share_label(self) -> tuple[str, str]:
+        """(kind, name) of this member, for the admin API."""
+        return "webhook", self.rule.name
+
+    def share_state(self, qos: int) -> int:
+        """As a member of a shared subscription (a ``$share/...`` filter):
+        `BUSY` while deliveries wait in the store or fill the queue, so
+        that the other members take the next messages."""
+        if self._spilled or len(self.queue) >= self.outbox.queue_size // 2:
+            return BUSY
+        return READY
 
     def deliver(self, message, qos, retained):
         """Queue ``message`` (live traffic only: retained messages sent on

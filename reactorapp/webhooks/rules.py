@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from reactorapp.hub.topics import SHARE_PREFIX, InvalidTopic, validate_filter
+from reactorapp.hub.topics import InvalidTopic, validate_filter
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -160,10 +160,7 @@ def _filters(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise RuleError("'filters' must be a non-empty list of topic filters.")
     for topic_filter in value:
-        if isinstance(topic_filter, str) and topic_filter.startswith(SHARE_PREFIX):
-            raise RuleError(
-                f"the filter {topic_filter!r} is a shared subscription, which a"
-                " webhook cannot use.")
+        # "$share/GROUP/FILTER" makes the rule one member of that group.
         try:
             validate_filter(topic_filter)
         except InvalidTopic as e:

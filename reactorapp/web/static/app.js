@@ -169,7 +169,8 @@ async function refreshClients() {
       .map(([filter, qos]) => `${filter} (${qos})`).join(", ");
     const row = el("tr", {},
       el("td", {textContent: client.client_id}),
-      el("td", {textContent: client.front_end || ""}),
+      el("td", {textContent: [client.front_end, client.protocol_version && `MQTT ${client.protocol_version}`]
+        .filter(Boolean).join(", ")}),
       el("td", {textContent: client.peer || ""}),
       el("td", {textContent: subscriptions}),
       el("td", {className: "num", textContent: client.inflight}),
@@ -208,6 +209,31 @@ async function refreshStreamSessions() {
   });
   $("stream-sessions").tBodies[0].replaceChildren(...rows);
   $("stream-sessions-empty").hidden = rows.length > 0;
+}
+
+// -- shared subscriptions ------------------------------------------------------
+
+async function refreshShared() {
+  let groups;
+  try {
+    groups = await getJSON("/shared");
+  } catch (error) {
+    return;
+  }
+  const rows = groups.map((group) => {
+    const members = group.members
+      .map((member) => `${member.kind} ${member.name} (${member.state})`).join(", ");
+    const row = el("tr", {},
+      el("td", {textContent: group.group}),
+      el("td", {textContent: group.filter}),
+      el("td", {textContent: members}),
+      el("td", {className: "num", textContent: group.deliveries}),
+      el("td", {className: "num", textContent: group.handed_over}));
+    row.dataset.share = `$share/${group.group}/${group.filter}`;
+    return row;
+  });
+  $("shared").tBodies[0].replaceChildren(...rows);
+  $("shared-empty").hidden = rows.length > 0;
 }
 
 // -- retained messages as a topic tree ---------------------------------------
@@ -322,6 +348,7 @@ document.addEventListener("DOMContentLoaded", () => {
   every(1, refreshStats);
   every(2, refreshClients);
   every(2, refreshStreamSessions);
+  every(2, refreshShared);
   every(5, refreshTopics);
   watch();
 });
