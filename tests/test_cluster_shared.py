@@ -209,3 +209,22 @@ def test_what_a_gone_node_left_goes_to_an_adopted_member_only_for_its_groups():
     adopted.deliver(Message("t/x", b"for the group", 1), (GROUP,))
     assert member.got == [b"for the group"]
     assert plain.got == [b"plain only", b"for the group"]
+
+
+def test_a_message_a_member_left_unacknowledged_may_go_to_a_member_on_another_node():
+    clock, a, b = two_nodes()
+    a1, b1 = Member("a1"), Member("b1")
+    a.hub.subscribe(a1, GROUP, 1)
+    b.hub.subscribe(b1, GROUP, 1)
+    a.announce(GROUP)
+    b.announce(GROUP)
+    a.hub.route(Message("t/x", b"0", 1))  # a1's turn
+    a.hub.route(Message("t/x", b"1", 1))  # node b's: b1 gets it there
+    carry(clock, a, b)
+    assert a1.got == [b"0"] and b1.got == [b"1"]
+    message = Message("t/x", b"1", 1)
+    # b1 went away without acknowledging it; node b has no other member.
+    b.hub.unsubscribe(b1, GROUP)
+    assert b.hub.hand_over(GROUP, message, b1)
+    carry(clock, b, a)
+    assert a1.got == [b"0", b"1"] and b1.got == [b"1"]
