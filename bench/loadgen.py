@@ -534,7 +534,7 @@ def _puback_reader(client: Client) -> Reader:
 
 def streaming(host: str, port: int, *, publishers: int, subscribers: int, qos: int,
               duration: float, warmup: float, window: int, broker_pid: int | None,
-              tag: str) -> dict:
+              tag: str, sub_port: int | None = None) -> dict:
     """Publishers stream to one topic per publisher; subscribers take them all.
 
     Each publisher keeps at most ``window`` messages that some subscriber has
@@ -555,7 +555,7 @@ def streaming(host: str, port: int, *, publishers: int, subscribers: int, qos: i
     tracks: list[Track] = []
     try:
         for i in range(subscribers):
-            sock = connect(host, port, f"bench-{tag}-sub-{i}")
+            sock = connect(host, sub_port or port, f"bench-{tag}-sub-{i}")
             subscribe(sock, base + ("+" if publishers > 1 else sources[0]), qos)
             client = Client(sock, f"subscriber {i}")
             track = Track(publishers)
@@ -660,13 +660,13 @@ def streaming(host: str, port: int, *, publishers: int, subscribers: int, qos: i
 
 
 def latency(host: str, port: int, *, rate: int, duration: float, warmup: float,
-            broker_pid: int | None) -> dict:
+            broker_pid: int | None, sub_port: int | None = None) -> dict:
     """One publisher at a fixed rate, one subscriber; each payload carries its send time."""
     topic = "bench/latency/0"
     engine = Engine()
     samples: list[int] = []
     try:
-        sub = Client(connect(host, port, "bench-latency-sub"), "subscriber")
+        sub = Client(connect(host, sub_port or port, "bench-latency-sub"), "subscriber")
         subscribe(sub.sock, topic, 0)
         shape = encode_publish(topic, b"x" * PAYLOAD_SIZE)
         size = len(shape)
@@ -1189,12 +1189,13 @@ BLASTS = {"blast-fanin": (4, 1, 0), "blast-fanout": (1, 16, 0), "blast-stuck": (
 def run(scenario: str, host: str, port: int, *, duration: float = 5.0, warmup: float = 1.0,
         broker_pid: int | None = None, window: int | None = None, rate: int = 2000,
         connections: int = 10_000, time_limit: float = 60.0, qos: int | None = None,
-        messages: int = 200_000, quiet: float = 10.0, concurrency: int = 0) -> dict:
+        messages: int = 200_000, quiet: float = 10.0, concurrency: int = 0,
+        sub_port: int | None = None) -> dict:
     """Run one scenario and return its figures (a JSON-able dict)."""
     if scenario == "fanin":
         result = streaming(host, port, publishers=4, subscribers=1, qos=qos or 0,
                            duration=duration, warmup=warmup, window=window or 2000,
-                           broker_pid=broker_pid, tag="fanin")
+                           broker_pid=broker_pid, tag="fanin", sub_port=sub_port)
     elif scenario == "fanout":
         result = streaming(host, port, publishers=1, subscribers=16, qos=qos or 0,
                            duration=duration, warmup=warmup, window=window or 2000,
@@ -1202,10 +1203,10 @@ def run(scenario: str, host: str, port: int, *, duration: float = 5.0, warmup: f
     elif scenario == "qos1":
         result = streaming(host, port, publishers=4, subscribers=1, qos=1 if qos is None else qos,
                            duration=duration, warmup=warmup, window=window or 100,
-                           broker_pid=broker_pid, tag="qos1")
+                           broker_pid=broker_pid, tag="qos1", sub_port=sub_port)
     elif scenario == "latency":
         result = latency(host, port, rate=rate, duration=duration, warmup=warmup,
-                         broker_pid=broker_pid)
+                         broker_pid=broker_pid, sub_port=sub_port)
     elif scenario == "idle":
         result = idle(host, port, connections=connections, concurrency=32,
                       time_limit=time_limit, broker_pid=broker_pid)
@@ -1246,6 +1247,9 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=0,
                         help="storm: at most this many handshakes under way (0: all at once)")
     parser.add_argument("--broker-pid", type=int, help="report this process's CPU and RSS")
+    parser.add_argument("--sub-port", type=int,
+                        help="fanin, qos1, latency: subscribers connect here (another"
+                             " node of a cluster) instead of --port")
     parser.add_argument("--cpu", type=int, help="pin the generator to this CPU")
     parser.add_argument("--mqtt-version", choices=("3.1.1", "5"), default="3.1.1",
                         help="the clients' MQTT version (5: fanin, fanout, qos1, latency"
@@ -1262,7 +1266,8 @@ def main(argv=None) -> int:
                      warmup=args.warmup, broker_pid=args.broker_pid, window=args.window,
                      rate=args.rate, connections=args.connections,
                      time_limit=args.time_limit, qos=args.qos, messages=args.messages,
-                     quiet=args.quiet, concurrency=args.concurrency)
+                     quiet=args.quiet, concurrency=args.concurrency,
+                     sub_port=args.sub_port)
     except (BenchError, OSError) as e:
         json.dump({"scenario": args.scenario, "error": str(e)}, sys.stdout)
         print()

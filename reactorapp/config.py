@@ -245,6 +245,24 @@ class Config:
         " (the listen backlog), for endpoints that do not set backlog= themselves.",
         metavar="N", minimum=1,
     )
+    cluster: str = setting(
+        "",
+        "Redis (or Valkey) shared by the nodes of a cluster, as a URL:"
+        " redis://[:PASSWORD@]HOST[:PORT][/DB], rediss:// for TLS. Empty: one node.",
+        metavar="URL",
+    )
+    node_name: str = setting(
+        "",
+        "This node's name in the cluster (unique, kept across restarts so that"
+        " it finds what was left for it). Empty: host name and first MQTT port.",
+        metavar="NAME",
+    )
+    cluster_node_expiry: float = setting(
+        5.0,
+        "Seconds after its last heartbeat (sent every third of this) that a node"
+        " counts as gone and is left out of routing and of /api/v1/cluster.",
+        metavar="SECONDS", minimum=0.3,
+    )
     webhooks: tuple = table(
         "Webhook rules, one [[webhooks]] table each (see docs/webhooks.md).",
     )

@@ -19,6 +19,8 @@ from reactorapp.auth.limits import ConnectionLimiter
 from reactorapp.auth.passwd import PasswordFile
 from reactorapp.auth.metrics import GuardCollector
 from reactorapp.auth.tls import TLSReloader, server_endpoint, split_description
+from reactorapp.cluster.api import ClusterResource
+from reactorapp.cluster.metrics import ClusterCollector
 from reactorapp.config import Config, ConfigError
 from reactorapp.hub.hub import Hub
 from reactorapp.hub.systopics import SysTopicsService
@@ -70,6 +72,8 @@ class ListenerService(StreamServerEndpointService):
         super().__init__(endpoint, factory)
         self.protocolName = protocolName
         self.description = description
+        #: Where it listens (host:port), once it does.
+        self.address = None
         self._reactor = reactor
 
     def privilegedStartService(self):
@@ -83,7 +87,7 @@ class ListenerService(StreamServerEndpointService):
         self._waitingForPort.addCallback(self._listening)
 
     def _listening(self, port):
-        where = address_text(port.getHost())
+        where = self.address = address_text(port.getHost())
         self._reactor.callWhenRunning(
             self.log.info, "{protocol} listening on {where}",
             protocol=self.protocolName, where=where,
@@ -137,9 +141,15 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
     pluginListeners = _parseListeners(reactor, config.listen, backlog)
     authenticator = loadAuthenticator(config.authenticator) if config.authenticator else None
     _prepareDataDirectory(config.data, owner)
-    store = make_store(config.store, config.data, reactor)
-
-    hub = Hub(reactor, max_queued_messages=config.max_queued_messages, store=store)
+    cluster = _clusterURL(config)
+    nodeName = _nodeName(config) if cluster is not None else None
+    # A cluster keeps retained messages, sessions and webhook rules in Redis.
+    store = (make_store(config.store, config.data, reactor) if cluster is None
+             else _clusterStore(cluster, nodeName, reactor))
+    hubClass = Hub
+    if cluster is not None:
+        from reactorapp.cluster.hub import ClusterHub as hubClass
+    hub = hubClass(reactor, max_queued_messages=config.max_queued_messages, store=store)
     settings = MQTTSettings(
         max_packet_size=config.max_packet_size,
         max_inflight=config.max_inflight,
@@ -177,6 +187,9 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
     # First child: restored before clients are served, closed after the
     # listeners stop.
     StoreService(store, lambda state: _restore(hub, settings, state)).setServiceParent(top)
+    node = (_clusterNode(top, hub, cluster, nodeName, config, reactor,
+                         _adopter(store, hub, settings)) if cluster is not None else None)
+    top.metrics.register(ClusterCollector(node))
     if httpEndpoints:
         webStats = WebStats()
         # Named event-stream sessions: queued like MQTT sessions, restored
@@ -200,7 +213,8 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
         site = make_site(hub, reactor, websocketFactory, max_body_size=config.max_body_size,
                          readiness=top.readiness, registry=top.metrics, stats=webStats,
                          api={b"webhooks": WebhooksResource(webhooks),
-                              b"backup": Backup(store, config.data, reactor)},
+                              b"backup": Backup(store, config.data, reactor),
+                              b"cluster": ClusterResource(node)},
                          stream_sessions=streamSessions,
                          limiter=ConnectionLimiter(config.max_http_connections,
                                                    config.max_connections_per_address))
@@ -236,6 +250,66 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
     # Last, so it stops first: MQTT 5 clients hear DISCONNECT 0x8B.
     DisconnectOnStop(hub, reactor).setServiceParent(top)
     return top
+
+
+def _clusterURL(config: Config):
+    """The ``--cluster`` URL, checked, with Redis answering; None without one.
+    Redis unreachable at start stops start-up with one sentence."""
+    if not config.cluster:
+        return None
+    from reactorapp.cluster.url import parse_url, probe
+
+    url = parse_url(config.cluster)
+    probe(url)
+    return url
+
+
+def _nodeName(config: Config) -> str:
+    from reactorapp.cluster.node import default_node_name
+
+    return config.node_name or default_node_name(config.mqtt)
+
+
+def _clusterStore(url, name: str, reactor):
+    """The Redis store of a cluster node: the sessions it makes are held
+    by ``name`` (see reactorapp/cluster/redisstore.py)."""
+    from reactorapp.cluster.redisstore import RedisStore
+
+    return RedisStore(reactor, host=url.host, port=url.port, db=url.db, username=url.username,
+                      password=url.password, tls=url.tls, node=name)
+
+
+def _adopter(store, hub, settings):
+    """What takes over the sessions of a gone node: with a shared store only."""
+    from reactorapp.cluster.adopt import Adopter
+    from reactorapp.hub.interfaces import ISessionLoader
+
+    if ISessionLoader(store, None) is None:
+        return None
+    return Adopter(store, lambda stored: restore_sessions(hub, [stored], settings),
+                   hub.get_session)
+
+
+def _clusterNode(top, hub, url, name: str, config: Config, reactor, adopter=None):
+    """Join the cluster once the store has restored the sessions (their
+    filters are announced with the rest) and before clients are served."""
+    from reactorapp.cluster.node import ClusterNode
+
+    def addresses():
+        found: dict[str, list] = {}
+        for child in top:
+            if isinstance(child, ListenerService) and child.address:
+                found.setdefault(child.protocolName.lower(), []).append(child.address)
+        return found
+
+    node = ClusterNode(hub, url, name, reactor,
+                       expiry=config.cluster_node_expiry,
+                       slow_timeout=config.slow_subscriber_timeout, addresses=addresses,
+                       adopter=adopter)
+    node.setServiceParent(top)
+    # The check's name is what /readyz says while it fails.
+    top.readiness.add_check(f"cluster (Redis at {url})", lambda: node.connected)
+    return node
 
 
 def stream_tables_for(store):

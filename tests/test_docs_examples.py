@@ -64,6 +64,8 @@ KNOWN = {
     "printf": "run in test_the_tls_walkthrough",
     "echo": "run in test_the_tls_walkthrough",
     "cat": "heredocs that make files, run in test_the_tour_runs",
+    "redis-server": "the cluster walkthrough (README, cluster.md), run in"
+                    " test_cluster_docs.py",
     # operations.md: they change the machine, so they are not run here; the
     # systemd unit itself is checked by test_operations_docs.py.
     "useradd": "operations.md, not run",

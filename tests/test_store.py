@@ -10,10 +10,14 @@ import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
 
+from twisted.internet.defer import maybeDeferred
+
+from reactorapp.cluster.redisstore import RedisStore
 from reactorapp.hub.message import Message
 from reactorapp.store.interfaces import IStore, StoreClosed
 from reactorapp.store.memory import MemoryStore, MemoryTables
 from reactorapp.store.sqlite import SQLiteStore
+from tests.redisserver import redis_server
 
 PUBACK_STATE, PUBCOMP_STATE = 1, 3  # opaque to a store; values as in mqtt/session.py
 
@@ -27,27 +31,40 @@ class Stores:
         self.tables = MemoryTables()
         self.current = None
 
-    def open(self):
+    async def open(self):
         from twisted.internet import reactor
 
         if self.kind == "memory":
             self.current = MemoryStore(self.tables)
+        elif self.kind == "redis":
+            self.current = RedisStore(
+                reactor, host="127.0.0.1", port=self.redis.port, prefix=self.directory,
+                node="n1")
         else:
             self.current = SQLiteStore(self.directory, reactor)
-        return self.current, self.current.load()
+        return self.current, await maybeDeferred(self.current.load)
 
     async def reopen(self):
         await self.current.close()
-        return self.open()
+        return await self.open()
 
     async def close(self):
         if self.current is not None:
             await self.current.close()
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="module")
+def redis():
+    with redis_server() as server:
+        yield server
+
+
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis"])
 async def stores(request, tmp_path):
     opened = Stores(request.param, tmp_path)
+    if request.param == "redis":
+        # One server for the module; each test its own keys.
+        opened.redis = request.getfixturevalue("redis")
     yield opened
     await opened.close()
 
@@ -70,19 +87,19 @@ def same_message(a, b) -> bool:
 
 @pytest_twisted.ensureDeferred
 async def test_provides_the_interface(stores):
-    store, _ = stores.open()
+    store, _ = await stores.open()
     assert verifyObject(IStore, store)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_new_store_is_empty(stores):
-    _, state = stores.open()
+    _, state = await stores.open()
     assert state.retained == [] and state.sessions == []
 
 
 @pytest_twisted.ensureDeferred
 async def test_every_write_is_counted(stores):
-    store, _ = stores.open()
+    store, _ = await stores.open()
     store.add_session("c")
     store.add_subscription("c", "a/#", 1)
     store.enqueue("c", 1, message(), 1, False)
@@ -95,7 +112,7 @@ async def test_every_write_is_counted(stores):
 @pytest_twisted.ensureDeferred
 async def test_retained_messages_survive(stores):
     """[MQTT-3.3.1-5] the last retained message per topic, with its QoS."""
-    store, _ = stores.open()
+    store, _ = await stores.open()
     kept = message("a/b", b"one", 1, True, properties={"correlation": b"\x00\x01", "n": [1, "x"]},
                    sender="pub", timestamp=1234.5)
     store.set_retained(message("a/b", b"old", 0, True))
@@ -112,7 +129,7 @@ async def test_retained_messages_survive(stores):
 @pytest_twisted.ensureDeferred
 async def test_sessions_and_subscriptions_survive(stores):
     """[MQTT-3.1.2-4] a session is kept, with or without subscriptions."""
-    store, _ = stores.open()
+    store, _ = await stores.open()
     store.add_session("idle")
     store.add_session("busy")
     store.add_subscription("busy", "a/+", 0)
@@ -131,7 +148,7 @@ async def test_sessions_and_subscriptions_survive(stores):
 @pytest_twisted.ensureDeferred
 async def test_removing_a_session_removes_everything_it_had(stores):
     """[MQTT-3.1.2-6]"""
-    store, _ = stores.open()
+    store, _ = await stores.open()
     store.add_session("c")
     store.add_subscription("c", "#", 1)
     store.enqueue("c", 1, message(), 1, False)
@@ -147,7 +164,7 @@ async def test_removing_a_session_removes_everything_it_had(stores):
 @pytest_twisted.ensureDeferred
 async def test_queued_messages_come_back_in_order(stores):
     """[MQTT-3.1.2-5] [MQTT-4.6.0-6]"""
-    store, _ = stores.open()
+    store, _ = await stores.open()
     store.add_session("c")
     sent = [message("t", str(i).encode(), qos=1 + i % 2, sender="p", timestamp=i) for i in range(5)]
     for seq, m in zip((3, 1, 5, 2, 4), sent):
@@ -167,7 +184,7 @@ async def test_queued_messages_come_back_in_order(stores):
 
 @pytest_twisted.ensureDeferred
 async def test_a_message_for_several_sessions_is_kept_until_each_is_done(stores):
-    store, _ = stores.open()
+    store, _ = await stores.open()
     shared = message("fan/out", b"x" * 1000)
     for client_id in ("a", "b", "c"):
         store.add_session(client_id)
@@ -190,7 +207,7 @@ async def test_a_message_for_several_sessions_is_kept_until_each_is_done(stores)
 @pytest_twisted.ensureDeferred
 async def test_messages_built_and_dropped_by_the_caller_keep_their_content(stores):
     """Nothing may depend on the caller keeping a Message alive."""
-    store, _ = stores.open()
+    store, _ = await stores.open()
     store.add_session("c")
     for seq in range(1, 301):
         store.enqueue("c", seq, message(payload=str(seq).encode()), 1, False)
@@ -202,7 +219,7 @@ async def test_messages_built_and_dropped_by_the_caller_keep_their_content(store
 
 @pytest_twisted.ensureDeferred
 async def test_many_messages_forgotten_at_once(stores):
-    store, _ = stores.open()
+    store, _ = await stores.open()
     store.add_session("c")
     for seq in range(1, 301):
         store.enqueue("c", seq, message(payload=str(seq).encode()), 1, False)
@@ -217,7 +234,7 @@ async def test_many_messages_forgotten_at_once(stores):
 
 @pytest_twisted.ensureDeferred
 async def test_one_message_row_is_shared_by_the_sessions_it_waits_in(stores):
-    store, _ = stores.open()
+    store, _ = await stores.open()
     shared = message()
     for client_id in ("a", "b"):
         store.add_session(client_id)
@@ -231,7 +248,7 @@ async def test_one_message_row_is_shared_by_the_sessions_it_waits_in(stores):
 @pytest_twisted.ensureDeferred
 async def test_inflight_packet_ids_and_states_survive(stores):
     """[MQTT-4.4.0-1] ids and QoS 2 states, for re-sending after a restart."""
-    store, _ = stores.open()
+    store, _ = await stores.open()
     store.add_session("c")
     for seq in (1, 2, 3):
         store.enqueue("c", seq, message(qos=2), 2, False)
@@ -249,7 +266,7 @@ async def test_inflight_packet_ids_and_states_survive(stores):
 @pytest_twisted.ensureDeferred
 async def test_incoming_qos2_ids_survive(stores):
     """[MQTT-4.3.3-2] ids answered with PUBREC and still awaiting PUBREL."""
-    store, _ = stores.open()
+    store, _ = await stores.open()
     store.add_session("c")
     for packet_id in (1, 2, 3, 2):
         store.add_awaiting_pubrel("c", packet_id)
@@ -262,7 +279,7 @@ async def test_incoming_qos2_ids_survive(stores):
 
 @pytest_twisted.ensureDeferred
 async def test_writes_apply_in_the_order_they_were_made(stores):
-    store, _ = stores.open()
+    store, _ = await stores.open()
     store.add_session("c")
     store.enqueue("c", 1, message(payload=b"first"), 1, False)
     store.dequeue("c", 1)
@@ -281,20 +298,20 @@ async def test_writes_apply_in_the_order_they_were_made(stores):
 
 @pytest_twisted.ensureDeferred
 async def test_close_keeps_what_was_written_and_nothing_after(stores):
-    store, _ = stores.open()
+    store, _ = await stores.open()
     store.set_retained(message("before", qos=0, retain=True))
     closed = store.close()  # no sync: closing flushes
     store.set_retained(message("after", qos=0, retain=True))
     await closed
     with pytest.raises(StoreClosed):
         await store.sync()
-    _, state = stores.open()
+    _, state = await stores.open()
     assert [m.topic for m in state.retained] == ["before"]
 
 
 @pytest_twisted.ensureDeferred
 async def test_sync_is_none_when_nothing_waits(stores):
-    store, _ = stores.open()
+    store, _ = await stores.open()
     assert store.sync() is None
     store.add_session("c")
     await durable(store)

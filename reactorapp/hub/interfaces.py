@@ -117,6 +117,28 @@ class IHub(Interface):
     def add_session(client_id, session):
         """Register ``session`` for ``client_id`` (replacing any other)."""
 
+    def claim(client_id):
+        """A connection is taking ``client_id`` (after CONNECT is accepted):
+        a connection with that id elsewhere (on another node) must close."""
+
     def remove_session(client_id, session=None):
         """Forget ``client_id``'s session; with ``session`` given, only if it
         is still the registered one (a newer connection may have replaced it)."""
+
+
+class ISessionLoader(Interface):
+    """A store shared with other processes (the Redis store of a cluster):
+    a persistent session may have been made or changed elsewhere, so it is
+    read when its client connects, not only at start-up. Stores of one
+    process (SQLite, memory) do not provide it."""
+
+    def load_session(client_id):
+        """Read the stored session of ``client_id`` and hold it from now on
+        (the process that held it can no longer write to it): a Deferred
+        firing with a `reactorapp.store.interfaces.StoredSession`, or None
+        when there is none."""
+
+    def forget_session(client_id):
+        """Remove the stored session of ``client_id`` wherever it is held
+        (its client connected with a clean session); only recorded, like
+        the writes of `reactorapp.store.interfaces.IStore`."""

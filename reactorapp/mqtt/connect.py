@@ -30,9 +30,10 @@ from reactorapp.auth.interfaces import (
 )
 from reactorapp.auth.limits import TokenBucket
 from reactorapp.auth.tls import peer_certificate
+from reactorapp.hub.interfaces import ISessionLoader
 from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.codec import ProtocolError, encode
-from reactorapp.mqtt.session import Session
+from reactorapp.mqtt.session import Session, restore_sessions
 from reactorapp.mqtt.states import AUTHENTICATING, AWAITING_CONNECT, CHALLENGED, CONNECTED
 from reactorapp.mqtt.v5 import MAX_PACKET, V5, return_code_for, session_expiry_seconds
 
@@ -231,6 +232,58 @@ class ConnectHandling:
             self._bucket = TokenBucket(settings.publish_rate, settings.publish_burst, self.clock)
 
         hub = self.hub
+        loader = ISessionLoader(hub.store, None)
+        if loader is not None and hub.get_session(client_id) is None:
+            if not connect.clean_session:
+                self._load_session(loader, connect, identity, expiry, properties)
+                return
+            loader.forget_session(client_id)  # [MQTT-3.1.2-6], wherever it was kept
+        self._bind_session(connect, identity, expiry, properties)
+
+    def _load_session(self, loader, connect: P.Connect, identity: Identity, expiry: float,
+                      properties: dict | None) -> None:
+        """The hub's store is shared with other nodes (a cluster): the
+        client's session may have been left on another one. Read it first,
+        holding what the client sends meanwhile, as during authentication."""
+        self.state = AUTHENTICATING
+        if self._held is None:
+            self._held = []
+        self._pause_reading("session")
+        d = loader.load_session(self.client_id)
+        d.addTimeout(self.settings.connect_timeout or 60.0, self.clock)
+        d.addCallbacks(self._cbSessionLoaded, self._ebSessionLoaded,
+                       callbackArgs=(connect, identity, expiry, properties))
+        d.addErrback(self._ebAccept)
+
+    def _cbSessionLoaded(self, stored, connect: P.Connect, identity: Identity, expiry: float,
+                         properties: dict | None) -> None:
+        if self.state is not AUTHENTICATING:
+            return  # closed meanwhile
+        self._resume_reading("session")
+        if stored is not None and self.hub.get_session(self.client_id) is None:
+            restore_sessions(self.hub, [stored], self.settings)
+        self._bind_session(connect, identity, expiry, properties)
+
+    def _ebSessionLoaded(self, failure) -> None:
+        if self.state is not AUTHENTICATING:
+            return
+        log.failure("Could not read the session of {client_id}", failure,
+                    client_id=self.client_id)
+        self._refuse(R.SERVER_UNAVAILABLE, "the session could not be read")
+
+    def _bind_session(self, connect: P.Connect, identity: Identity, expiry: float,
+                      properties: dict | None) -> None:
+        """Take over, discard or make the client's session (kept ``expiry``
+        seconds once the client is away), then CONNACK (MQTT 5: with
+        ``properties``)."""
+        client_id = self.client_id
+        hub = self.hub
+        settings = self.settings
+        v5 = self.v5
+        # A connection with this id on another node closes; after a stored
+        # session was read (this node holds it now), so that messages for it
+        # go to one node or the other, never to neither.
+        hub.claim(client_id)
         session = hub.get_session(client_id)
         if (session is not None and session.identity is not None
                 and session.identity.username != identity.username):

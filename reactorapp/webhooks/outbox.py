@@ -105,6 +105,11 @@ class Outbox:
 class RuleOutbox:
     """One rule: its subscriptions, its queue and its deliveries under way."""
 
+    #: Each node of a cluster sends the webhooks of what was published on
+    #: it: other nodes are not told of this subscriber's filters, or every
+    #: node serving the rule would send the same message.
+    cluster_local = True
+
     def __init__(self, outbox: Outbox, rule, pending: int) -> None:
         self.outbox = outbox
         self.rule = rule

@@ -59,6 +59,8 @@ class WebhookService(Service):
         self.outbox: Outbox | None = None
         #: Pending deliveries in the store for rules that no longer exist.
         self._orphans: dict[str, int] = {}
+        #: Looks at the rules of a store shared with other nodes, or None.
+        self._watch = None
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
         self._client = client
@@ -92,11 +94,35 @@ class WebhookService(Service):
         if outbox.rules:
             log.info("Webhooks: {rules} rule(s), {pending} pending deliveries",
                      rules=len(outbox.rules), pending=sum(state.pending.values()))
+        watch = getattr(self.store, "watch", None)
+        if watch is not None:
+            # A store shared by several nodes: rules made on the others.
+            self._watch = watch(self.refresh, self._clock)
+
+    def refresh(self, state) -> None:
+        """The stored rules changed elsewhere (another node of a cluster):
+        serve them as they are now. ``state`` is a fresh `WebhookState`."""
+        outbox = self.outbox
+        stored = {rule.name: rule for rule in state.rules if rule.name not in self.config_rules}
+        for name in [n for n in outbox.rules if n not in self.config_rules and n not in stored]:
+            log.info("Webhook {rule} was deleted on another node", rule=name)
+            outbox.remove_rule(name)
+        for name, rule in stored.items():
+            served = outbox.rules.get(name)
+            if served is None:
+                log.info("Webhook {rule} was made on another node", rule=name)
+                outbox.add_rule(rule, state.pending.get(name, 0), state.dead.get(name, 0))
+                self._orphans.pop(name, None)
+                self._dead.pop(name, None)
+            elif served.rule != rule:
+                outbox.update_rule(rule)
 
     def stopService(self):
         """Stop every delivery where it is (durable ones stay in the outbox)
         and close the pooled connections."""
         super().stopService()
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
         if self.outbox is not None:
             self.outbox.stop()
         if self._pool is not None:

@@ -1,0 +1,234 @@
+"""Messages for other nodes: one Redis stream per node, one XADD per node
+per turn of the reactor, acknowledged once Redis has it.
+
+A message routed to another node (`RemoteNode.deliver`) is encoded once
+(`frames`) and added to that node's batch. At the end of the reactor's turn
+each batch becomes one ``XADD reactorapp:stream:NODE * m FRAMES`` on the
+node's command connection. Every batch of one flush shares one `Commit`,
+fired when Redis has answered all of them: with ``appendfsync always``
+Redis answers after the entry is on disk, so a PUBACK that waits for the
+commit means "durable in Redis, in the stream of each node with a
+subscriber". QoS 0 messages travel in the same batches (so one publisher's
+messages keep their order, whatever their QoS) and wait for nothing.
+
+Redis unreachable: QoS 0 messages for other nodes are dropped (counted);
+QoS 1/2 ones wait in memory, their commit with them, and are sent once the
+connection is back (the publisher's acknowledgements wait, and past
+``--max-pending-acks`` its reading stops). A batch whose XADD was written
+but not answered when the connection went is sent again: at least once.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from reactorapp.cluster import frames
+from reactorapp.hub.commit import Commit
+from reactorapp.hub.flow import Congestion
+from reactorapp.hub.interfaces import ISubscriber
+from reactorapp.hub.topics import is_broker_topic
+
+log = Logger()
+
+
+def stream_key(node_name: str) -> str:
+    return f"reactorapp:stream:{node_name}"
+
+
+class ClusterStats:
+    """Counters of what crossed between nodes, read by /metrics."""
+
+    __slots__ = ("sent", "received", "dropped", "batches", "resent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
+        #: QoS 0 messages for other nodes dropped while Redis was away or
+        #: the node stuck.
+        self.dropped = 0
+        self.batches = 0
+        self.resent = 0
+
+
+@implementer(ISubscriber)
+class RemoteNode:
+    """Another live node, as one subscriber of this node's hub: subscribed
+    to the filters it has subscribers for."""
+
+    def __init__(self, name: str, outbox: Outbox) -> None:
+        self.name = name
+        self.stream = stream_key(name)
+        self.filters: set[str] = set()
+        self.outbox = outbox
+        #: It said its own subscribers cannot keep up ("behind").
+        self.behind = False
+        #: Its heartbeat expired or it stopped; sent to until its sessions
+        #: are adopted (`reactorapp.cluster.adopt`).
+        self.gone = False
+        #: Open while it is behind or the Redis connection is full.
+        self.congestion: Congestion | None = None
+        #: The last message added to its batch (a retained one is sent to
+        #: every node, once).
+        self.last = None
+
+    def deliver(self, message, qos, retained):
+        return self.outbox.add(self, message)
+
+    def __repr__(self) -> str:
+        return f"RemoteNode({self.name!r})"
+
+
+class _Round:
+    """The batches of one flush: their shared `Commit` fires when Redis
+    has confirmed every one."""
+
+    __slots__ = ("commit", "waiting", "closed")
+
+    def __init__(self) -> None:
+        self.commit = Commit()
+        self.waiting = 0
+        self.closed = False
+
+    def confirmed(self) -> None:
+        self.waiting -= 1
+        if self.closed and not self.waiting and not self.commit.done:
+            self.commit.fire()
+
+
+class _Batch:
+    __slots__ = ("seq", "node", "data", "count", "round")
+
+    def __init__(self, seq, node, data, count, round_) -> None:
+        self.seq, self.node, self.data, self.count, self.round = seq, node, data, count, round_
+
+
+class Outbox:
+    """The batches for every other node, and their way to Redis."""
+
+    def __init__(self, cluster_hub, link, clock, stats: ClusterStats,
+                 slow_timeout: float = 5.0) -> None:
+        self.cluster_hub = cluster_hub
+        self.link = link
+        self.clock = clock
+        self.stats = stats
+        self.slow_timeout = slow_timeout
+        self._frames: dict[RemoteNode, list] = {}
+        self._round: _Round | None = None
+        self._call = None
+        self._seq = itertools.count()
+        #: Batches written to Redis, not yet answered, in order.
+        self._sent: dict[int, _Batch] = {}
+        #: Batches waiting for a connection, by sequence number.
+        self._unsent: dict[int, _Batch] = {}
+
+    # -- taking messages ------------------------------------------------------
+
+    def add(self, node: RemoteNode, message):
+        """Add ``message`` to ``node``'s batch; return the `Commit` a QoS 1/2
+        publisher's acknowledgement waits for, None for QoS 0."""
+        cluster_hub = self.cluster_hub
+        if cluster_hub.incoming is message or node.last is message or is_broker_topic(message.topic):
+            return None  # from another node, already taken, or this node's own
+        node.last = message
+        qos = message.qos
+        congestion = node.congestion
+        if (congestion is not None and not congestion.hold(cluster_hub.flow)) or not self.link.connected:
+            if not qos:
+                self.stats.dropped += 1
+                cluster_hub.stats.publish_dropped += 1
+                return None
+        batch = self._frames.get(node)
+        if batch is None:
+            batch = self._frames[node] = []
+        batch.append(frames.encode(message))
+        if self._round is None:
+            self._round = _Round()
+            self._call = self.clock.callLater(0, self.flush)
+        return self._round.commit if qos else None
+
+    def broadcast(self, nodes, message):
+        """A retained message: to every node, whatever its filters."""
+        commit = None
+        for node in nodes:
+            answer = self.add(node, message)
+            if answer is not None:
+                commit = answer
+        return commit
+
+    # -- sending ---------------------------------------------------------
+
+    def flush(self) -> None:
+        """One XADD per node for what this turn of the reactor added."""
+        self._call = None
+        round_, self._round = self._round, None
+        pending, self._frames = self._frames, {}
+        if round_ is None:
+            return
+        for node, items in pending.items():
+            round_.waiting += 1
+            batch = _Batch(next(self._seq), node, b"".join(items), len(items), round_)
+            self._send(batch)
+        round_.closed = True
+        if not round_.waiting:
+            round_.commit.fire()
+
+    def _send(self, batch: _Batch) -> None:
+        if not self.link.connected:
+            self._unsent[batch.seq] = batch
+            return
+        self._sent[batch.seq] = batch
+        self.stats.batches += 1
+        d = self.link.command("XADD", batch.node.stream, "*", "m", batch.data)
+        d.addCallbacks(self._cbAdded, self._ebAdded, callbackArgs=(batch,),
+                       errbackArgs=(batch,))
+        d.addErrback(lambda f: log.failure("Sending a batch to {node} failed", f,
+                                           node=batch.node.name))
+
+    def _cbAdded(self, _, batch: _Batch) -> None:
+        if self._sent.pop(batch.seq, None) is None:
+            return
+        self.stats.sent += batch.count
+        batch.round.confirmed()
+
+    def _ebAdded(self, failure, batch: _Batch) -> None:
+        if self._sent.pop(batch.seq, None) is None:
+            return
+        from txredisapi import ConnectionError as RedisConnectionError
+
+        if failure.check(RedisConnectionError) or not self.link.connected:
+            # Written or not, unknown: sent again once Redis is back.
+            self.stats.resent += batch.count
+            self._unsent[batch.seq] = batch
+            return
+        # Redis refused it (out of memory, a wrong type): nothing is
+        # acknowledged; the publishers' connections close and they resend.
+        log.failure("Redis refused a batch for {node}", failure, node=batch.node.name)
+        batch.round.commit.fire(failure)
+
+    def connected(self) -> None:
+        """The connection is back: send what waited, in order."""
+        unsent, self._unsent = self._unsent, {}
+        for seq in sorted(unsent):
+            self._send(unsent[seq])
+
+    def forget(self, node: RemoteNode) -> None:
+        """``node`` is gone and routing no longer finds it. What was already
+        given to it still goes to its stream (and is confirmed by Redis
+        before any publisher is acknowledged): the node that adopts its
+        sessions reads that stream, or the node itself when it restarts."""
+        self.uncongest(node)
+
+    # -- flow control ------------------------------------------------------
+
+    def congest(self, node: RemoteNode) -> None:
+        """``node`` cannot take more now: hold back the inputs that feed it."""
+        if node.congestion is None:
+            node.congestion = Congestion(self.clock, self.slow_timeout)
+
+    def uncongest(self, node: RemoteNode) -> None:
+        congestion, node.congestion = node.congestion, None
+        if congestion is not None:
+            congestion.end()

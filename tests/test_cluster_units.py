@@ -1,0 +1,307 @@
+"""The cluster's parts without Redis: frames, the URL, the outbox and the
+inbox on a `Clock`, with a link that records commands."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from zope.interface import implementer
+
+from reactorapp.cluster import frames
+from reactorapp.cluster.hub import ClusterHub
+from reactorapp.cluster.inbox import Inbox
+from reactorapp.cluster.outbox import ClusterStats, Outbox, RemoteNode
+from reactorapp.cluster.url import RedisURL, parse_url
+from reactorapp.config import ConfigError
+from reactorapp.hub.flow import IInput
+from reactorapp.hub.message import Message
+
+
+# -- frames --------------------------------------------------------------------
+
+def test_frames_round_trip_with_properties_and_keep_their_order():
+    one = Message("a/b", b"\x00\xffpayload", 2, True,
+                  {"content_type": "x", "correlation_data": b"\x01\x02",
+                   "user_property": [("k", "v"), ("k", "w")]}, timestamp=12.5)
+    two = Message("c", b"", 0)
+    data = frames.encode(one) + frames.encode(two)
+    got = frames.decode(data)
+    assert [(m.topic, m.payload, m.qos, m.retain, m.properties, m.timestamp) for m in got] == [
+        ("a/b", b"\x00\xffpayload", 2, True, one.properties, 12.5),
+        ("c", b"", 0, False, None, two.timestamp)]
+
+
+def test_a_message_is_encoded_once_for_all_nodes():
+    message = Message("t", b"x", 1)
+    assert frames.encode(message) is frames.encode(message)
+
+
+def test_a_cut_frame_is_refused():
+    data = frames.encode(Message("topic", b"payload"))
+    with pytest.raises(frames.BadFrame):
+        frames.decode(data[:-1])
+
+
+# -- the URL ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, url", [
+    ("redis://h", RedisURL("h")),
+    ("redis://h:7000/3", RedisURL("h", 7000, 3)),
+    ("redis://:s%40cret@h/1", RedisURL("h", 6379, 1, None, "s@cret")),
+    ("redis://me:pw@h", RedisURL("h", 6379, 0, "me", "pw")),
+    ("rediss://h:6380", RedisURL("h", 6380, 0, tls=True)),
+])
+def test_cluster_urls(text, url):
+    assert parse_url(text) == url
+
+
+@pytest.mark.parametrize("text, says", [
+    ("http://h", "must look like redis://HOST:PORT/DB"),
+    ("redis://h/x", "the database must be a number"),
+    ("redis://h:99999", "is not a Redis URL"),
+    ("redis://h?ssl=1", "options after '?'"),
+])
+def test_bad_cluster_urls_say_why(text, says):
+    with pytest.raises(ConfigError, match=says):
+        parse_url(text)
+
+
+def test_a_password_stays_out_of_the_text_of_a_url_and_its_errors():
+    assert "pw" not in str(parse_url("redis://:pw@h"))
+    with pytest.raises(ConfigError) as e:
+        parse_url("redis://:pw@h/x")
+    assert "pw" not in str(e.value)
+
+
+# -- the outbox --------------------------------------------------------------------
+
+class FakeLink:
+    """Records commands; each answer is a Deferred the test fires."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.paused = False
+        self.sent: list = []
+
+    def command(self, *args):
+        d = Deferred()
+        self.sent.append((args, d))
+        return d
+
+    blocking_command = command
+
+
+@implementer(IInput)
+class Publisher:
+    def __init__(self) -> None:
+        self.holds = set()
+
+    def hold(self, by):
+        self.holds.add(by)
+
+    def release(self, by):
+        self.holds.discard(by)
+
+
+def outbox_and_node(clock=None):
+    clock = clock or Clock()
+    hub = ClusterHub(clock)
+    link = FakeLink()
+    outbox = Outbox(hub, link, clock, ClusterStats(), slow_timeout=5.0)
+    node = RemoteNode("b", outbox)
+    hub.add_remote(node, "t/#")
+    return clock, hub, link, outbox, node
+
+
+def test_a_turn_of_messages_is_one_xadd_and_qos1_waits_for_redis():
+    clock, hub, link, outbox, node = outbox_and_node()
+    first = hub.route(Message("t/1", b"a", 1))
+    second = hub.route(Message("t/2", b"b", 0))
+    assert second is None and not first.done
+    clock.advance(0)
+    [(args, answer)] = link.sent
+    assert args[:4] == ("XADD", "reactorapp:stream:b", "*", "m")
+    assert [m.payload for m in frames.decode(args[4])] == [b"a", b"b"]
+    answer.callback(b"1-0")
+    assert first.done and first.failure is None
+
+
+def test_a_message_from_another_node_is_never_sent_on():
+    clock, hub, link, outbox, node = outbox_and_node()
+    hub.route_incoming(Message("t/1", b"a", 1))
+    clock.advance(0)
+    assert link.sent == []
+
+
+def test_without_redis_qos0_is_dropped_and_qos1_waits_then_goes():
+    clock, hub, link, outbox, node = outbox_and_node()
+    link.connected = False
+    assert hub.route(Message("t/0", b"zero", 0)) is None
+    commit = hub.route(Message("t/1", b"one", 1))
+    clock.advance(0)
+    assert link.sent == [] and outbox.stats.dropped == 1 and not commit.done
+    link.connected = True
+    outbox.connected()
+    [(args, answer)] = link.sent
+    assert [m.payload for m in frames.decode(args[4])] == [b"one"]
+    answer.callback(b"1-0")
+    assert commit.done
+
+
+def test_a_batch_lost_with_the_connection_is_sent_again():
+    from txredisapi import ConnectionError as RedisConnectionError
+
+    clock, hub, link, outbox, node = outbox_and_node()
+    commit = hub.route(Message("t/1", b"one", 1))
+    clock.advance(0)
+    [(args, answer)] = link.sent
+    link.connected = False
+    answer.errback(RedisConnectionError("Lost connection"))
+    assert not commit.done
+    link.connected = True
+    outbox.connected()
+    assert link.sent[1][0] == args
+    link.sent[1][1].callback(b"2-0")
+    assert commit.done and commit.failure is None
+
+
+def test_a_node_that_is_behind_holds_back_the_publishers_feeding_it():
+    clock, hub, link, outbox, node = outbox_and_node()
+    publisher = Publisher()
+    outbox.congest(node)
+    hub.flow.current = publisher
+    hub.route(Message("t/1", b"x", 1))
+    hub.flow.current = None
+    assert publisher.holds == {node.congestion}
+    outbox.uncongest(node)
+    assert publisher.holds == set()
+
+
+def test_retained_messages_go_to_every_node_once():
+    clock, hub, link, outbox, node = outbox_and_node()
+    other = RemoteNode("c", outbox)
+
+    class Node:
+        def broadcast_retained(self, message):
+            return outbox.broadcast([node, other], message)
+
+        def filter_added(self, f):
+            pass
+
+    hub.node = Node()
+    hub.route(Message("t/r", b"kept", 1, retain=True))
+    clock.advance(0)
+    streams = sorted(args[1] for args, _ in link.sent)
+    assert streams == ["reactorapp:stream:b", "reactorapp:stream:c"]
+
+
+def test_local_filters_are_announced_once_each():
+    hub = ClusterHub(Clock())
+    said = []
+
+    class Node:
+        def filter_added(self, f):
+            said.append(("+", f))
+
+        def filter_removed(self, f):
+            said.append(("-", f))
+
+    hub.node = Node()
+    one, two = object(), object()
+    hub.subscribe(one, "a/#", 1)
+    hub.subscribe(two, "a/#", 0)
+    hub.subscribe(two, "$share/g/a/#", 0)
+    hub.unsubscribe(one, "a/#")
+    hub.unsubscribe_all(two, ["a/#", "$share/g/a/#"])
+    assert said == [("+", "a/#"), ("-", "a/#")]
+
+
+# -- the inbox ------------------------------------------------------------------------
+
+def test_a_held_inbox_stops_reading_and_says_it_is_behind():
+    hub = ClusterHub(Clock())
+    reader, commands = FakeLink(), FakeLink()
+    said = []
+    inbox = Inbox(hub, reader, commands, "reactorapp:stream:a", ClusterStats(),
+                  on_behind=said.append)
+    inbox.connected()
+    [(args, answer)] = reader.sent
+    assert args[:2] == ("XREAD", "COUNT")
+    congestion = object()
+
+    class Slow:
+        def deliver(self, message, qos, retained):
+            hub.flow.current.hold(congestion)
+
+    hub.subscribe(Slow(), "t", 0)
+    entry = frames.encode(Message("t", b"x"))
+    answer.callback([[b"reactorapp:stream:a", [[b"1-0", [b"m", entry]]]]])
+    assert said == [True] and len(reader.sent) == 1  # no new XREAD while held
+    assert commands.sent[0][0] == ("XDEL", "reactorapp:stream:a", b"1-0")
+    inbox.release(congestion)
+    assert said == [True, False] and len(reader.sent) == 2
+    assert reader.sent[1][0][-1] == b"1-0"
+
+
+# -- the link ------------------------------------------------------------------------------
+
+def test_a_redis_that_stops_answering_is_dropped_after_the_reply_timeout():
+    """A command with no reply within ``reply_timeout`` (on the injected
+    clock) fails as a lost connection, which is then closed and made again."""
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+    from txredisapi import ConnectionError as RedisConnectionError
+
+    from reactorapp.cluster.link import RedisLink
+
+    clock = MemoryReactorClock()
+    ready, lost = [], []
+    link = RedisLink(RedisURL("127.0.0.1"), clock, "commands", on_ready=ready.append,
+                     on_lost=lost.append, reply_timeout=10.0)
+    protocol = link._build()
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    clock.advance(0)
+    assert ready == [link] and link.connected
+    answer = link.command("PING")
+    assert transport.value() == b"*1\r\n$4\r\nPING\r\n"
+    clock.advance(9)
+    assert not answer.called
+    clock.advance(1)
+    assert isinstance(answer.result.value, RedisConnectionError)
+    answer.addErrback(lambda f: None)
+    assert transport.disconnecting
+
+
+def test_a_webhook_rule_takes_only_what_was_published_on_its_node():
+    """Every node serves each webhook rule for what was published on it: a
+    message from another node (which its own rule took) is not sent again."""
+    hub = ClusterHub(Clock())
+
+    class Rule:
+        cluster_local = True
+
+        def __init__(self):
+            self.got = []
+
+        def deliver(self, message, qos, retained):
+            self.got.append(message.payload)
+
+    rule = Rule()
+    hub.subscribe(rule, "t/#", 1)
+    hub.route(Message("t/1", b"here", 1))
+    hub.route_incoming(Message("t/1", b"from another node", 1))
+    assert rule.got == [b"here"]
+    assert hub.local_filters() == []  # not announced to other nodes
+    hub.unsubscribe(rule, "t/#")
+    hub.route(Message("t/1", b"after", 1))
+    assert rule.got == [b"here"]
+
+
+def test_other_nodes_filters_are_not_counted_as_subscriptions():
+    clock, hub, link, outbox, node = outbox_and_node()
+    hub.subscribe(object(), "mine", 0)
+    hub.add_remote(node, "theirs")
+    assert hub.subscription_count == 1
+    hub.remove_remote(node, ["theirs", "t/#"])
+    assert hub.subscription_count == 1
