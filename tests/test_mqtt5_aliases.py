@@ -186,3 +186,22 @@ def test_aliases_save_bytes_on_the_wire():
     # 3-byte alias: 37 bytes saved on every one but the first, which costs 3.
     assert plain_bytes - aliased_bytes == 99 * (2 + len(TOPIC) - 2 - 3) - 3
     assert [p.payload for p in aliased.take()] == [p.payload for p in plain.take()]
+
+
+def test_a_re_sent_qos2_publish_still_sets_its_alias():
+    """A QoS 2 PUBLISH re-sent on a new connection (its PUBREC was lost) is
+    not forwarded again [MQTT-4.3.3-2], but the alias it sets on that
+    connection counts for the PUBLISHes after it."""
+    broker = Broker()
+    sub = connect5(broker, "sub")
+    sub.subscribe(("#", 2))
+    pub = connect5(broker, "pub", clean=False, session_expiry_interval=60)
+    pub.send(P.Publish("a/long/topic", b"once", 2, packet_id=7, properties={"topic_alias": 1}))
+    pub.drop()
+    again = connect5(broker, "pub", clean=False, session_expiry_interval=60)
+    again.send(P.Publish("a/long/topic", b"once", 2, dup=True, packet_id=7,
+                         properties={"topic_alias": 1}),
+               P.Publish("", b"next", 0, properties={"topic_alias": 1}))
+    assert not again.closed
+    assert [(p.topic, p.payload) for p in sub.take() if type(p) is P.Publish] == [
+        ("a/long/topic", b"once"), ("a/long/topic", b"next")]

@@ -194,3 +194,31 @@ def test_a_delivered_message_carries_the_time_it_has_left():
     fresh = connect5(broker, "fresh")
     _, (retained,) = fresh.subscribe(("t/y", 1))
     assert retained.properties == {"message_expiry_interval": 20}
+
+
+def test_a_retained_message_is_removed_when_it_expires_without_a_subscriber():
+    """The retained store does not wait for someone to ask: at its deadline
+    the message is gone (count, store); a replaced one is not removed by
+    its predecessor's deadline."""
+    broker = StoredBroker(ManualStore())
+    expiring(broker, "r/a", b"a", 5, retain=True)
+    expiring(broker, "r/b", b"old", 5, retain=True)
+    broker.clock.advance(1)
+    expiring(broker, "r/b", b"new", 60, retain=True)
+    broker.clock.advance(4)
+    assert broker.hub.retained_count == 1
+    assert list(broker.store.tables.retained) == ["r/b"]
+    assert broker.hub.stats.messages_expired == 1
+    broker.clock.advance(56)
+    assert broker.hub.retained_count == 0 and broker.store.tables.retained == {}
+
+
+def test_retained_deadlines_stay_bounded_when_replaced_quickly():
+    """A publisher replacing one retained topic again and again leaves at
+    most a bounded number of waiting deadlines behind."""
+    broker = StoredBroker(ManualStore())
+    for i in range(10_000):
+        expiring(broker, "r/busy", b"%d" % i, 3600, retain=True)
+    assert len(broker.hub._deadlines) <= 130
+    broker.clock.advance(3600)
+    assert broker.hub.retained_count == 0

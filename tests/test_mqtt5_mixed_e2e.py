@@ -78,7 +78,13 @@ class Paho5:
     (with properties), the reason codes of its SUBACKs and PUBACK/PUBRECs.
     Every wait is bounded."""
 
-    def __init__(self, broker, client_id: str, **connect_properties) -> None:
+    @classmethod
+    def resume(cls, broker, client_id: str, **connect_properties) -> Paho5:
+        """Connect with Clean Start 0, taking back a kept session."""
+        return cls(broker, client_id, clean_start=False, **connect_properties)
+
+    def __init__(self, broker, client_id: str, clean_start: bool = True,
+                 **connect_properties) -> None:
         self.client_id = client_id
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5, reconnect_on_failure=False)
@@ -94,7 +100,7 @@ class Paho5:
         properties = Properties(PacketTypes.CONNECT)
         for name, value in connect_properties.items():
             setattr(properties, name, value)
-        self.client.connect(broker.host, broker.port, keepalive=60, clean_start=True,
+        self.client.connect(broker.host, broker.port, keepalive=60, clean_start=clean_start,
                             properties=properties)
         self.client.loop_start()
         assert self.connected.wait(TIMEOUT), f"{client_id}: no CONNACK"
@@ -293,3 +299,33 @@ class Raw5:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def test_options_identifiers_and_queued_properties_survive_a_restart(tmp_path):
+    """A persistent 5.0 session's subscription options and identifiers are
+    kept in the store, and so is a queued message with its properties: after
+    twistd restarts, the client gets the message it missed, with its
+    properties and its subscription's identifier, and No Local still keeps
+    its own messages from it."""
+    with running_broker(tmp_path, "--http", "none") as broker:
+        me = Paho5(broker, "keeper", SessionExpiryInterval=3600)
+        assert me.subscribe("keep/#", 1, identifier=42, noLocal=True) == [1]
+        me.close()
+        other = Paho5(broker, "other")
+        assert other.publish("keep/it", b"missed", 1, ContentType="text/plain",
+                             UserProperty=[("k", "v")]) == 0
+        other.close()
+    with running_broker(tmp_path, "--http", "none") as broker:
+        me = Paho5.resume(broker, "keeper", SessionExpiryInterval=3600)
+        try:
+            missed = me.next()
+            assert (missed.topic, missed.payload) == ("keep/it", b"missed")
+            assert carried(missed) == {"ContentType": "text/plain", "UserProperty": [("k", "v")],
+                                       "SubscriptionIdentifier": [42]}
+            me.publish("keep/mine", b"own", 1)
+            other = Paho5(broker, "other")
+            other.publish("keep/end", b"marker", 1)
+            other.close()
+            assert [m.payload for m in me.until("keep/end")] == []
+        finally:
+            me.close()

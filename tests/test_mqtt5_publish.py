@@ -141,3 +141,53 @@ def test_a_will_carries_its_properties():
     assert received.payload == b"gone"
     assert received.properties == {"content_type": "text/plain",
                                    "user_property": [("why", "lost")]}
+
+
+def test_a_shared_subscription_counts_as_a_subscriber():
+    """§3.4.2.1: members of a shared subscription are subscribers (no 0x10),
+    and asking does not take a member's turn: the group still alternates."""
+    broker = Broker()
+    one, two = broker.connect("one"), broker.connect("two")
+    for member in (one, two):
+        member.subscribe(("$share/g/jobs/#", 1))
+    pub = connect5(broker, "pub")
+    for i in range(4):
+        pub.publish("jobs/x", b"%d" % i, 1)
+    assert [(type(a), a.reason_code) for a in pub.take()] == [(P.PubAck, 0)] * 4
+    got = [[p.payload for p in member.take() if p.type == "PUBLISH"] for member in (one, two)]
+    assert sorted(got) == [[b"0", b"2"], [b"1", b"3"]]
+
+
+def test_a_publish_the_acl_refuses_gets_0x87():
+    """§3.4.2.1: 0x87 Not authorized, and it is not forwarded."""
+    from reactorapp.auth.acl import ACL, ACLAuthorizer
+    from reactorapp.auth.guard import Guard
+
+    broker = Broker()
+    broker.factory.guard = Guard(authorizer=ACLAuthorizer(ACL.parse("topic readwrite open/#\n")))
+    sub = connect5(broker, "sub")
+    sub.subscribe(("open/#", 1))
+    pub = connect5(broker, "pub")
+    refused = pub.publish("closed/x", b"x", 1)
+    allowed = pub.publish("open/x", b"y", 1)
+    assert [(a.packet_id, a.reason_code) for a in pub.take()] == [(refused, 0x87), (allowed, 0)]
+    assert [p.payload for p in sub.take()] == [b"y"]
+
+
+def test_a_delayed_will_counts_its_expiry_from_when_it_is_published():
+    """§3.1.3.2: the Will's Message Expiry Interval is the one its PUBLISH
+    carries when the will goes out, after the Will Delay Interval."""
+    from tests.mqtt5_harness import Client5
+
+    broker = Broker()
+    sub = connect5(broker, "sub")
+    sub.subscribe(("will/#", 1))
+    client = Client5(broker)
+    will = P.Will("will/c", b"gone", 1, False,
+                  {"message_expiry_interval": 30, "will_delay_interval": 10})
+    client.send(P.Connect("c", True, 0, will, protocol_level=P.MQTT_5,
+                          properties={"session_expiry_interval": 60}))
+    client.drop()
+    broker.clock.advance(10)
+    (received,) = [p for p in sub.take() if type(p) is P.Publish]
+    assert received.properties == {"message_expiry_interval": 30}

@@ -560,3 +560,19 @@ def test_queued_shared_messages_are_handed_over_behind_plain_ones_in_flight():
     (b,) = consumers(broker, 1, qos=1, first=1)
     a.drop()
     assert payloads(b) == [b"shared"]
+
+
+def test_an_mqtt5_puback_counts_shared_members_and_leaves_the_turn_alone():
+    """A 5.0 publisher's PUBACK says 0x10 (no matching subscribers) only
+    when nobody, shared members included, gets the message; asking does not
+    move a group's turn, so two members still alternate."""
+    broker = Broker()
+    pub = connect5(broker, "pub5")
+    pub.publish("t", b"nobody", qos=1)
+    (puback,) = [p for p in pub.take() if type(p) is P.PubAck]
+    assert puback.reason_code == P.ReasonCode.NO_MATCHING_SUBSCRIBERS
+    a, b = consumers(broker, 2, qos=1, topic_filter="$share/g/t")
+    for i in range(4):
+        pub.publish("t", b"%d" % i, qos=1)
+    assert [p.reason_code for p in pub.take() if type(p) is P.PubAck] == [0] * 4
+    assert (payloads(a), payloads(b)) == ([b"0", b"2"], [b"1", b"3"])

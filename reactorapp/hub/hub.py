@@ -7,6 +7,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from reactorapp.hub.commit import Commit, placed
+from reactorapp.hub.deadlines import Deadlines
 from reactorapp.hub.flow import Caller, Flow
 from reactorapp.hub.interfaces import IHub
 from reactorapp.hub.shared import AWAY, REFUSED, share_state
@@ -43,8 +44,8 @@ class HubStats:
         "bytes_received", "bytes_sent", "traffic",
         "queue_dropped_qos0", "queue_refused", "queue_spilled", "publishers_held",
         "spill_bytes", "inputs_held", "slow_subscribers", "sessions_expired",
-        "shared_deliveries", "shared_handed_over",
-        "messages_expired", "publish_too_large", "by_version",
+        "messages_expired", "publish_too_large", "shared_deliveries", "shared_handed_over",
+        "by_version",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -91,6 +92,11 @@ class HubStats:
         #: PUBLISHes not sent to an MQTT 5 client because they were larger
         #: than its Maximum Packet Size (counted as delivered to it).
         self.publish_too_large = 0
+        #: Messages given to one member of a shared subscription.
+        self.shared_deliveries = 0
+        #: Shared-subscription messages given to another member of their
+        #: group because the first one left without acknowledging them.
+        self.shared_handed_over = 0
         #: Protocol version ("5.0", "3.1.1", "3.1") -> [connected now,
         #: accepted since start-up].
         self.by_version: dict[str, list[int]] = {}
@@ -136,6 +142,9 @@ class Hub:
         self.flow = Flow()
         self._subscriptions = TopicTree()
         self._retained = RetainedTree()
+        #: Retained messages with a Message Expiry Interval, removed on time.
+        self._deadlines = Deadlines(clock, self._remove_expired, self._is_retained,
+                                    self._retained_messages, self._retained.__len__)
         self._sessions: dict[str, object] = {}
 
     # -- routing ---------------------------------------------------------
@@ -179,6 +188,8 @@ class Hub:
         if message.retain:
             if message.payload:
                 self._retained.set(message.topic, message)
+                if message.expires is not None:
+                    self._deadlines.add(message)
             else:
                 # [MQTT-3.3.1-10] [MQTT-3.3.1-11]: an empty retained payload
                 # is delivered as usual but clears the stored message.
@@ -312,6 +323,8 @@ class Hub:
                 self._expire_retained(message)
             else:
                 self._retained.set(message.topic, message)
+                if message.expires is not None:
+                    self._deadlines.add(message)
 
     def subscribe(self, subscriber, topic_filter, qos):
         validate_filter(topic_filter)
@@ -340,6 +353,17 @@ class Hub:
             else:
                 kept.append(message)
         return kept
+
+    def _is_retained(self, message) -> bool:
+        return self._retained.get(message.topic) is message
+
+    def _retained_messages(self):
+        return (message for _, message in self._retained.items())
+
+    def _remove_expired(self, message) -> None:
+        """Its deadline passed (`Deadlines`): gone from the tree and the store."""
+        self._retained.remove(message.topic)
+        self._expire_retained(message)
 
     def _expire_retained(self, message) -> None:
         self.stats.messages_expired += 1

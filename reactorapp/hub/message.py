@@ -78,6 +78,13 @@ class Message:
             if interval is not None:
                 self.expires = self.timestamp + interval
 
+    def stamp(self, now: float) -> None:
+        """Date a message made before it is published (a delayed will) at
+        ``now``, its expiry with it. Only before it is published."""
+        if self.expires is not None:
+            self.expires += now - self.timestamp
+        self.timestamp = now
+
     def expired(self, now: float) -> bool:
         """Whether the Message Expiry Interval has passed at ``now``
         [MQTT-3.3.2-5]."""

@@ -614,13 +614,13 @@ class MQTTProtocol(ConnectHandling, Protocol):
             delay = bucket.take()
             if delay:
                 self._throttle(delay)
+        if v5 is not None:
+            self._on_publish5(publish)
+            return
         if qos == 2 and publish.packet_id in self.session.awaiting_pubrel:
             # [MQTT-4.3.3-2]: a re-sent QoS 2 PUBLISH is acknowledged again,
             # never forwarded twice.
             self._acknowledge(None, encode_pubrec(publish.packet_id))
-            return
-        if v5 is not None:
-            self._on_publish5(publish)
             return
         if publish.topic.startswith(SYS_PREFIX):  # `is_broker_topic`, inlined: hot path
             # Clients may not write the broker's own status [§4.7.2]; the
@@ -663,6 +663,12 @@ class MQTTProtocol(ConnectHandling, Protocol):
             except AliasError as error:
                 self._protocol_error(error.reason, error.reason_code)
                 return
+        if qos == 2 and publish.packet_id in self.session.awaiting_pubrel:
+            # [MQTT-4.3.3-2], after its alias is taken: a re-sent PUBLISH on
+            # a new connection may set the alias later ones use.
+            self._acknowledge(None, encode_pubrec(publish.packet_id))
+            return
+        if received:
             if payload_format_invalid(received, publish.payload):
                 # [MQTT-3.3.2-4] [§3.3.2.3.2]: refused; at QoS 0 there is no
                 # acknowledgement to say so, so the connection ends [§4.13].
@@ -688,13 +694,19 @@ class MQTTProtocol(ConnectHandling, Protocol):
                      if properties and "message_expiry_interval" in properties else None)
         message = Message(topic, publish.payload, qos, publish.retain, properties,
                           self.client_id, timestamp)
-        wait = self.hub.route(message)
-        if qos:
+        hub = self.hub
+        wait = hub.route(message)
+        if not qos:
+            if wait is not None:
+                wait.add(self._on_qos0_placed)
+        elif not hub.has_subscribers(topic):
             # [§3.4.2.1]: 0x10 tells the publisher nobody subscribed.
-            code = 0 if self.hub.has_subscribers(topic) else P.ReasonCode.NO_MATCHING_SUBSCRIBERS
-            self._answer_publish(publish, wait, code)
-        elif wait is not None:
-            wait.add(self._on_qos0_placed)
+            self._answer_publish(publish, wait, P.ReasonCode.NO_MATCHING_SUBSCRIBERS)
+        elif qos == 1:
+            self._acknowledge(wait, encode_puback(publish.packet_id))
+        else:
+            self.session.awaiting_pubrel.add(publish.packet_id)
+            self._acknowledge(wait, encode_pubrec(publish.packet_id))
 
     def _answer_publish(self, publish: P.Publish, wait, code: int) -> None:
         """PUBACK or PUBREC with ``code`` for an MQTT 5 client. A PUBREC with

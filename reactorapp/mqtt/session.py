@@ -402,6 +402,8 @@ class Session:
         """A queued message's Message Expiry Interval passed before its
         delivery started: it is never sent [MQTT-3.3.2-5], and forgotten."""
         self.hub.stats.messages_expired += 1
+        if self.shared:
+            self.shared.pop(seq, None)
         if self.store is not None and seq:
             self.store.dequeue(self.client_id, seq)
         if self.shared:
@@ -411,6 +413,8 @@ class Session:
         """A message the connection would not send (larger than the client's
         Maximum Packet Size): done with, as if acknowledged [MQTT-3.1.2-25]."""
         flight = self.inflight.pop(packet_id, None)
+        if flight is not None and self.shared:
+            self.shared.pop(flight.seq, None)
         if flight is not None and self.store is not None:
             self.store.dequeue(self.client_id, flight.seq)
         if flight is not None and self.shared:
@@ -534,6 +538,9 @@ class Session:
             message, call = will
             if call.active():
                 call.cancel()
+            # Its Message Expiry Interval counts from now, when it is
+            # published, not from when the connection ended [§3.1.3.2].
+            message.stamp(self.hub.clock.seconds())
             publish_will(self.hub, message)
 
     def _cancel_will(self) -> None:
