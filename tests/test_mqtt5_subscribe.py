@@ -15,7 +15,7 @@ from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.session import MQTTSettings, Session, restore_sessions
 from reactorapp.mqtt.suboptions import Options, OptionTable
 from tests.mqtt5_harness import Broker, connect5
-from tests.test_store import Stores, durable
+from tests.test_store import durable, redis, stores  # noqa: F401 (fixtures)
 
 
 def test_options_bits_round_trip():
@@ -58,12 +58,10 @@ def test_sessions_without_options_have_no_table():
     assert session.options is None
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
 @pytest_twisted.ensureDeferred
-async def test_options_and_identifiers_survive_a_restart(kind, tmp_path):
+async def test_options_and_identifiers_survive_a_restart(stores):
     """A persistent session keeps its subscriptions' options and identifiers
-    in the store; restored, its deliveries look as before."""
-    stores = Stores(kind, tmp_path)
+    in the store (memory, SQLite, Redis); restored, its deliveries look as before."""
     store, _ = await stores.open()
     hub = Hub(Clock(), store=store)
     session = Session("c", True, hub, MQTTSettings())

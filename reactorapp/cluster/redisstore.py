@@ -236,7 +236,7 @@ class RedisStore:
         self._write(b"X", client_id)
 
     def add_subscription(self, client_id, topic_filter, qos, options=0, identifier=0) -> None:
-        # "QOS", or "QOS:OPTIONS:IDENTIFIER" for an MQTT 5 subscription with some.
+        # "QOS", or "QOS:OPTIONS:IDENTIFIER" for an MQTT 5 subscription with either.
         value = f"{qos}:{options}:{identifier}" if options or identifier else qos
         self._write(b"B", client_id, topic_filter, value)
 
@@ -449,13 +449,13 @@ def _stored_session(answer, client_id: str, shared: dict) -> StoredSession | Non
     filters, options = {}, {}
     for topic_filter, value in _pairs(subscriptions):
         topic_filter = topic_filter.decode()
-        qos, _, rest = (value if isinstance(value, bytes) else b"%d" % value).partition(b":")
+        qos, *extra = value.split(b":")
         filters[topic_filter] = int(qos)
-        if rest:
-            bits, identifier = rest.split(b":")
-            options[topic_filter] = (int(bits), int(identifier))
-    return StoredSession(client_id, filters, messages,
-                         {int(packet_id) for packet_id in pubrel or ()}, options)
+        if extra:
+            options[topic_filter] = (int(extra[0]), int(extra[1]))
+    return StoredSession(
+        client_id, filters, messages, {int(packet_id) for packet_id in pubrel or ()},
+        options=options)
 
 
 def _reason(error: BaseException) -> str:
