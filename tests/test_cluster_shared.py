@@ -228,3 +228,17 @@ def test_a_message_a_member_left_unacknowledged_may_go_to_a_member_on_another_no
     assert b.hub.hand_over(GROUP, message, b1)
     carry(clock, b, a)
     assert a1.got == [b"0", b"1"] and b1.got == [b"1"]
+
+
+def test_a_node_chosen_for_two_groups_and_its_plain_subscribers_gets_one_frame():
+    clock, a, b = two_nodes()
+    other = "$share/h/t/+"
+    a.announce("t/#", GROUP, other)
+    b1, b2, plain_b = Member("b1"), Member("b2"), Member("plain-b")
+    b.hub.subscribe(b1, GROUP, 1)
+    b.hub.subscribe(b2, other, 1)
+    b.hub.subscribe(plain_b, "t/#", 1)
+    a.hub.route(Message("t/x", b"once", 1))
+    [(message, groups)] = carry(clock, a, b)
+    assert sorted(groups) == sorted([GROUP, other])
+    assert b1.got == b2.got == plain_b.got == [b"once"]

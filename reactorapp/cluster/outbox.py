@@ -77,7 +77,7 @@ class RemoteNode:
         #: every node, once), and the shared subscriptions it was chosen
         #: for (None: it was dropped).
         self.last = None
-        self.last_groups: list | None = None
+        self.last_groups: tuple | None = None
 
     def deliver(self, message, qos, retained):
         return self.outbox.add(self, message)
@@ -161,7 +161,7 @@ class Outbox:
             # subscribers or another group): one frame, naming every group.
             groups = node.last_groups
             if share_filter is not None and groups is not None:
-                groups.append(share_filter)
+                groups = node.last_groups = (*groups, share_filter)
                 self._frames[node][-1] = frames.with_groups(frames.encode(message), groups)
             return None
         node.last = message
@@ -177,10 +177,10 @@ class Outbox:
         if batch is None:
             batch = self._frames[node] = []
         if share_filter is None:
-            node.last_groups = []
+            node.last_groups = ()
             batch.append(frames.encode(message))
         else:
-            node.last_groups = [share_filter]
+            node.last_groups = (share_filter,)
             batch.append(frames.with_groups(frames.encode(message), node.last_groups))
         if self._round is None:
             self._round = _Round()
