@@ -313,3 +313,87 @@ def test_the_readme_mqtt_5_example_runs(tmp_path):
                               timeout=30)
         assert done.returncode == 0, done.stderr
         assert done.stdout == "b'request-1' 21.5\n"
+
+
+NONCE_DROPIN = '''
+from reactorapp.plugins import AuthenticatorPlugin
+nonce = AuthenticatorPlugin("nonce", "A signed nonce (MQTT 5 enhanced authentication).",
+                            authenticator="nonceauth.make")
+'''
+
+NONCE_MODULE = '''
+import hashlib
+
+from twisted.internet.defer import succeed
+from zope.interface import implementer
+
+from reactorapp.auth.interfaces import (
+    Authenticated, Challenge, IAuthenticator, IEnhancedAuthenticator, Identity)
+
+
+@implementer(IAuthenticator, IEnhancedAuthenticator)
+class Nonce:
+    auth_methods = {"X-NONCE"}
+
+    def authenticate(self, username, password, client_id, peer, certificate):
+        return succeed(None)  # passwords are not enough here
+
+    def authenticate_token(self, token, peer):
+        return succeed(None)
+
+    def start_authentication(self, method, data, username, client_id, peer, certificate):
+        nonce = b"nonce-" + client_id.encode()
+
+        def check(answer):
+            if answer != hashlib.sha256(nonce + b"s3cret").digest():
+                return None
+            return Authenticated(Identity(username, client_id), b"welcome")
+
+        return Challenge(nonce, check)
+
+
+def make(options):
+    return Nonce()
+'''
+
+
+def test_enhanced_authentication_through_an_authenticator_plugin(tmp_path, monkeypatch):
+    """[MQTT-4.12.0-2] [MQTT-4.12.0-5] [MQTT-4.12.1-1]: an authenticator plugin
+    that speaks a challenge and response, chosen with --authenticator; a
+    3.1.1 client with a password is refused."""
+    import hashlib
+    import os
+
+    plugins = tmp_path / "plugin"
+    (plugins / "twisted" / "plugins").mkdir(parents=True)
+    (plugins / "twisted" / "plugins" / "nonce_dropin.py").write_text(NONCE_DROPIN)
+    (plugins / "nonceauth.py").write_text(NONCE_MODULE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [str(plugins), os.environ.get("PYTHONPATH")])))
+    answer = hashlib.sha256(b"nonce-dev" + b"s3cret").digest()
+    method = {"authentication_method": "X-NONCE"}
+    with running_broker(tmp_path, "--authenticator", "nonce") as broker:
+        client = Raw5(broker.host, broker.port)
+        client.send(P.Connect(client_id="dev", username="alice", protocol_level=5,
+                              properties=dict(method)))
+        challenge = client.read()
+        assert (type(challenge), challenge.reason_code) == (P.Auth, R.CONTINUE_AUTHENTICATION)
+        assert challenge.properties["authentication_data"] == b"nonce-dev"
+        client.send(P.Auth(R.CONTINUE_AUTHENTICATION,
+                           {**method, "authentication_data": answer}))
+        connack = client.read()
+        assert connack.return_code == 0
+        assert connack.properties["authentication_data"] == b"welcome"
+        client.send(P.Auth(R.RE_AUTHENTICATE, dict(method)))
+        assert client.read().reason_code == R.CONTINUE_AUTHENTICATION
+        client.send(P.Auth(R.CONTINUE_AUTHENTICATION,
+                           {**method, "authentication_data": answer}))
+        done = client.read()
+        assert (type(done), done.reason_code) == (P.Auth, R.SUCCESS)
+
+        from tests.rawmqtt import RawClient
+
+        old = RawClient(broker.host, broker.port)
+        # 3.1.1: CONNACK 4, bad user name or password.
+        assert old.connect("old", username="alice", password=b"s3cret").return_code == 4
+        old.close()

@@ -225,3 +225,25 @@ def test_a_3_1_1_will_ignores_the_5_0_rules():
     old.drop()
     assert wills(watcher) == [b"bye"]
     assert broker.hub.get_session("old") is not None
+
+
+def test_re_sends_on_reconnect_keep_to_the_new_receive_maximum():
+    """[MQTT-4.4.0-1] [MQTT-3.3.4-9]: the client comes back with a Receive
+    Maximum of 2 and 5 messages unacknowledged: 2 are re-sent (DUP), the
+    others as acknowledgements make room, in their order."""
+    broker = Broker5()
+    client = broker.connect("dev", clean=False, properties={EXPIRY: 60})
+    client.subscribe(("t", 1))
+    publisher = broker.connect("pub")
+    for n in range(5):
+        publisher.publish("t", b"%d" % n, qos=1)
+    assert len(client.take()) == 5
+    client.drop()
+    back = broker.connect("dev", clean=False, properties={EXPIRY: 60, "receive_maximum": 2})
+    first = back.take()
+    assert [(p.payload, p.dup) for p in first] == [(b"0", True), (b"1", True)]
+    back.send(P.PubAck(first[0].packet_id))
+    (third,) = back.take()
+    assert (third.payload, third.dup) == (b"2", True)
+    back.send(P.PubAck(first[1].packet_id), P.PubAck(third.packet_id))
+    assert [p.payload for p in back.take()] == [b"3", b"4"]

@@ -146,6 +146,21 @@ async def test_sessions_and_subscriptions_survive(stores):
 
 
 @pytest_twisted.ensureDeferred
+async def test_mqtt_5_subscription_options_survive(stores):
+    """Options (No Local, Retain As Published, Retain Handling) and a
+    Subscription Identifier are kept with the subscription, in every store."""
+    store, _ = await stores.open()
+    store.add_session("five")
+    store.add_subscription("five", "a/#", 1, 0x04 | 0x20, 7)
+    store.add_subscription("five", "b", 0)
+    await durable(store)
+    _, state = await stores.reopen()
+    (session,) = state.sessions
+    assert session.subscriptions == {"a/#": 1, "b": 0}
+    assert session.options == {"a/#": (0x24, 7)}
+
+
+@pytest_twisted.ensureDeferred
 async def test_removing_a_session_removes_everything_it_had(stores):
     """[MQTT-3.1.2-6]"""
     store, _ = await stores.open()

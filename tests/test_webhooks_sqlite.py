@@ -162,3 +162,27 @@ async def test_the_oldest_dead_letters_of_a_rule_can_be_dropped(tmp_path):
     store, webhooks, state = open_stores(tmp_path)
     assert state.dead == {"r": 1, "other": 1}
     await within(store.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_mqtt5_properties_and_expiry_survive_a_restart(tmp_path):
+    """A pending delivery and a dead letter keep their message's MQTT 5
+    properties on disk; the expiry is counted from the message's time."""
+    properties = {"content_type": "text/plain", "user_property": [("a", "1"), ("a", "2")],
+                  "correlation_data": b"\x00\xff", "message_expiry_interval": 30}
+    store, webhooks, _ = open_stores(tmp_path)
+    webhooks.add(Delivery(1, "r", "s/x", b"p", 1, False, "k1", 100.0, 101.0, True,
+                          properties, 130.0))
+    webhooks.bury(DeadLetter(Delivery(2, "r", "s/y", b"q", 1, False, "k2", 100.0, 101.0, True,
+                                      {"response_topic": "back"}), 3, "HTTP 500", 9.0))
+    webhooks.add(delivery(3))
+    await within(store.close())
+
+    store, webhooks, _ = open_stores(tmp_path)
+    first, plain = await within(webhooks.pending("r", 0, 10))
+    assert first.properties == properties
+    assert first.expires_at == 130.0 and first.expired(130.0) and not first.expired(129.9)
+    assert (plain.properties, plain.expires_at) == (None, None)
+    (dead,) = await within(webhooks.dead_letters("r", 0, 10))
+    assert dead.to_dict()["response_topic"] == "back"
+    await within(store.close())

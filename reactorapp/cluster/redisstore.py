@@ -236,7 +236,8 @@ class RedisStore:
         self._write(b"X", client_id)
 
     def add_subscription(self, client_id, topic_filter, qos, options=0, identifier=0) -> None:
-        # "QOS", or "QOS:OPTIONS:IDENTIFIER" for an MQTT 5 subscription with either.
+        # MQTT 5 options and identifier, when there are any, ride in the
+        # same hash value: "QOS:OPTIONS:IDENTIFIER".
         value = f"{qos}:{options}:{identifier}" if options or identifier else qos
         self._write(b"B", client_id, topic_filter, value)
 
@@ -446,16 +447,15 @@ def _stored_session(answer, client_id: str, shared: dict) -> StoredSession | Non
         message = shared.setdefault(value[ENTRY_HEADER:], message)
         packet_id, state = flight.get(seq, (None, None))
         messages.append(StoredMessage(seq, message, qos, retained, packet_id, state))
-    filters, options = {}, {}
+    granted, options = {}, {}
     for topic_filter, value in _pairs(subscriptions):
-        topic_filter = topic_filter.decode()
-        qos, *extra = value.split(b":")
-        filters[topic_filter] = int(qos)
-        if extra:
-            options[topic_filter] = (int(extra[0]), int(extra[1]))
-    return StoredSession(
-        client_id, filters, messages, {int(packet_id) for packet_id in pubrel or ()},
-        options=options)
+        qos, _, rest = value.partition(b":")
+        granted[topic_filter.decode()] = int(qos)
+        if rest:
+            bits, _, identifier = rest.partition(b":")
+            options[topic_filter.decode()] = (int(bits), int(identifier))
+    return StoredSession(client_id, granted, messages,
+                         {int(packet_id) for packet_id in pubrel or ()}, options)
 
 
 def _reason(error: BaseException) -> str:

@@ -240,8 +240,8 @@ class ConnectHandling:
             loader.forget_session(client_id)  # [MQTT-3.1.2-6], wherever it was kept
         self._bind_session(connect, identity, expiry, properties)
 
-    def _load_session(self, loader, connect: P.Connect, identity: Identity,
-                      expiry: float, properties: dict | None) -> None:
+    def _load_session(self, loader, connect: P.Connect, identity: Identity, expiry: float,
+                      properties: dict | None) -> None:
         """The hub's store is shared with other nodes (a cluster): the
         client's session may have been left on another one. Read it first,
         holding what the client sends meanwhile, as during authentication."""
@@ -255,8 +255,8 @@ class ConnectHandling:
                        callbackArgs=(connect, identity, expiry, properties))
         d.addErrback(self._ebAccept)
 
-    def _cbSessionLoaded(self, stored, connect: P.Connect, identity: Identity,
-                         expiry: float, properties: dict | None) -> None:
+    def _cbSessionLoaded(self, stored, connect: P.Connect, identity: Identity, expiry: float,
+                         properties: dict | None) -> None:
         if self.state is not AUTHENTICATING:
             return  # closed meanwhile
         self._resume_reading("session")
@@ -271,11 +271,11 @@ class ConnectHandling:
                     client_id=self.client_id)
         self._refuse(R.SERVER_UNAVAILABLE, "the session could not be read")
 
-    def _bind_session(self, connect: P.Connect, identity: Identity,
-                      expiry: float, properties: dict | None) -> None:
-        """Take over, discard or make the client's session, then CONNACK.
-        ``expiry`` is the session's lifetime in seconds after the connection
-        ends; ``properties`` the MQTT 5 CONNACK's (None for 3.1.1)."""
+    def _bind_session(self, connect: P.Connect, identity: Identity, expiry: float,
+                      properties: dict | None) -> None:
+        """Take over, discard or make the client's session (kept ``expiry``
+        seconds once the client is away), then CONNACK (MQTT 5: with
+        ``properties``)."""
         client_id = self.client_id
         hub = self.hub
         settings = self.settings

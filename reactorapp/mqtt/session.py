@@ -168,6 +168,10 @@ class Session:
         self._share: str | None = None
         #: In-flight messages not yet written, in order: (packet_id, InFlight).
         self._unsent: deque = deque()
+        #: Unacknowledged PUBLISHes of an earlier connection the client's
+        #: Receive Maximum left no room for at `attach`, by packet id, in
+        #: order; re-sent as acknowledgements make room.
+        self._resend: deque | None = None
         if self.store is not None and not stored:
             self.store.add_session(client_id)
 
@@ -390,6 +394,8 @@ class Session:
         connection = self.connection
         queue = self.queue
         limit = self.window
+        if self._resend:
+            self._resend_held(connection, limit)
         while (connection is not None and connection.writable and queue
                and len(self.inflight) < limit):
             message, qos, retained, seq = queue.popleft()
@@ -408,6 +414,18 @@ class Session:
             self.store.dequeue(self.client_id, seq)
         if self.shared:
             self.shared.pop(seq, None)
+
+    def _resend_held(self, connection, limit: int) -> None:
+        """Re-send, in order, the PUBLISHes `attach` held back, as far as
+        the client's Receive Maximum allows now."""
+        resend = self._resend
+        inflight = self.inflight
+        while connection is not None and resend and len(inflight) - len(resend) < limit:
+            packet_id = resend.popleft()
+            flight = inflight.get(packet_id)
+            if flight is not None and not connection.send_publish(
+                    flight.message, flight.qos, flight.retained, packet_id, True):
+                self._completed(packet_id)
 
     def _completed(self, packet_id: int) -> None:
         """A message the connection would not send (larger than the client's
@@ -475,13 +493,23 @@ class Session:
         self.detached_at = None
         self._cancel_expiry()
         self._cancel_will()  # the client is back before its will's delay [MQTT-3.1.3-9]
+        self._resend = None
+        resent = 0
         for packet_id, flight in list(self.inflight.items()):
             if not flight.sent:
                 continue  # held back, goes out below in its turn
             if flight.state == AWAITING_PUBCOMP:
                 connection.send_pubrel(packet_id)
-            elif not connection.send_publish(flight.message, flight.qos, flight.retained,
-                                             packet_id, True):
+            elif resent >= self.window:
+                # No more unacknowledged PUBLISHes than the client's Receive
+                # Maximum, re-sends included [MQTT-3.3.4-9].
+                if self._resend is None:
+                    self._resend = deque()
+                self._resend.append(packet_id)
+            elif connection.send_publish(flight.message, flight.qos, flight.retained,
+                                         packet_id, True):
+                resent += 1
+            else:
                 self._completed(packet_id)
         self._send_unsent()
         self._fill_window()
@@ -611,6 +639,7 @@ class Session:
         self.inflight.clear()
         self.queue.clear()
         self._unsent.clear()
+        self._resend = None
         self.awaiting_pubrel.clear()
         self.hub.remove_session(self.client_id, self)
         if self.store is not None:

@@ -84,6 +84,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE subscriptions ADD COLUMN options INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE subscriptions ADD COLUMN identifier INTEGER NOT NULL DEFAULT 0",
     ),
+    # The MQTT 5 properties of a webhook delivery, as a Python literal
+    # (reactorapp/webhooks/sqlitestore.py).
+    (
+        "ALTER TABLE webhook_outbox ADD COLUMN properties TEXT",
+        "ALTER TABLE webhook_dead ADD COLUMN properties TEXT",
+    ),
 ]
 
 VERSION = len(MIGRATIONS)

@@ -22,17 +22,20 @@ from reactorapp.web.errors import (
 )
 from reactorapp.web.guard import read_filter, require_publish
 from reactorapp.web.messages import (
-    check_topic, message_json, parse_batch, parse_publish, query_bool, query_filters, query_qos,
+    check_topic, message_json, parse_batch, parse_publish, query_bool, query_filters,
+    query_metadata, query_qos,
 )
 
 log = Logger()
 
 
-def _publish(hub, traffic, topic: str, payload: bytes, qos: int, retain: bool):
+def _publish(hub, traffic, topic: str, payload: bytes, qos: int, retain: bool,
+             properties: dict | None = None):
     """Hand one message to the hub; the answer waits until it is placed
     (durably, where the storage rules ask for it) [an acknowledgement is a
-    promise, as for PUBACK]."""
-    message = Message(topic, payload, qos, retain)
+    promise, as for PUBACK]. Its timestamp is the hub's clock, which its
+    expiry, if any, counts from."""
+    message = Message(topic, payload, qos, retain, properties, timestamp=hub.clock.seconds())
     durable = hub.publish(message)
     traffic.received[qos] += 1
     answer = {"id": message.id, "topic": topic, "qos": qos, "retain": retain}
@@ -71,15 +74,15 @@ class Publish(JSONResource):
             return self._batch(request, parse_batch(body, True))
         if body.lstrip()[:1] == b"[":
             return self._batch(request, parse_batch(body, False))
-        topic, payload, qos, retain = parse_publish(body)
+        topic, payload, qos, retain, properties = parse_publish(body)
         require_publish(request, topic)
-        return _publish(self.hub, self.traffic, topic, payload, qos, retain)
+        return _publish(self.hub, self.traffic, topic, payload, qos, retain, properties)
 
     def _batch(self, request, messages):
         """Publish a checked batch, all or nothing: every message may be
         published (ACL) or none is. The answer, one result per message in
         order, waits until each is placed, as one acknowledgement each."""
-        for index, (topic, _, _, _) in enumerate(messages):
+        for index, (topic, *_) in enumerate(messages):
             try:
                 require_publish(request, topic)
             except ApiError as e:
@@ -99,9 +102,10 @@ class Publish(JSONResource):
         caller = None
         if flow.current is None:
             caller = flow.current = Caller()
+        now = hub.clock.seconds()
         try:
-            for topic, payload, qos, retain in messages:
-                message = Message(topic, payload, qos, retain)
+            for topic, payload, qos, retain, properties in messages:
+                message = Message(topic, payload, qos, retain, properties, timestamp=now)
                 commit = route(message)
                 received[qos] += 1
                 results.append({"id": message.id, "topic": topic, "qos": qos, "retain": retain})
@@ -122,7 +126,8 @@ class Publish(JSONResource):
 
 
 class Topics(JSONResource):
-    """POST /api/v1/topics/{topic}: the body is the payload, as is."""
+    """POST /api/v1/topics/{topic}: the body is the payload, as is; qos,
+    retain and MQTT 5 metadata in the query."""
 
     takes_subpath = True
 
@@ -135,8 +140,10 @@ class Topics(JSONResource):
         topic = self._topic(request)
         qos = query_qos(request)
         retain = query_bool(request, "retain", False)
+        payload = request.content.read()
+        properties = query_metadata(request, payload)
         require_publish(request, topic)
-        return _publish(self.hub, self.traffic, topic, request.content.read(), qos, retain)
+        return _publish(self.hub, self.traffic, topic, payload, qos, retain, properties)
 
     def _topic(self, request) -> str:
         # Twisted splits the path before decoding %XX, so the levels are
@@ -161,11 +168,14 @@ class Retained(JSONResource):
     def json_GET(self, request):
         found = {}
         may_read = read_filter(request)  # the ACL, if any
+        now = self.hub.clock.seconds()
         for topic_filter in query_filters(request):
             for message in self.hub.retained(topic_filter):
                 if may_read is None or may_read(message.topic):
                     found[message.topic] = message
-        return [message_json(found[topic]) for topic in sorted(found)]
+        shown = (message_json(found[topic], now=now) for topic in sorted(found))
+        # An expired message is never shown, wherever the hub still keeps it.
+        return [m for m in shown if m.get("message_expiry", 1) > 0]
 
 
 def session_json(session) -> dict:
@@ -344,7 +354,7 @@ class Stats(JSONResource):
         answer.update(
             traffic=traffic,
             sse={"streams": web.sse_streams, "dropped": web.sse_dropped,
-                 "overflowed": web.sse_overflowed},
+                 "overflowed": web.sse_overflowed, "expired": web.sse_expired},
             websocket={"connections": web.websocket_connections})
         return answer
 

@@ -9,8 +9,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 from reactorapp.hub.topics import InvalidTopic, validate_filter, validate_publish_topic
 from reactorapp.web.errors import ApiError, bad_request
+from reactorapp.web.metadata import FIELDS as METADATA_FIELDS
+from reactorapp.web.metadata import metadata_json, parse_metadata, remaining
 
-PUBLISH_FIELDS = ("topic", "payload", "encoding", "qos", "retain")
+PUBLISH_FIELDS = ("topic", "payload", "encoding", "qos", "retain", *METADATA_FIELDS)
 ENCODINGS = ("utf-8", "base64")
 
 
@@ -23,9 +25,12 @@ def payload_fields(payload: bytes) -> dict:
         return {"payload": base64.b64encode(payload).decode("ascii"), "encoding": "base64"}
 
 
-def message_json(message, qos: int | None = None, retained: bool | None = None) -> dict:
-    """A message as the API shows it: text payloads as text, others in base64."""
-    return {
+def message_json(message, qos: int | None = None, retained: bool | None = None,
+                 now: float | None = None) -> dict:
+    """A message as the API shows it: text payloads as text, others in base64,
+    then its MQTT 5 metadata if it has any (`reactorapp.web.metadata`), with
+    the seconds it has left at ``now`` as ``message_expiry``."""
+    document = {
         "id": message.id,
         "topic": message.topic,
         **payload_fields(message.payload),
@@ -33,6 +38,10 @@ def message_json(message, qos: int | None = None, retained: bool | None = None) 
         "retain": message.retain if retained is None else retained,
         "timestamp": message.timestamp,
     }
+    if message.properties:
+        left = None if now is None else remaining(message, now)
+        document.update(metadata_json(message.properties, left))
+    return document
 
 
 def parse_json(body: bytes) -> object:
@@ -55,8 +64,9 @@ def parse_count(text: str) -> int | None:
     return None
 
 
-def parse_publish(body: bytes) -> tuple[str, bytes, int, bool]:
-    """Read a JSON publish request: (topic, payload, qos, retain), or a 400."""
+def parse_publish(body: bytes) -> tuple[str, bytes, int, bool, dict | None]:
+    """Read a JSON publish request: (topic, payload, qos, retain, properties),
+    or a 400."""
     document = parse_json(body)
     if not isinstance(document, dict):
         raise bad_request("The body must be a JSON object.", "invalid JSON")
@@ -84,8 +94,10 @@ def _json_line(line: str):
     return value
 
 
-def publish_fields(document: dict, topics: dict | None = None) -> tuple[str, bytes, int, bool]:
-    """One message of a publish request, checked: (topic, payload, qos, retain).
+def publish_fields(document: dict, topics: dict | None = None
+                   ) -> tuple[str, bytes, int, bool, dict | None]:
+    """One message of a publish request, checked: (topic, payload, qos,
+    retain, properties), the properties None when it sets no MQTT 5 metadata.
 
     ``topics`` remembers the topics already checked (within one batch)."""
     if not document.keys() <= _FIELDS:
@@ -109,14 +121,14 @@ def publish_fields(document: dict, topics: dict | None = None) -> tuple[str, byt
     retain = document.get("retain", False)
     if type(retain) is not bool:
         raise bad_request(f"'retain' must be true or false, not {retain!r}.")
-    return topic, payload, qos, retain
+    return topic, payload, qos, retain, parse_metadata(document, payload)
 
 
 #: At most this many invalid messages of a batch are listed in the answer.
 MAX_LISTED_ERRORS = 100
 
 
-def parse_batch(body: bytes, ndjson: bool) -> list[tuple[str, bytes, int, bool]]:
+def parse_batch(body: bytes, ndjson: bool) -> list[tuple[str, bytes, int, bool, dict | None]]:
     """Every message of a batch (a JSON array, or one JSON object a line),
     checked before any is published: all of them, or a 400 that lists the
     invalid ones by index (0-based; for NDJSON, the index among the
@@ -228,6 +240,34 @@ def query_bool(request, name: str, default: bool) -> bool:
     if text in ("false", "0", "no"):
         return False
     raise bad_request(f"'{name}' must be true or false, not {text!r}.")
+
+
+def query_metadata(request, payload: bytes) -> dict | None:
+    """MQTT 5 metadata from the query of a raw publish: the JSON fields'
+    names (`reactorapp.web.metadata`) as parameters, ``message_expiry`` in
+    whole seconds, and ``user_property=name=value`` repeated for each user
+    property (in order); checked as for a JSON publish."""
+    found = query(request)
+    document: dict = {}
+    for name in ("content_type", "payload_format", "response_topic", "correlation_data"):
+        value = found.get(name.encode("ascii"))
+        if value:
+            document[name] = _text(value[-1], name)
+    expiry = found.get(b"message_expiry")
+    if expiry:
+        text = _text(expiry[-1], "message_expiry")
+        count = parse_count(text)
+        document["message_expiry"] = text if count is None else count
+    pairs = []
+    for value in found.get(b"user_property", ()):
+        name, sep, text = _text(value, "user_property").partition("=")
+        if not sep:
+            raise bad_request("'user_property' must be given as name=value, not"
+                              f" {name[:40]!r}.")
+        pairs.append([name, text])
+    if pairs:
+        document["user_properties"] = pairs
+    return parse_metadata(document, payload)
 
 
 def query_text(request, name: str) -> str | None:

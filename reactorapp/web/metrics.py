@@ -79,6 +79,11 @@ class WebCollector:
             "reactorapp_sse_overflowed",
             "Event streams closed because a QoS 1 or 2 message found their buffer full.",
             value=stats.sse_overflowed)
+        yield CounterMetricFamily(
+            "reactorapp_sse_expired",
+            "Messages not written to an event stream because their MQTT 5 message expiry"
+            " interval ran out first.",
+            value=stats.sse_expired)
         yield GaugeMetricFamily("reactorapp_sse_sessions",
                                 "Named event-stream sessions kept now.",
                                 value=stats.sse_sessions)

@@ -41,10 +41,16 @@ RETRY = 2000
 HEARTBEAT_BYTES = b": heartbeat\n\n"
 
 
-def encode_event(message, qos: int, retained: bool) -> bytes:
+def encode_event(message, qos: int, retained: bool, now: float) -> bytes | None:
     """One event, with the message's id; encoded once per message for every
-    stream that gets it (the ``data:`` part is the stream sessions' own)."""
-    data = event_data(message, qos, retained)  # makes message.encoded
+    stream that gets it (the ``data:`` part is the stream sessions' own).
+    None if the message has expired at ``now``; one that expires is encoded
+    each time, with the seconds it has left."""
+    data = event_data(message, qos, retained, now)  # makes message.encoded
+    if data is None:
+        return None
+    if message.expires is not None:
+        return b"id: %d\n%s" % (message.id, data)
     cache = message.encoded
     key = ("sse", qos, retained)
     event = cache.get(key)
@@ -74,8 +80,9 @@ class EventStream:
         self.closed = False
         #: The reader's ACL check on topics (`reactorapp.web.guard.read_filter`), or None.
         self.may_read = None
-        #: (event bytes, qos) waiting while the client is slow.
-        self.buffer: list[tuple[bytes, int]] = []
+        #: (event bytes, qos, (message, retained) if it expires, else None)
+        #: waiting while the client is slow.
+        self.buffer: list[tuple[bytes, int, tuple | None]] = []
         #: Bytes of the events in ``buffer``.
         self.buffered = 0
         self._heartbeat_loop: LoopingCall | None = None
@@ -140,19 +147,27 @@ class EventStream:
         may_read = self.may_read
         if may_read is not None and not may_read(message.topic):
             return  # the ACL hides this topic from the reader, retained or not
-        data = encode_event(message, qos, retained)
+        data = encode_event(message, qos, retained, self.clock.seconds())
+        if data is None:
+            self._expired()  # [MQTT-3.3.2-5]
+            return
         if not self.paused and not self.buffer:
             self.request.write(data)
             self.traffic.sent[qos] += 1
         elif (len(self.buffer) < self.buffer_size
               and self.buffered + len(data) <= self.buffer_bytes):
-            self.buffer.append((data, qos))
+            expiring = (message, retained) if message.expires is not None else None
+            self.buffer.append((data, qos, expiring))
             self.buffered += len(data)
         elif qos == 0:
             self.stats.sse_dropped += 1
             self.hub.stats.publish_dropped += 1
         else:
             self._overflow(qos)
+
+    def _expired(self) -> None:
+        self.stats.sse_expired += 1
+        self.hub.stats.messages_expired += 1
 
     def _overflow(self, qos: int) -> None:
         """A QoS 1/2 message cannot wait: end the stream rather than lose it silently."""
@@ -179,9 +194,15 @@ class EventStream:
         # Writing may pause us again at once: stop there, keep the rest.
         written = 0
         while sent < len(buffer) and not self.paused and not self.closed:
-            data, qos = buffer[sent]
+            data, qos, expiring = buffer[sent]
             sent += 1
             written += len(data)
+            if expiring is not None:
+                # It waited: shown with the time it has left now, or not at all.
+                data = encode_event(expiring[0], qos, expiring[1], self.clock.seconds())
+                if data is None:
+                    self._expired()
+                    continue
             write(data)
             traffic[qos] += 1
         del buffer[:sent]

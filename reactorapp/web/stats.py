@@ -7,7 +7,7 @@ class WebStats:
     """Plain counters, bumped where things happen (like `HubStats`)."""
 
     __slots__ = ("sse_streams", "sse_dropped", "sse_overflowed", "websocket_connections",
-                 "sse_sessions", "sse_resumed", "sse_replayed")
+                 "sse_sessions", "sse_resumed", "sse_replayed", "sse_expired")
 
     def __init__(self) -> None:
         #: Server-Sent Events streams open now.
@@ -21,5 +21,8 @@ class WebStats:
         self.sse_sessions = 0
         self.sse_resumed = 0
         self.sse_replayed = 0
+        #: Messages not written to a stream because their MQTT 5 expiry
+        #: interval ran out first (live, buffered or kept by a session).
+        self.sse_expired = 0
         #: MQTT connections over WebSocket open now.
         self.websocket_connections = 0

@@ -54,8 +54,16 @@ ACK_RETRY = 100
 OVERHEAD = 64
 
 
-def event_data(message, qos: int, retained: bool) -> bytes:
-    """``data: <json>`` of an event, encoded once per message for all streams."""
+def event_data(message, qos: int, retained: bool, now: float | None = None) -> bytes | None:
+    """``data: <json>`` of an event, encoded once per message for all streams;
+    None if the message has expired at ``now`` [MQTT-3.3.2-5]. A message that
+    expires shows the seconds it has left then [MQTT-3.3.2-6], so its events
+    are encoded each time."""
+    if now is not None and message.expires is not None:
+        document = message_json(message, qos, retained, now)
+        if document["message_expiry"] <= 0:
+            return None
+        return b"data: %s\n\n" % compact_json(document)
     cache = message.encoded
     if cache is None:
         cache = message.encoded = {}
@@ -149,7 +157,11 @@ class StreamSession:
             if stream is None:
                 self._dropped()
             elif stream.writable and not queue.held0:
-                stream.send(event_data(message, 0, retained), 0)
+                data = event_data(message, 0, retained, self._now())
+                if data is None:
+                    self._expired()
+                else:
+                    stream.send(data, 0)
             else:
                 queue.hold0(message, retained)
             return None
@@ -170,6 +182,14 @@ class StreamSession:
                 # Back-pressure: the publisher's answer waits for room.
                 return queue.wait() if commit is None else placed(commit, [queue.wait()])
         return commit  # the publisher's answer waits until the event is durable
+
+    def _now(self) -> float:
+        return self.sessions.clock.seconds()
+
+    def _expired(self) -> None:
+        """A message expired before it was written: not sent, counted."""
+        self.stats.sse_expired += 1
+        self.hub.stats.messages_expired += 1
 
     def _dropped(self) -> None:
         self.dropped += 1
@@ -213,7 +233,11 @@ class StreamSession:
                 return
             if queue.held0:
                 message, retained = queue.popleft0()
-                stream.send(event_data(message, 0, retained), 0)
+                data = event_data(message, 0, retained, self._now())
+                if data is None:
+                    self._expired()
+                else:
+                    stream.send(data, 0)
                 continue
             entry = self._next
             if entry is None:
@@ -229,6 +253,13 @@ class StreamSession:
                 # a restart): skipped; a later acknowledgement forgets it.
                 self._next = None
                 continue
+            data = event_data(message, qos, retained, self._now())
+            if data is None:
+                # Expired while it waited: skipped; a later acknowledgement
+                # forgets it [MQTT-3.3.2-5].
+                self._next = None
+                self._expired()
+                continue
             size = _size(message)
             if self.unacked and self._window_full(size):
                 # The client acknowledges by reconnecting: let it.
@@ -240,7 +271,7 @@ class StreamSession:
             if seq <= self._replay_upto:
                 self.stats.sse_replayed += 1
             self.sent_seq = seq
-            stream.send(b"id: %d\n%s" % (seq, event_data(message, qos, retained)), qos)
+            stream.send(b"id: %d\n%s" % (seq, data), qos)
 
     def _window_full(self, size: int) -> bool:
         settings = self.settings
@@ -288,9 +319,14 @@ class StreamSession:
             self.acknowledge(last_event_id)
         self.stream = stream
         self._replay_upto = self.seq
+        now = self._now()
         for message, qos, retained, seq in self.unacked:
+            data = event_data(message, qos, retained, now)
+            if data is None:
+                self._expired()  # stays unacknowledged until the next acknowledgement
+                continue
             self.stats.sse_replayed += 1
-            stream.send(b"id: %d\n%s" % (seq, event_data(message, qos, retained)), qos)
+            stream.send(b"id: %d\n%s" % (seq, data), qos)
         self._pump()
 
     def acknowledge(self, upto: int) -> None:

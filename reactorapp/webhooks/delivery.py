@@ -6,8 +6,10 @@ reloaded after a restart and sent again without the hub.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
+from reactorapp.web.metadata import expires_at, metadata_json
 from reactorapp.webhooks.payload import payload_fields
 
 
@@ -21,6 +23,9 @@ class Delivery:
     received it (message ids start again at 1 in every process), so it is
     the same for every rule, every attempt and after a restart.
     ``durable`` is true when the delivery has a row in the outbox.
+    ``properties`` are the message's MQTT 5 properties (or None), and
+    ``expires_at`` when its Message Expiry Interval runs out, on the clock
+    its timestamp was taken from (None: never).
     """
 
     id: int
@@ -33,11 +38,24 @@ class Delivery:
     timestamp: float
     queued_at: float
     durable: bool = False
+    properties: dict | None = None
+    expires_at: float | None = None
 
     @classmethod
     def of(cls, id: int, rule: str, message, qos: int, key: str, now: float) -> Delivery:
         return cls(id, rule, message.topic, message.payload, qos, message.retain,
-                   key, message.timestamp, now, qos > 0)
+                   key, message.timestamp, now, qos > 0, message.properties,
+                   expires_at(message))
+
+    def expired(self, now: float) -> bool:
+        """True once the message's expiry has passed: it is not sent [MQTT-3.3.2-5]."""
+        return self.expires_at is not None and now >= self.expires_at
+
+    def left(self, now: float) -> int | None:
+        """Whole seconds the message has left at ``now``, or None if it does not expire."""
+        if self.expires_at is None:
+            return None
+        return max(0, math.ceil(self.expires_at - now))
 
     def again(self, id: int, now: float) -> Delivery:
         """A copy under a new id, queued now, for sending a dead letter again."""
@@ -65,6 +83,7 @@ class DeadLetter:
             "qos": d.qos, "retain": d.retain, "message_id": d.key,
             "timestamp": d.timestamp, "attempts": self.attempts,
             "reason": self.reason, "died_at": self.died_at,
+            **metadata_json(d.properties),
         }
 
 

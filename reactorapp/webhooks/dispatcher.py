@@ -146,6 +146,8 @@ class Result:
     delivered: bool
     attempts: int
     reason: str
+    #: The message expired before it got through: dropped, not a dead letter.
+    expired: bool = False
 
 
 class Dispatcher:
@@ -170,6 +172,9 @@ class Dispatcher:
         metrics = target.metrics
         attempt = 0
         while True:
+            if attempt and delivery.expired(self.clock.seconds()):
+                # Expired while waiting for another attempt [MQTT-3.3.2-5].
+                return Result(False, attempt, "the message expired", expired=True)
             attempt += 1
             rule = target.rule
             outcome = await self.send(rule, delivery, attempt, metrics)

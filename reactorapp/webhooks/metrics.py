@@ -18,7 +18,7 @@ class RuleMetrics:
     """The children of every webhook metric for one rule."""
 
     __slots__ = ("delivered", "failed", "retries", "dead", "dead_dropped", "dropped",
-                 "in_flight", "pending", "latency")
+                 "expired", "in_flight", "pending", "latency")
 
     def __init__(self, parent: WebhookMetrics, rule: str) -> None:
         self.delivered = parent.delivered.labels(rule)
@@ -27,6 +27,7 @@ class RuleMetrics:
         self.dead = parent.dead.labels(rule)
         self.dead_dropped = parent.dead_dropped.labels(rule)
         self.dropped = parent.dropped.labels(rule)
+        self.expired = parent.expired.labels(rule)
         self.in_flight = parent.in_flight.labels(rule)
         self.pending = parent.pending.labels(rule)
         self.latency = parent.latency.labels(rule)
@@ -54,6 +55,10 @@ class WebhookMetrics:
         self.dropped = Counter(
             "reactorapp_webhook_dropped",
             "QoS 0 deliveries dropped because the rule's queue was full.", **kw)
+        self.expired = Counter(
+            "reactorapp_webhook_expired",
+            "Deliveries dropped unsent because the message's MQTT 5 expiry interval"
+            " ran out first.", **kw)
         self.in_flight = Gauge(
             "reactorapp_webhook_in_flight", "Requests sent and not yet answered.", **kw)
         self.pending = Gauge(
@@ -75,5 +80,5 @@ class WebhookMetrics:
         """Drop a deleted rule's series from the scrape."""
         if self._rules.pop(rule, None) is not None:
             for collector in (self.delivered, self.failed, self.retries, self.dead,
-                              self.dead_dropped, self.dropped, self.in_flight, self.pending, self.latency):
+                              self.dead_dropped, self.dropped, self.expired, self.in_flight, self.pending, self.latency):
                 collector.remove(rule)

@@ -11,6 +11,10 @@ the rule's QoS. What it does with a message depends on the QoS it arrives at:
 - QoS 0: best effort from memory. When the rule's queue is full the message
   is dropped and counted (``reactorapp_webhook_dropped_total``).
 
+A message whose MQTT 5 Message Expiry Interval runs out while it waits (in
+the queue, in the store, or between attempts) is not sent: it is dropped and
+counted (``reactorapp_webhook_expired_total``) [MQTT-3.3.2-5].
+
 Memory stays bounded: a rule keeps at most ``queue_size`` deliveries in
 memory. Past that, QoS 1 deliveries are only written to the store and read
 back in pages, oldest first, as the queue drains ("spilled"); while a rule is
@@ -119,6 +123,8 @@ class RuleOutbox:
         #: Deliveries not yet done: in the queue, under way, or only in the store.
         self.pending = pending
         self.dropped = 0
+        #: Deliveries dropped unsent because their message expired.
+        self.expired = 0
         #: Dead letters in the store.
         self.dead = 0
         self.stopped = False
@@ -263,6 +269,9 @@ class RuleOutbox:
             self._pumping = False
 
     def _send(self, delivery: Delivery) -> None:
+        if delivery.expires_at is not None and delivery.expired(self.outbox.clock.seconds()):
+            self._expired(delivery)
+            return
         in_flight = self.in_flight
         in_flight[delivery.id] = None  # it may finish before deliver returns
         d = self.outbox.dispatcher.deliver(self, delivery)
@@ -272,9 +281,23 @@ class RuleOutbox:
                        callbackArgs=(delivery,), errbackArgs=(delivery,))
         d.addErrback(self._ebRecord, delivery)
 
+    def _expired(self, delivery: Delivery) -> None:
+        """Drop a delivery whose message expired before it got through."""
+        self.pending -= 1
+        self.metrics.pending.dec()
+        self.expired += 1
+        self.metrics.expired.inc()
+        self.outbox.hub.stats.messages_expired += 1
+        if delivery.durable:
+            self.outbox.store.remove(delivery.id)
+
     def _cbDone(self, result, delivery: Delivery) -> None:
         self.in_flight.pop(delivery.id, None)
         self._crashes.pop(delivery.id, None)
+        if result.expired:
+            self._expired(delivery)
+            self._next()
+            return
         self.pending -= 1
         self.metrics.pending.dec()
         store = self.outbox.store

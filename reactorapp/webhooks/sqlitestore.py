@@ -12,6 +12,7 @@ them. The tables are part of the store's schema (``schema.MIGRATIONS``).
 
 from __future__ import annotations
 
+import ast
 import json
 import sqlite3
 
@@ -24,17 +25,17 @@ from reactorapp.webhooks.delivery import DeadLetter, Delivery, WebhookState
 from reactorapp.webhooks.interfaces import IWebhookStore
 from reactorapp.webhooks.rules import RuleError, parse_rule
 
-_COLUMNS = "id, rule, topic, payload, qos, retain, key, timestamp, queued_at"
+_COLUMNS = "id, rule, topic, payload, qos, retain, key, timestamp, queued_at, properties"
 _SAVE_RULE = "INSERT OR REPLACE INTO webhook_rules (name, rule) VALUES (?, ?)"
 _DELETE_RULE = (
     "DELETE FROM webhook_rules WHERE name = ?",
     "DELETE FROM webhook_outbox WHERE rule = ?",
     "DELETE FROM webhook_dead WHERE rule = ?",
 )
-_ADD = f"INSERT OR REPLACE INTO webhook_outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ADD = f"INSERT OR REPLACE INTO webhook_outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _REMOVE = "DELETE FROM webhook_outbox WHERE id = ?"
 _BURY = (f"INSERT OR REPLACE INTO webhook_dead ({_COLUMNS}, attempts, reason, died_at)"
-         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _UNBURY = "DELETE FROM webhook_dead WHERE id = ?"
 _FORGET_DEAD = ("DELETE FROM webhook_dead WHERE id IN"
                 " (SELECT id FROM webhook_dead WHERE rule = ? ORDER BY id LIMIT ?)")
@@ -126,7 +127,7 @@ def _read_state(connection) -> WebhookState:
 
 def _row(d: Delivery) -> tuple:
     return (d.id, d.rule, d.topic, d.payload, d.qos, int(d.retain), d.key,
-            d.timestamp, d.queued_at)
+            d.timestamp, d.queued_at, repr(d.properties) if d.properties else None)
 
 
 def _select(connection, sql, parameters, make):
@@ -135,15 +136,18 @@ def _select(connection, sql, parameters, make):
 
 
 def _delivery(row) -> Delivery:
-    id, rule, topic, payload, qos, retain, key, timestamp, queued_at = row
+    id, rule, topic, payload, qos, retain, key, timestamp, queued_at, text = row
+    properties = ast.literal_eval(text) if text else None
+    interval = properties.get("message_expiry_interval") if properties else None
     return Delivery(id, rule, topic, bytes(payload), qos, bool(retain), key, timestamp,
-                    queued_at, durable=True)
+                    queued_at, durable=True, properties=properties,
+                    expires_at=None if interval is None else timestamp + interval)
 
 
 def _dead_letter(row) -> DeadLetter:
-    delivery = _delivery(row[:9])
+    delivery = _delivery(row[:10])
     delivery.durable = False
-    return DeadLetter(delivery, row[9], row[10], row[11])
+    return DeadLetter(delivery, row[10], row[11], row[12])
 
 
 registerAdapter(SQLiteWebhookStore, SQLiteStore, IWebhookStore)
