@@ -59,7 +59,7 @@ class Side:
         """The (message, groups) this node wrote to the other's stream so far."""
         entries = []
         for args, answer in self.link.sent:
-            entries.extend(frames.decode_entry(args[4]))
+            entries.extend(frames.decode_entry(args[-1]))  # the frames are the last argument
             if not answer.called:
                 answer.callback(b"1-0")
         self.link.sent = []

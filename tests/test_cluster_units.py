@@ -11,7 +11,7 @@ from zope.interface import implementer
 from reactorapp.cluster import frames
 from reactorapp.cluster.hub import ClusterHub
 from reactorapp.cluster.inbox import Inbox
-from reactorapp.cluster.outbox import ClusterStats, Outbox, RemoteNode
+from reactorapp.cluster.outbox import ADD_ONCE, ClusterStats, Outbox, RemoteNode, seen_key
 from reactorapp.cluster.url import RedisURL, parse_url
 from reactorapp.config import ConfigError
 from reactorapp.hub.flow import IInput
@@ -121,8 +121,8 @@ def test_a_turn_of_messages_is_one_xadd_and_qos1_waits_for_redis():
     assert second is None and not first.done
     clock.advance(0)
     [(args, answer)] = link.sent
-    assert args[:4] == ("XADD", "reactorapp:stream:b", "*", "m")
-    assert [m.payload for m in frames.decode(args[4])] == [b"a", b"b"]
+    assert args[:5] == ("EVAL", ADD_ONCE, 2, "reactorapp:stream:b", "reactorapp:stream:b:seen")
+    assert [m.payload for m in frames.decode(args[7])] == [b"a", b"b"]
     answer.callback(b"1-0")
     assert first.done and first.failure is None
 
@@ -144,7 +144,7 @@ def test_without_redis_qos0_is_dropped_and_qos1_waits_then_goes():
     link.connected = True
     outbox.connected()
     [(args, answer)] = link.sent
-    assert [m.payload for m in frames.decode(args[4])] == [b"one"]
+    assert [m.payload for m in frames.decode(args[7])] == [b"one"]
     answer.callback(b"1-0")
     assert commit.done
 
@@ -192,7 +192,7 @@ def test_retained_messages_go_to_every_node_once():
     hub.node = Node()
     hub.route(Message("t/r", b"kept", 1, retain=True))
     clock.advance(0)
-    streams = sorted(args[1] for args, _ in link.sent)
+    streams = sorted(args[3] for args, _ in link.sent)
     assert streams == ["reactorapp:stream:b", "reactorapp:stream:c"]
 
 
@@ -309,3 +309,51 @@ def test_other_nodes_filters_are_not_counted_as_subscriptions():
     assert hub.subscription_count == 1
     hub.remove_remote(node, ["theirs", "t/#"])
     assert hub.subscription_count == 1
+
+
+def test_a_batch_sent_again_is_added_to_the_stream_once():
+    """A batch whose XADD Redis ran but whose answer was lost with the
+    connection is sent again: the stream keeps one copy, so a QoS 2 message
+    crosses nodes once. Another sender (a restarted node) starts afresh."""
+    import socket
+
+    from tests.redisserver import redis_server
+
+    def call(sock, *args):
+        parts = [f"*{len(args)}\r\n".encode()]
+        for arg in args:
+            arg = arg if isinstance(arg, bytes) else str(arg).encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+        sock.sendall(b"".join(parts))
+        reply = sock.recv(4096)
+        assert reply[:1] == b":", reply  # every call here answers an integer
+        return int(reply[1:reply.index(b"\r\n")])
+
+    stream = "reactorapp:stream:b"
+    with redis_server() as server, socket.create_connection(("127.0.0.1", server.port)) as sock:
+        add = lambda sender, seq, data: call(  # noqa: E731
+            sock, "EVAL", ADD_ONCE, 2, stream, seen_key(stream), sender, seq, data)
+        assert add("a", 0, b"first") == 1
+        assert add("a", 0, b"first") == 0  # the same batch again
+        assert add("a", 1, b"second") == 1
+        assert add("a", 1, b"second") == 0
+        assert add("restarted", 0, b"third") == 1
+        assert call(sock, "XLEN", stream) == 3
+
+
+def test_a_new_batch_waits_behind_the_ones_to_send_again():
+    """Redis is back but the outbox has not yet sent again what waited: a
+    batch made meanwhile goes after them, never before (each stream sees a
+    sender's numbers in order)."""
+    clock, hub, link, outbox, node = outbox_and_node()
+    link.connected = False
+    hub.route(Message("t/1", b"one", 1))
+    clock.advance(0)
+    link.connected = True
+    hub.route(Message("t/2", b"two", 1))
+    clock.advance(0)
+    assert link.sent == []
+    outbox.connected()
+    sent = [[m.payload for m in frames.decode(args[7])] for args, _ in link.sent]
+    assert sent == [[b"one"], [b"two"]]
+    assert link.sent[0][0][6] < link.sent[1][0][6]

@@ -15,12 +15,17 @@ Redis unreachable: QoS 0 messages for other nodes are dropped (counted);
 QoS 1/2 ones wait in memory, their commit with them, and are sent once the
 connection is back (the publisher's acknowledgements wait, and past
 ``--max-pending-acks`` its reading stops). A batch whose XADD was written
-but not answered when the connection went is sent again: at least once.
+but not answered when the connection went is sent again, and Redis adds it
+only once: each batch carries this outbox's name and a sequence number, and
+`ADD_ONCE` skips a number the receiving stream has already seen from that
+sender. So a QoS 2 message crosses nodes exactly once, even across a lost
+connection.
 """
 
 from __future__ import annotations
 
 import itertools
+import uuid
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -37,6 +42,24 @@ log = Logger()
 
 def stream_key(node_name: str) -> str:
     return f"reactorapp:stream:{node_name}"
+
+
+#: XADD a batch unless its stream has seen its sequence number from this
+#: sender. KEYS: the stream, its hash of the last number seen per sender;
+#: ARGV: the sender, the batch's number, the frames. Batches of one sender
+#: reach Redis in order (`Outbox.connected` sends again in order), so the
+#: last number is all there is to remember.
+ADD_ONCE = b"""
+local last = redis.call('HGET', KEYS[2], ARGV[1])
+if last and tonumber(ARGV[2]) <= tonumber(last) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[1], '*', 'm', ARGV[3])
+return 1
+"""
+
+
+def seen_key(stream: str) -> str:
+    return stream + ":seen"
 
 
 class ClusterStats:
@@ -142,6 +165,9 @@ class Outbox:
         self._round: _Round | None = None
         self._call = None
         self._seq = itertools.count()
+        #: Who this outbox is to the streams it writes to: unique per start
+        #: of the process, so that a restarted node's numbers start afresh.
+        self.sender = uuid.uuid4().hex
         #: Batches written to Redis, not yet answered, in order.
         self._sent: dict[int, _Batch] = {}
         #: Batches waiting for a connection, by sequence number.
@@ -215,12 +241,16 @@ class Outbox:
             round_.commit.fire()
 
     def _send(self, batch: _Batch) -> None:
-        if not self.link.connected:
+        # Behind batches still waiting, so each stream gets them in order
+        # (`ADD_ONCE` would take a lower number after a higher as seen).
+        if not self.link.connected or self._unsent:
             self._unsent[batch.seq] = batch
             return
         self._sent[batch.seq] = batch
         self.stats.batches += 1
-        d = self.link.command("XADD", batch.node.stream, "*", "m", batch.data)
+        stream = batch.node.stream
+        d = self.link.command("EVAL", ADD_ONCE, 2, stream, seen_key(stream),
+                              self.sender, batch.seq, batch.data)
         d.addCallbacks(self._cbAdded, self._ebAdded, callbackArgs=(batch,),
                        errbackArgs=(batch,))
         d.addErrback(lambda f: log.failure("Sending a batch to {node} failed", f,
@@ -250,6 +280,9 @@ class Outbox:
     def connected(self) -> None:
         """The connection is back: send what waited, in order."""
         unsent, self._unsent = self._unsent, {}
+        if not self.link.connected:
+            self._unsent = unsent
+            return
         for seq in sorted(unsent):
             self._send(unsent[seq])
 
