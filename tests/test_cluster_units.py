@@ -212,9 +212,13 @@ def test_local_filters_are_announced_once_each():
     hub.subscribe(one, "a/#", 1)
     hub.subscribe(two, "a/#", 0)
     hub.subscribe(two, "$share/g/a/#", 0)
+    hub.subscribe(one, "$share/g/a/#", 0)
     hub.unsubscribe(one, "a/#")
+    hub.unsubscribe(one, "$share/g/a/#")
     hub.unsubscribe_all(two, ["a/#", "$share/g/a/#"])
-    assert said == [("+", "a/#"), ("-", "a/#")]
+    # A shared subscription is announced whole: other nodes count this one
+    # as a member of the group, not as a subscriber of "a/#".
+    assert said == [("+", "a/#"), ("+", "$share/g/a/#"), ("-", "a/#"), ("-", "$share/g/a/#")]
 
 
 # -- the inbox ------------------------------------------------------------------------

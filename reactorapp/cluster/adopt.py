@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import gatherResults
 
+from reactorapp.hub.shared import REFUSED
 from reactorapp.hub.topics import TopicTree
 
 
@@ -64,12 +65,27 @@ class AdoptedSessions:
             for topic_filter, qos in getattr(session, "subscriptions", {}).items():
                 self.tree.add(topic_filter, session, qos)
 
-    def deliver(self, message) -> list:
-        """Deliver ``message`` to each matching session once; return what
-        its placing waits for (`Commit`s, Deferreds)."""
+    def deliver(self, message, groups: tuple = ()) -> list:
+        """Deliver ``message`` to each matching session once, and to one
+        member of each shared subscription in ``groups`` (those the gone
+        node was chosen for); return what its placing waits for
+        (`Commit`s, Deferreds)."""
         waits = []
-        for session, granted in self.tree.match(message.topic):
-            wait = session.deliver(message, min(granted, message.qos), False)
+        qos = message.qos
+        plain, found = self.tree.lookup(message.topic)
+        for session, granted in plain:
+            wait = session.deliver(message, min(granted, qos), False)
             if wait is not None:
                 waits.append(wait)
+        for group in found:
+            if group.share_filter not in groups:
+                continue
+            for member in group.candidates(qos):
+                wait = member.deliver_shared(
+                    message, min(group.members[member], qos), group.share_filter)
+                if wait is not REFUSED:
+                    group.took(member)
+                    if wait is not None:
+                        waits.append(wait)
+                    break
         return waits

@@ -1,7 +1,10 @@
 """A message between nodes, as bytes: compact, no Twisted, no JSON for the hot part.
 
 One frame is a fixed header (flags, timestamp, lengths), the topic, the
-MQTT 5 properties if any (JSON, bytes as base64) and the payload. Several
+MQTT 5 properties if any (JSON, bytes as base64) and the payload, then, for
+a message sent for shared subscriptions, the groups the receiving node was
+chosen for (``$share/GROUP/FILTER``, separated by U+0000, which no filter
+holds). Several
 frames are concatenated into one Redis stream entry, so one XADD carries
 what a node sends another during one turn of the reactor.
 """
@@ -14,12 +17,14 @@ import struct
 
 from reactorapp.hub.message import Message
 
-# flags (QoS in bits 0-1, retain bit 2, properties bit 3), timestamp,
-# topic length, payload length.
+# flags (QoS in bits 0-1, retain bit 2, properties bit 3, groups bit 4),
+# timestamp, topic length, payload length.
 _HEADER = struct.Struct(">BdHI")
 _PROPS = struct.Struct(">I")
+_GROUPS = struct.Struct(">I")
 _RETAIN = 4
 _HAS_PROPERTIES = 8
+_HAS_GROUPS = 16
 
 
 class BadFrame(ValueError):
@@ -47,8 +52,22 @@ def encode(message: Message) -> bytes:
     return frame
 
 
+def with_groups(frame: bytes, groups) -> bytes:
+    """``frame`` (from `encode`) for a node chosen for the shared
+    subscriptions ``groups`` (``$share/GROUP/FILTER`` each): that node hands
+    the message to one local member of each of these groups, and of no other."""
+    text = "\x00".join(groups).encode()
+    return b"".join((bytes((frame[0] | _HAS_GROUPS,)), frame[1:], _GROUPS.pack(len(text)), text))
+
+
 def decode(data: bytes) -> list[Message]:
     """Every message in ``data`` (one stream entry), in order."""
+    return [message for message, _groups in decode_entry(data)]
+
+
+def decode_entry(data: bytes) -> list[tuple[Message, tuple]]:
+    """Every message in ``data`` (one stream entry), in order, each with the
+    shared subscriptions it was sent for (an empty tuple: none)."""
     messages = []
     at, end = 0, len(data)
     size = _HEADER.size
@@ -68,10 +87,16 @@ def decode(data: bytes) -> list[Message]:
             at += topic_length
             payload = data[at:at + payload_length]
             at += payload_length
+            groups: tuple = ()
+            if flags & _HAS_GROUPS:
+                (length,) = _GROUPS.unpack_from(data, at)
+                at += _GROUPS.size
+                groups = tuple(data[at:at + length].decode().split("\x00"))
+                at += length
             if at > end:
                 raise BadFrame("a frame runs past the end of its entry")
-            messages.append(Message(topic, payload, flags & 3, bool(flags & _RETAIN),
-                                    properties, timestamp=timestamp))
+            messages.append((Message(topic, payload, flags & 3, bool(flags & _RETAIN),
+                                     properties, timestamp=timestamp), groups))
     except (struct.error, UnicodeDecodeError, ValueError) as e:
         raise BadFrame(str(e)) from None
     return messages

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from reactorapp.hub.commit import Commit, placed
 from reactorapp.hub.hub import Hub
-from reactorapp.hub.topics import is_broker_topic, parse_shared
+from reactorapp.hub.shared import REFUSED, share_state
+from reactorapp.hub.topics import is_broker_topic
 
 
 class ClusterHub(Hub):
@@ -18,15 +19,24 @@ class ClusterHub(Hub):
     message. A message that came from another node is routed with
     ``incoming`` set to it, and the remote nodes skip it: a message crosses
     the cluster once, and is never forwarded again.
+
+    Shared subscriptions are announced whole (``$share/GROUP/FILTER``), so
+    another node is one member of each group it has members of, chosen in
+    turn with the local ones; the frame it gets names the groups it was
+    chosen for (`reactorapp.cluster.frames.with_groups`), and a message
+    from another node goes to a group here only if this node was chosen
+    for it: each group gets each message once across the cluster.
     """
 
     def __init__(self, clock, **kwargs) -> None:
         super().__init__(clock, **kwargs)
         #: The `reactorapp.cluster.node.ClusterNode`, set at wiring time.
         self.node = None
-        #: The message being routed from another node, if any.
+        #: The message being routed from another node, if any, and the
+        #: shared subscriptions this node was chosen for.
         self.incoming = None
-        #: Filter (shared ones by their inner filter) -> {(subscriber, filter)}.
+        self._incoming_groups: tuple = ()
+        #: Filter (a shared one whole) -> {(subscriber, filter)}.
         self._local: dict[str, set] = {}
         #: Subscribers that want only what is published on this node
         #: (``cluster_local``: webhook rules) -> the `_ThisNodeOnly` in the tree.
@@ -70,33 +80,32 @@ class ClusterHub(Hub):
         return len(self._subscriptions) - self._remote_count
 
     def local_filters(self) -> list[str]:
-        """The filters this node has subscribers for (a shared one as its
-        inner filter: a share group is served per node)."""
+        """The filters this node has subscribers for (a shared one whole,
+        ``$share/GROUP/FILTER``: other nodes count this node as one member
+        of the group)."""
         return list(self._local)
 
     def _added(self, subscriber, topic_filter: str) -> None:
         if getattr(subscriber, "cluster_local", False):
             return  # wants only what is published on this node (webhook rules)
-        inner = parse_shared(topic_filter)[1]
-        holders = self._local.get(inner)
+        holders = self._local.get(topic_filter)
         if holders is None:
-            holders = self._local[inner] = set()
+            holders = self._local[topic_filter] = set()
             if self.node is not None:
-                self.node.filter_added(inner)
-        holders.add((subscriber, topic_filter))
+                self.node.filter_added(topic_filter)
+        holders.add(subscriber)
 
     def _removed(self, subscriber, topic_filter: str) -> None:
         if getattr(subscriber, "cluster_local", False):
             return
-        inner = parse_shared(topic_filter)[1]
-        holders = self._local.get(inner)
+        holders = self._local.get(topic_filter)
         if holders is None:
             return
-        holders.discard((subscriber, topic_filter))
+        holders.discard(subscriber)
         if not holders:
-            del self._local[inner]
+            del self._local[topic_filter]
             if self.node is not None:
-                self.node.filter_removed(inner)
+                self.node.filter_removed(topic_filter)
 
     # -- other nodes as subscribers ----------------------------------------
 
@@ -114,13 +123,23 @@ class ClusterHub(Hub):
 
     # -- routing -----------------------------------------------------------
 
-    def route_incoming(self, message):
-        """Route a message from another node to this node's subscribers only."""
+    def route_incoming(self, message, groups: tuple = ()):
+        """Route a message from another node to this node's subscribers
+        only: its plain subscribers, and one member of each shared
+        subscription in ``groups`` (those the sending node chose this node
+        for; no other group gets it here)."""
         self.incoming = message
+        self._incoming_groups = groups
         try:
             return self.route(message)
         finally:
             self.incoming = None
+            self._incoming_groups = ()
+
+    def _deliver_shared(self, group, message, skip=None, connected_only=False):
+        if self.incoming is message and group.share_filter not in self._incoming_groups:
+            return REFUSED  # the sending node gave it to this group elsewhere
+        return super()._deliver_shared(group, message, skip, connected_only)
 
     def route(self, message):
         commit = super().route(message)
@@ -154,6 +173,19 @@ class _ThisNodeOnly:
         if self.cluster_hub.incoming is message:
             return None
         return self.subscriber.deliver(message, qos, retained)
+
+    def deliver_shared(self, message, qos, share_filter):
+        """A member of a shared subscription: a message from another node
+        goes to another member (this node's rule did not take it)."""
+        if self.cluster_hub.incoming is message:
+            return REFUSED
+        take = getattr(self.subscriber, "deliver_shared", None)
+        if take is None:
+            return self.subscriber.deliver(message, qos, False)
+        return take(message, qos, share_filter)
+
+    def share_state(self, qos: int) -> int:
+        return share_state(self.subscriber, qos)
 
     def __repr__(self) -> str:
         return f"_ThisNodeOnly({self.subscriber!r})"

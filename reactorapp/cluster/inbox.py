@@ -103,14 +103,14 @@ class Inbox:
                     continue
                 data = fields[1] if len(fields) > 1 else b""
                 try:
-                    messages = frames.decode(data)
+                    messages = frames.decode_entry(data)
                 except frames.BadFrame as e:
                     log.error("Dropping an entry of {stream} that cannot be read: {e}",
                               stream=self.stream, e=e)
                     continue
                 self.stats.received += len(messages)
-                for message in messages:
-                    commit = cluster_hub.route_incoming(message)
+                for message, groups in messages:
+                    commit = cluster_hub.route_incoming(message, groups)
                     if commit is not None and not commit.done:
                         waits.append(commit)
         finally:

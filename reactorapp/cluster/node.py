@@ -448,11 +448,11 @@ class ClusterNode(Service):
                     waits.append(wait.deferred())
                 continue
             try:
-                messages = frames.decode(fields[1] if len(fields) > 1 else b"")
+                messages = frames.decode_entry(fields[1] if len(fields) > 1 else b"")
             except frames.BadFrame:
                 continue
-            for message in messages:
-                for wait in adopted.deliver(message):
+            for message, groups in messages:
+                for wait in adopted.deliver(message, groups):
                     waits.append(wait.deferred() if isinstance(wait, Commit) else wait)
         ids = [entry_id for entry_id, _ in entries]
         d = gatherResults(waits, consumeErrors=True)

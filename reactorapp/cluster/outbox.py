@@ -34,6 +34,7 @@ from reactorapp.cluster import frames
 from reactorapp.hub.commit import Commit
 from reactorapp.hub.flow import Congestion
 from reactorapp.hub.interfaces import ISubscriber
+from reactorapp.hub.shared import AWAY, BUSY, READY, REFUSED
 from reactorapp.hub.topics import is_broker_topic
 
 log = Logger()
@@ -79,7 +80,9 @@ class ClusterStats:
 @implementer(ISubscriber)
 class RemoteNode:
     """Another live node, as one subscriber of this node's hub: subscribed
-    to the filters it has subscribers for."""
+    to the filters it has subscribers for, and one member of each shared
+    subscription (``$share/GROUP/FILTER``) it has members of, which the
+    group chooses in turn with this node's own members."""
 
     def __init__(self, name: str, outbox: Outbox) -> None:
         self.name = name
@@ -94,11 +97,31 @@ class RemoteNode:
         #: Open while it is behind or the Redis connection is full.
         self.congestion: Congestion | None = None
         #: The last message added to its batch (a retained one is sent to
-        #: every node, once).
+        #: every node, once), and the shared subscriptions it was chosen
+        #: for (None: it was dropped).
         self.last = None
+        self.last_groups: tuple | None = None
 
     def deliver(self, message, qos, retained):
         return self.outbox.add(self, message)
+
+    def deliver_shared(self, message, qos, share_filter):
+        """Chosen for ``share_filter``: the frame says so, and that node
+        gives the message to one of its members of that group. A message
+        from another node is not sent on: the group takes it here."""
+        if self.outbox.cluster_hub.incoming is message:
+            return REFUSED
+        return self.outbox.add(self, message, share_filter)
+
+    def share_state(self, qos: int) -> int:
+        """As a member of a shared subscription: `BUSY` while it is behind,
+        the Redis connection is full or away (a local member that can take
+        the message now goes first), `AWAY` once it is gone."""
+        if self.gone:
+            return AWAY
+        if self.congestion is not None or not self.outbox.link.connected:
+            return BUSY
+        return READY
 
     def __repr__(self) -> str:
         return f"RemoteNode({self.name!r})"
@@ -152,13 +175,23 @@ class Outbox:
 
     # -- taking messages ------------------------------------------------------
 
-    def add(self, node: RemoteNode, message):
-        """Add ``message`` to ``node``'s batch; return the `Commit` a QoS 1/2
+    def add(self, node: RemoteNode, message, share_filter: str | None = None):
+        """Add ``message`` to ``node``'s batch (for the shared subscription
+        ``share_filter``, if given); return the `Commit` a QoS 1/2
         publisher's acknowledgement waits for, None for QoS 0."""
         cluster_hub = self.cluster_hub
-        if cluster_hub.incoming is message or node.last is message or is_broker_topic(message.topic):
-            return None  # from another node, already taken, or this node's own
+        if cluster_hub.incoming is message or is_broker_topic(message.topic):
+            return None  # from another node, or this node's own
+        if node.last is message:
+            # Taken already while routing this message (for its plain
+            # subscribers or another group): one frame, naming every group.
+            groups = node.last_groups
+            if share_filter is not None and groups is not None:
+                groups = node.last_groups = (*groups, share_filter)
+                self._frames[node][-1] = frames.with_groups(frames.encode(message), groups)
+            return None
         node.last = message
+        node.last_groups = None
         qos = message.qos
         congestion = node.congestion
         if (congestion is not None and not congestion.hold(cluster_hub.flow)) or not self.link.connected:
@@ -169,7 +202,12 @@ class Outbox:
         batch = self._frames.get(node)
         if batch is None:
             batch = self._frames[node] = []
-        batch.append(frames.encode(message))
+        if share_filter is None:
+            node.last_groups = ()
+            batch.append(frames.encode(message))
+        else:
+            node.last_groups = (share_filter,)
+            batch.append(frames.with_groups(frames.encode(message), node.last_groups))
         if self._round is None:
             self._round = _Round()
             self._call = self.clock.callLater(0, self.flush)
@@ -194,6 +232,7 @@ class Outbox:
         if round_ is None:
             return
         for node, items in pending.items():
+            node.last = None  # a message given again later (handed over) is new
             round_.waiting += 1
             batch = _Batch(next(self._seq), node, b"".join(items), len(items), round_)
             self._send(batch)
