@@ -626,3 +626,15 @@ def test_client_publish_with_subscription_identifier():
         wire = frame(0x30, topic + props(b"\x0b\x05", extra) + b"p")
         rejects(wire, 0x82)
         assert parse(wire, client())[0].properties["subscription_identifier"] == [5]
+
+
+@pytest.mark.parametrize("retain", [False, True])
+@pytest.mark.parametrize("size", [0, 100, 200, 20000])
+def test_the_qos0_fan_out_encoder_writes_what_encode_writes(retain, size):
+    """`encode_publish0_plain5` is the level-5 QoS 0 PUBLISH without
+    properties, byte for byte, on both sides of a one-byte length."""
+    from reactorapp.mqtt.codec import encode_publish0_plain5
+
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    packet = Publish("a/b", payload, 0, retain)
+    assert encode_publish0_plain5("a/b", payload, retain) == encode(packet, 5)

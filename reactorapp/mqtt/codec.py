@@ -1221,6 +1221,17 @@ def encode_publish(
     return b"".join((head, field, payload))
 
 
+def encode_publish0_plain5(topic: str, payload: bytes, retain: bool) -> bytes:
+    """A level-5 QoS 0 PUBLISH without properties: `encode_publish` with the
+    empty property block (one 0 byte) written in place, not copied in front
+    of the payload (the fan-in path encodes every message once)."""
+    field = _TOPIC_FIELDS.get(topic) or _topic_field(topic)
+    first = 0x31 if retain else 0x30
+    length = len(field) + len(payload) + 1
+    head = _pack_bb(first, length) if length < 0x80 else _fixed_header(first, length)
+    return b"".join((head, field, b"\x00", payload))
+
+
 def encode_publish_parts(
     topic: str, payload: bytes, qos: int, retain: bool, dup: bool = False
 ) -> tuple[bytes, bytes]:

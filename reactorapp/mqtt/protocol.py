@@ -26,7 +26,7 @@ from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.acks import AckLine
 from reactorapp.mqtt.codec import (
     MAX_CONNECT_SIZE, PINGRESP_BYTES, Parser, ProtocolError, UnsupportedProtocol, encode,
-    encode_puback, encode_pubcomp, encode_publish, encode_publish_parts,
+    encode_puback, encode_pubcomp, encode_publish, encode_publish0_plain5, encode_publish_parts,
     encode_pubrec, encode_pubrel,
 )
 from reactorapp.mqtt.connect import (
@@ -286,13 +286,12 @@ class MQTTProtocol(ConnectHandling, Protocol):
             data = cache.get(retained)
             if data is None:
                 data = cache[retained] = encode_publish(message.topic, message.payload, 0, retained)
-        elif v5.plain and message.expires is None and self.session.options is None:
+        elif v5.fast and message.expires is None:
             data = cache.get(2 + retained)
             if data is None:
                 data = cache[2 + retained] = (
                     encode_plain5(message, 0, retained) if message.properties
-                    # An empty property block: one 0 byte before the payload.
-                    else encode_publish(message.topic, b"\x00" + message.payload, 0, retained))
+                    else encode_publish0_plain5(message.topic, message.payload, retained))
         else:
             # Aliases, a size limit, options or expiry: this client's own PUBLISH.
             return self._send_publish5(message, 0, retained, 0, False)
@@ -309,8 +308,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         False: not sent, too large for the client (`IConnection`)."""
         v5 = self.v5
         if v5 is not None:
-            if (dup or not v5.plain or message.expires is not None
-                    or self.session.options is not None):
+            if dup or not v5.fast or message.expires is not None:
                 return self._send_publish5(message, qos, retained, packet_id, dup)
             cache = message.encoded
             if cache is None:

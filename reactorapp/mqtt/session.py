@@ -490,6 +490,7 @@ class Session:
         """Bind a live connection, re-send what was not acknowledged, in the
         original order [MQTT-4.4.0-1] [MQTT-4.6.0-1], then drain the queue."""
         self.connection = connection
+        self.options_changed()
         self.detached_at = None
         self._cancel_expiry()
         self._cancel_will()  # the client is back before its will's delay [MQTT-3.1.3-9]
@@ -609,11 +610,20 @@ class Session:
         if options.per_delivery:
             if table is None:
                 table = self.options = OptionTable(self.subscriptions)
+                self.options_changed()
             table.set(topic_filter, options)
         elif table is not None:
             table.set(topic_filter, options)
             if not table:
                 self.options = None
+                self.options_changed()
+
+    def options_changed(self) -> None:
+        """Tell an MQTT 5 connection whether its deliveries may share the
+        message's one encoding (no subscription options in play)."""
+        v5 = getattr(self.connection, "v5", None)
+        if v5 is not None:
+            v5.fast = v5.plain and self.options is None
 
     def unsubscribe(self, topic_filter: str) -> bool:
         """Remove a subscription matched byte for byte [MQTT-3.10.4-1]."""
@@ -636,6 +646,7 @@ class Session:
         self.shared.clear()
         self.subscriptions.clear()
         self.options = None
+        self.options_changed()
         self.inflight.clear()
         self.queue.clear()
         self._unsent.clear()

@@ -52,7 +52,7 @@ class V5:
     it to ours (what it may send us)."""
 
     __slots__ = ("receive_maximum", "maximum_packet_size", "topic_alias_maximum",
-                 "problem_information", "auth_method", "auth_step", "inbound", "limit", "plain", "aliases")
+                 "problem_information", "auth_method", "auth_step", "inbound", "limit", "plain", "fast", "aliases")
 
     def __init__(self, properties: dict) -> None:
         #: QoS 1/2 PUBLISHes we may have unacknowledged at the client [§3.1.2.11.3].
@@ -78,6 +78,9 @@ class V5:
         #: without options or expiry goes out as every such client gets it,
         #: without a size check (the fan-out path).
         self.plain = not self.topic_alias_maximum and self.maximum_packet_size >= MAX_PACKET
+        #: ``plain``, and the session has no subscription options either
+        #: (kept by `Session.options_changed`): one test on the fan-out path.
+        self.fast = self.plain
         #: Topic aliases of this connection, both ways (`reactorapp.mqtt.publish5`).
         self.aliases = TopicAliases(self.topic_alias_maximum)
 
