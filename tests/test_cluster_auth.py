@@ -10,8 +10,9 @@ from contextlib import ExitStack
 import pytest
 
 from tests.brokerproc import run_twistd, running_broker
+from tests.certs import issue, make_ca
 from tests.paho_client import Received
-from tests.redisserver import REDIS_SERVER, RedisServer
+from tests.redisserver import REDIS_SERVER, RedisServer, free_port
 from tests.test_cluster_e2e import EXPIRY, clients, nodes, sees_filters, until  # noqa: F401
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
@@ -31,7 +32,39 @@ def locked(tmp_path_factory):
     server.stop()
 
 
-def start_nodes(stack, tmp_path, urls: dict):
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory):
+    """A redis-server that only speaks TLS, its certificate signed by a
+    private CA; ``.ca`` is that CA's file, ``.other_ca`` another CA's."""
+    certs = tmp_path_factory.mktemp("certs")
+    ca = make_ca(certs, "redis-ca")
+    cert = issue(certs, ca, "redis-server", server=True)
+    port = free_port()
+    server = RedisServer(port, str(tmp_path_factory.mktemp("redis")),
+                         "--tls-port", str(port), "--port", "0",
+                         "--tls-cert-file", str(cert.cert), "--tls-key-file", str(cert.key),
+                         "--tls-ca-cert-file", str(ca.cert), "--tls-auth-clients", "no").start()
+    server.ca = str(ca.cert)
+    server.other_ca = str(make_ca(certs, "other-ca").cert)
+    yield server
+    server.stop()
+
+
+def twistd_cluster(tmp_path, url: str, *extra: str):
+    return run_twistd(tmp_path, "-n", "reactorapp", "--mqtt", "tcp:0:interface=127.0.0.1",
+                      "--cluster", url, *extra, "--data", str(tmp_path))
+
+
+def one_sentence(result) -> str:
+    """The start-up failed with one line, no traceback, and says it."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def start_nodes(stack, tmp_path, urls: dict, *extra: str):
     """One node per ``name: url``; return them once each lists all of them."""
     brokers = []
     for name, url in urls.items():
@@ -39,7 +72,7 @@ def start_nodes(stack, tmp_path, urls: dict):
         path.mkdir()
         brokers.append(stack.enter_context(running_broker(
             path, "--cluster", url, "--node-name", name,
-            "--cluster-node-expiry", EXPIRY, "--sys-interval", "0")))
+            "--cluster-node-expiry", EXPIRY, "--sys-interval", "0", *extra)))
     for broker in brokers:
         until(lambda: set(urls) <= set(nodes(broker)), f"{list(urls)} in the node list")
     return brokers
@@ -70,13 +103,47 @@ def test_nodes_log_in_with_a_password_or_an_acl_user_and_route(tmp_path, locked,
 def test_a_wrong_or_missing_password_is_one_sentence(tmp_path, locked, userinfo):
     at = f"{userinfo}@" if userinfo else ""
     url = f"redis://{at}127.0.0.1:{locked.port}/0"
-    result = run_twistd(tmp_path, "-n", "reactorapp", "--mqtt", "tcp:0:interface=127.0.0.1",
-                        "--cluster", url, "--data", str(tmp_path))
-    assert result.returncode != 0
-    errors = result.stderr.strip().splitlines()
-    assert len(errors) == 1, result.stderr
-    assert errors[0].startswith(
+    result = twistd_cluster(tmp_path, url)
+    assert one_sentence(result).startswith(
         f"reactorapp: Redis at redis://127.0.0.1:{locked.port}/0 for --cluster refused"
     ), result.stderr
     assert "wrong-pass" not in result.stdout + result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_nodes_over_rediss_trusting_a_private_ca_route(tmp_path, tls_redis, host,
+                                                       clients):  # noqa: F811
+    url = f"rediss://{host}:{tls_redis.port}/0"
+    with ExitStack() as stack:
+        a, b = start_nodes(stack, tmp_path, {"t1": url, "t2": url}, "--cluster-ca", tls_redis.ca)
+        route_one(a, b, "t2", clients)
+        for broker in (a, b):
+            assert "Traceback" not in broker.log, broker.log
+
+
+def test_a_server_certificate_from_another_ca_is_one_sentence(tmp_path, tls_redis):
+    url = f"rediss://localhost:{tls_redis.port}/0"
+    result = twistd_cluster(tmp_path, url, "--cluster-ca", tls_redis.other_ca)
+    assert one_sentence(result).startswith(
+        f"reactorapp: Redis at {url} for --cluster has a certificate that is not trusted"
+    ), result.stderr
+
+
+def test_without_the_ca_the_system_does_not_trust_it_and_says_where_to_look(tmp_path,
+                                                                          tls_redis):
+    result = twistd_cluster(tmp_path, f"rediss://localhost:{tls_redis.port}/0")
+    assert one_sentence(result).endswith("(see --cluster-ca)."), result.stderr
+
+
+def test_a_cluster_ca_that_cannot_be_used_is_one_sentence(tmp_path):
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello\n")
+    port = free_port()
+    rediss = f"rediss://127.0.0.1:{port}/0"
+    cases = [
+        (rediss, str(tmp_path / "missing.pem"), "cannot be read: No such file or directory."),
+        (rediss, str(not_pem), "holds no PEM certificate."),
+        (f"redis://127.0.0.1:{port}/0", str(not_pem), "is only used with a rediss:// URL"),
+    ]
+    for url, ca, says in cases:
+        assert says in one_sentence(twistd_cluster(tmp_path, url, "--cluster-ca", ca))
