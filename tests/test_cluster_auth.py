@@ -65,13 +65,14 @@ def one_sentence(result) -> str:
 
 
 def start_nodes(stack, tmp_path, urls: dict, *extra: str):
-    """One node per ``name: url``; return them once each lists all of them."""
+    """One node per ``name: url`` (``""``: in ``extra``); return them once
+    each lists all of them."""
     brokers = []
     for name, url in urls.items():
         path = tmp_path / name
         path.mkdir()
         brokers.append(stack.enter_context(running_broker(
-            path, "--cluster", url, "--node-name", name,
+            path, *(("--cluster", url) if url else ()), "--node-name", name,
             "--cluster-node-expiry", EXPIRY, "--sys-interval", "0", *extra)))
     for broker in brokers:
         until(lambda: set(urls) <= set(nodes(broker)), f"{list(urls)} in the node list")
@@ -115,7 +116,12 @@ def test_nodes_over_rediss_trusting_a_private_ca_route(tmp_path, tls_redis, host
                                                        clients):  # noqa: F811
     url = f"rediss://{host}:{tls_redis.port}/0"
     with ExitStack() as stack:
-        a, b = start_nodes(stack, tmp_path, {"t1": url, "t2": url}, "--cluster-ca", tls_redis.ca)
+        a, = start_nodes(stack, tmp_path, {"t1": url}, "--cluster-ca", tls_redis.ca)
+        # The second node has both settings in its TOML file.
+        config = tmp_path / "reactorapp.toml"
+        config.write_text(f'cluster = "{url}"\ncluster-ca = "{tls_redis.ca}"\n')
+        b, = start_nodes(stack, tmp_path, {"t2": ""}, "--config", str(config))
+        until(lambda: {"t1", "t2"} <= set(nodes(a)), "t2 in t1's node list")
         route_one(a, b, "t2", clients)
         for broker in (a, b):
             assert "Traceback" not in broker.log, broker.log
@@ -127,6 +133,28 @@ def test_a_server_certificate_from_another_ca_is_one_sentence(tmp_path, tls_redi
     assert one_sentence(result).startswith(
         f"reactorapp: Redis at {url} for --cluster has a certificate that is not trusted"
     ), result.stderr
+
+
+def test_a_certificate_for_another_host_name_is_one_sentence(tmp_path):
+    """The private CA is trusted, the host name is still checked."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca = make_ca(certs, "ca")
+    elsewhere = issue(certs, ca, "elsewhere.example")  # no 127.0.0.1, no localhost
+    port = free_port()
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(port, str(tmp_path / "redis"), "--tls-port", str(port), "--port", "0",
+                         "--tls-cert-file", str(elsewhere.cert),
+                         "--tls-key-file", str(elsewhere.key),
+                         "--tls-ca-cert-file", str(ca.cert), "--tls-auth-clients", "no").start()
+    try:
+        url = f"rediss://localhost:{port}/0"
+        result = twistd_cluster(tmp_path, url, "--cluster-ca", str(ca.cert))
+    finally:
+        server.stop()
+    sentence = one_sentence(result)
+    assert sentence.startswith(f"reactorapp: Redis at {url} for --cluster has a certificate"
+                               " that is not trusted: Hostname mismatch"), result.stderr
 
 
 def test_without_the_ca_the_system_does_not_trust_it_and_says_where_to_look(tmp_path,
