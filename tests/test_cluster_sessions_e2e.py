@@ -68,3 +68,45 @@ def test_a_killed_nodes_client_resumes_on_another_node(tmp_path, redis, clients)
         assert [m.payload for m in resumed.take(5)] == [b"kept %d" % i for i in range(5)]
         publisher.publish_and_wait("k/x", b"live", 1)
         assert resumed.next().payload == b"live"
+
+
+def test_messages_left_in_the_old_nodes_stream_follow_a_session_that_moved(
+        tmp_path, redis, clients):
+    """Node a's stream reader is held (a subscriber on a that does not read)
+    while QoS 1 messages for an offline persistent session on a are
+    acknowledged by b (in a's stream, unread). The session's client then
+    connects to b, and a lets the session go before it reads them. Once a
+    reads on, they reach the session on b: nothing acknowledged is lost."""
+    from tests.blast import TOPIC, Publisher
+    from tests.test_cluster_e2e import metric
+    from tests.rawmqtt import RawClient
+
+    with cluster(tmp_path, redis, "a6", "b6",
+                 extra=("--slow-subscriber-timeout", "120")) as (a, b):
+        offline_subscriber(clients, a, "wanderer", "w/#")
+        reader = RawClient(a.host, a.port, rcvbuf=4096)
+        reader.connect("stuck-reader")
+        assert reader.subscribe((TOPIC.decode(), 0)) == [0]
+        until(sees_filters(b, "a6", 2), "b6 to learn a6's filters")
+        flood = Publisher(b.host, b.port, 0, 60_000)
+        flood.start()
+        try:
+            until(lambda: metric(b, "reactorapp_inputs_held_total") > 0,
+                  "a6 to fall behind (b6 holds its publisher back)", timeout=30)
+            for i in range(3):  # one publisher each: b6 holds each after its message
+                clients(b, f"pub-w{i}").publish_and_wait("w/x", b"waiting %d" % i, 1)
+
+            connection = BlockingRedis("127.0.0.1", redis.port)
+            try:  # the window: they wait, unread, in a6's stream
+                assert int(connection.call(b"XLEN", b"reactorapp:stream:a6")) > 0
+            finally:
+                connection.close()
+            moved = clients(b, "wanderer", clean_session=False)
+            assert moved.session_present
+            until(sees_filters(b, "a6", 1), "a6 to let the session go")
+        finally:
+            reader.close()  # a6 reads its stream on
+            flood.close()
+            flood.join(60)
+        got = sorted(m.payload for m in moved.take(3))
+        assert got == [b"waiting %d" % i for i in range(3)]

@@ -311,6 +311,136 @@ def test_other_nodes_filters_are_not_counted_as_subscriptions():
     assert hub.subscription_count == 1
 
 
+# -- messages for a session that moved ---------------------------------------------
+
+
+class Sessions:
+    """What a node's store does with a message for a session it does not
+    have: a read (answered when the test says) and a forward."""
+
+    def __init__(self) -> None:
+        self.reads: list = []
+        self.forwarded: list = []
+        self.commit = None
+
+    def read(self, *command):
+        d = Deferred()
+        self.reads.append((command, d))
+        return d
+
+    def forward(self, client_id, entry):
+        from reactorapp.hub.commit import Commit
+
+        self.forwarded.append((client_id, entry))
+        self.commit = Commit()
+
+    def pending_commit(self):
+        return self.commit
+
+
+class Kept:
+    def __init__(self) -> None:
+        self.got = []
+
+    def deliver(self, message, qos, retained):
+        self.got.append((message.payload, qos, retained))
+
+
+def test_an_entry_for_one_session_goes_to_it_alone_or_on_to_its_holder():
+    """Entries the store's script added for a session that moved here
+    (`scripts.WRITE`): to that session only, not to the others matching;
+    for a session not here, looked for again once the store's connection
+    answered a read (a load of it sent before is handled then), then sent
+    on; each entry deleted once placed."""
+    from reactorapp.cluster.encoding import pack_entry
+
+    store = Sessions()
+    hub = ClusterHub(Clock(), store=store)
+    here, other, late = Kept(), Kept(), Kept()
+    hub.add_session("c", here)
+    hub.subscribe(other, "t/#", 1)
+    reader, commands = FakeLink(), FakeLink()
+    stats = ClusterStats()
+    inbox = Inbox(hub, reader, commands, "reactorapp:stream:a", stats)
+    inbox.connected()
+    entry = pack_entry(Message("t/x", b"for c", 1, properties={"content_type": "a/b"}), 1, False)
+    reader.sent[0][1].callback([[b"reactorapp:stream:a", [
+        [b"1-0", [b"c", b"c", b"e", entry]],
+        [b"2-0", [b"c", b"gone", b"e", entry]],
+        [b"3-0", [b"c", b"soon", b"e", entry]],
+        [b"4-0", [b"c", b"x", b"e", b"cut"]]]]])
+    assert here.got == [(b"for c", 1, False)] and other.got == []
+    assert stats.received == 3 and commands.sent == []  # 2-0 and 3-0 wait
+    (_, gone), (_, soon) = store.reads
+    hub.add_session("soon", late)  # its load was answered before the read
+    soon.callback(b"PONG")
+    assert late.got == [(b"for c", 1, False)] and store.forwarded == []
+    gone.callback(b"PONG")
+    assert store.forwarded == [("gone", entry)] and commands.sent == []
+    store.commit.fire()  # the forward is in Redis
+    assert commands.sent[0][0] == ("XDEL", "reactorapp:stream:a", b"1-0", b"2-0", b"3-0",
+                                   b"4-0")
+
+
+class Detached:
+    """A persistent session whose client is away."""
+
+    persistent = True
+    connection = None
+
+    def __init__(self) -> None:
+        self.subscriptions = {"t/#": 1, "$share/g/t/#": 1}
+
+    def deliver(self, message, qos, retained):
+        raise AssertionError("let go: not delivered to any more")
+
+
+def test_a_session_let_go_still_sends_on_what_other_nodes_sent_for_it():
+    """Node a lets the session of c go (it connected to b). Messages other
+    nodes had put in a's stream for it, read only afterwards, go on to c's
+    holder through the store; its filters are no longer announced, and
+    messages published on a are left to routing. Once a has read its stream
+    as far as it went one expiry after the move, nothing more goes on."""
+    from reactorapp.cluster.encoding import unpack_entry
+    from twisted.internet.testing import MemoryReactorClock
+
+    from reactorapp.cluster.node import ClusterNode
+
+    clock = MemoryReactorClock()
+    store = Sessions()
+    hub = ClusterHub(clock, store=store)
+    node = ClusterNode(hub, RedisURL("127.0.0.1"), "a", clock, expiry=5.0)
+    node.commands = FakeLink()
+    inbox = node.inbox
+    inbox.reader, inbox.commands = FakeLink(), FakeLink()
+    session = Detached()
+    hub.add_session("c", session)
+    hub.subscribe(session, "t/#", 1)
+    node._taken_over("c", "b")
+    assert hub.get_session("c") is None and hub.local_filters() == []
+    assert hub.subscription_count == 0
+
+    inbox.connected()
+
+    def read(entry_id, payload, qos=1):
+        entry = frames.encode(Message("t/x", payload, qos))
+        inbox.reader.sent[-1][1].callback([[b"reactorapp:stream:a", [[entry_id, [b"m", entry]]]]])
+
+    read(b"1-0", b"before")
+    hub.route(Message("t/x", b"published on a", 1))
+    [(client, entry)] = store.forwarded
+    message, qos, retained = unpack_entry(entry)
+    assert (client, message.payload, qos, retained) == ("c", b"before", 1, False)
+
+    clock.advance(5.0)
+    (args, last), = [(a, d) for a, d in node.commands.sent if a[0] == "XREVRANGE"]
+    assert args[1] == "reactorapp:stream:a"
+    last.callback([[b"2-0", [b"m", b""]]])
+    read(b"2-0", b"late")
+    read(b"3-0", b"after")
+    assert [unpack_entry(e)[0].payload for _, e in store.forwarded] == [b"before", b"late"]
+
+
 def test_a_batch_sent_again_is_added_to_the_stream_once():
     """A batch whose XADD Redis ran but whose answer was lost with the
     connection is sent again: the stream keeps one copy, so a QoS 2 message

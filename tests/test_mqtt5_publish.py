@@ -191,3 +191,25 @@ def test_a_delayed_will_counts_its_expiry_from_when_it_is_published():
     broker.clock.advance(10)
     (received,) = [p for p in sub.take() if type(p) is P.Publish]
     assert received.properties == {"message_expiry_interval": 30}
+
+
+def test_qos0_publishes_that_are_dropped_get_no_answer_and_keep_the_connection():
+    """[MQTT-3.3.5-2] §4.7.2, QoS 0 from a 5.0 client, with and without
+    properties: to `$SYS` or refused by the ACL, the message goes nowhere;
+    QoS 0 has no acknowledgement to say so, and the connection stays."""
+    from reactorapp.auth.acl import ACL, ACLAuthorizer
+    from reactorapp.auth.guard import Guard
+
+    broker = Broker()
+    broker.factory.guard = Guard(authorizer=ACLAuthorizer(ACL.parse(
+        "topic readwrite open/#\ntopic readwrite $SYS/#\n")))
+    sub = connect5(broker, "sub")
+    sub.subscribe(("open/#", 0))
+    pub = connect5(broker, "pub")
+    for properties in ({}, {"content_type": "text/plain"}):
+        pub.publish("$SYS/broker/x", b"x", 0, **properties)
+        pub.publish("closed/x", b"x", 0, **properties)
+        pub.publish("open/x", b"y", 0, **properties)
+    assert pub.take() == []
+    assert [p.payload for p in sub.take() if type(p) is P.Publish] == [b"y", b"y"]
+    assert pub.protocol.state is not None and pub.transport.connected

@@ -210,3 +210,94 @@ async def test_a_look_at_the_rules_after_the_store_closed_logs_no_failure(redis,
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert [e for e in events if "log_failure" in e] == []
+
+
+PROPERTIES = {"content_type": "text/plain", "user_property": [("a", "1"), ("a", "2")],
+              "correlation_data": b"\x00\xff", "payload_format_indicator": 1,
+              "response_topic": "back", "message_expiry_interval": 30}
+
+
+@pytest_twisted.ensureDeferred
+async def test_mqtt5_properties_and_expiry_survive_a_reopen(redis, prefix):
+    """As in the SQLite store: a pending delivery and a dead letter keep
+    their message's MQTT 5 properties, and the expiry counts from the
+    message's time."""
+    store, webhooks, _ = open_stores(redis, prefix)
+    webhooks.add(Delivery(1, "r", "s/x", b"\x00p", 1, False, "k1", 100.0, 101.0, True,
+                          PROPERTIES, 130.0))
+    webhooks.bury(DeadLetter(Delivery(2, "r", "s/y", b"q", 1, False, "k2", 100.0, 101.0, True,
+                                      {"response_topic": "back"}), 3, "HTTP 500", 9.0))
+    webhooks.add(delivery(3))
+    await within(webhooks.sync())
+    await within(store.close())
+
+    store, webhooks, _ = open_stores(redis, prefix)
+    first, plain = await within(webhooks.pending("r", 0, 10))
+    assert (first.properties, first.payload, first.topic, first.key) == (
+        PROPERTIES, b"\x00p", "s/x", "k1")
+    assert first.expires_at == 130.0 and first.expired(130.0) and not first.expired(129.9)
+    assert plain == delivery(3) and (plain.properties, plain.expires_at) == (None, None)
+    (dead,) = await within(webhooks.dead_letters("r", 0, 10))
+    assert dead.delivery.properties == {"response_topic": "back"}
+    assert dead.to_dict()["response_topic"] == "back"
+    assert (await within(webhooks.dead_letter("r", 2))).delivery.properties == {
+        "response_topic": "back"}
+    await within(store.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_entry_written_before_properties_were_kept_still_reads(redis, prefix):
+    """The format before MQTT 5: rule NUL, header, topic, key, payload."""
+    import struct
+
+    old = b"r\0" + struct.pack("!QBddHH", 1, 1 | 4, 1.5, 2.5, 3, 2) + b"s/xk1" + b"\x08body"
+    store, webhooks, _ = open_stores(redis, prefix)
+    store.write(b"A", "r", 1, old)
+    await within(webhooks.sync())
+    (entry,) = await within(webhooks.pending("r", 0, 10))
+    assert entry == Delivery(1, "r", "s/x", b"\x08body", 1, True, "k1", 1.5, 2.5, True)
+    await within(store.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delivery_that_expired_in_redis_is_dropped_and_counted(redis, prefix):
+    """Read back after a reopen, a delivery whose message expired meanwhile
+    is not sent: it is counted as expired and its entry leaves Redis."""
+    from prometheus_client import generate_latest
+    from twisted.internet.task import Clock
+
+    from reactorapp.webhooks.metrics import WebhookMetrics
+    from reactorapp.webhooks.outbox import Outbox
+
+    store, webhooks, _ = open_stores(redis, prefix)
+    webhooks.save_rule(parse_rule(RULE))
+    webhooks.add(Delivery(1, "r", "s/short", b"1", 1, False, "k1", 100.0, 100.0, True,
+                          {"message_expiry_interval": 5}, 105.0))
+    webhooks.add(Delivery(2, "r", "s/long", b"2", 1, False, "k2", 100.0, 100.0, True,
+                          {"message_expiry_interval": 500}, 600.0))
+    await within(webhooks.sync())
+    await within(store.close())
+
+    store, webhooks, state = open_stores(redis, prefix)
+    clock = Clock()
+    clock.advance(110.0)
+    registry = CollectorRegistry()
+    hub = Hub(the_reactor(), store=store)
+    sent = []
+
+    class Recording(Holding):
+        def deliver(self, target, delivery):
+            sent.append(delivery)
+            return super().deliver(target, delivery)
+
+    outbox = Outbox(hub, webhooks, Recording(), clock, WebhookMetrics(registry),
+                    last_id=state.last_id)
+    rule_outbox = outbox.add_rule(parse_rule(RULE), state.pending.get("r", 0))
+    await until(lambda: sent)
+    assert [(d.id, d.payload, d.left(clock.seconds())) for d in sent] == [(2, b"2", 490)]
+    assert rule_outbox.expired == 1 and hub.stats.messages_expired == 1
+    assert 'reactorapp_webhook_expired_total{rule="r"} 1.0' in generate_latest(registry).decode()
+    await settled(webhooks.sync())
+    assert [d.id for d in await within(webhooks.pending("r", 0, 10))] == [2]
+    outbox.stop()
+    await within(store.close())

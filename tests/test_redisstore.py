@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
 from reactorapp.cluster import redisstore
-from reactorapp.cluster.encoding import pack_message, unpack_message
+from reactorapp.cluster.encoding import pack_entry, pack_message, unpack_entry, unpack_message
 from reactorapp.cluster.redisstore import RedisStore, SessionMoved
 from reactorapp.hub.interfaces import ISessionLoader
 from reactorapp.hub.message import Message
@@ -170,7 +170,8 @@ async def test_closing_while_redis_is_away_fails_what_waits(prefix):
 async def test_a_session_moves_to_the_node_that_loads_it(redis, prefix):
     """Node b takes the session of client c over from node a, with its
     subscriptions, queued and in-flight messages and incoming QoS 2 ids;
-    a's late writes for it are refused, and what waited for them fails."""
+    a's late writes for it are refused, and what waited for an incoming
+    QoS 2 id fails (a late queued message goes to b: see the next test)."""
     a, b = connect(redis, prefix, "a"), connect(redis, prefix, "b")
     a.load()
     assert (b.load()).sessions == []
@@ -190,7 +191,7 @@ async def test_a_session_moves_to_the_node_that_loads_it(redis, prefix):
     assert [(m.seq, m.message.payload, m.packet_id) for m in moved.messages] == [
         (1, b"1", 17), (3, b"3", None)]
 
-    a.enqueue("c", 4, message(b"too late"), 1, False)  # a has not let go yet
+    a.add_awaiting_pubrel("c", 6)  # a has not let go yet
     a.add_subscription("stays", "x", 0)
     late = a.pending_commit()
     with pytest.raises(SessionMoved, match="c"):
@@ -209,3 +210,51 @@ async def test_a_session_moves_to_the_node_that_loads_it(redis, prefix):
     assert (kept.client_id, kept.subscriptions) == ("stays", {"x": 0})
     for store in (a, b, b2, a2):
         await store.close()
+
+
+async def stream(store, node):
+    """The entries of ``node``'s stream, as (client id, queue entry)."""
+    entries = await bounded(store.read(b"XRANGE", redisstore.STREAMS + node.encode(),
+                                       b"-", b"+"))
+    return [(fields[1].decode(), unpack_entry(fields[3])) for _, fields in entries]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_late_queued_message_goes_to_the_stream_of_the_new_holder(redis, prefix):
+    """A message node a queues for a session that moved to node b is not
+    refused: the same script adds it to b's stream, for that session alone,
+    and what waited for the write is placed. Forwarded by a node that holds
+    the session without having it in memory, it joins the session's queue
+    in Redis; for a session nobody holds (it ended) it is dropped."""
+    a_name, b_name = f"{prefix}-a", f"{prefix}-b"
+    a, b = connect(redis, prefix, a_name), connect(redis, prefix, b_name)
+    a.load()
+    b.load()
+    a.add_session("c")
+    a.add_subscription("c", "t/#", 1)
+    a.enqueue("c", 1, message(b"before"), 1, False)
+    await bounded(a.sync())
+    await bounded(b.load_session("c"))
+
+    late = message(b"late", qos=2, properties={"content_type": "text/plain"})
+    a.enqueue("c", 2, late, 1, False)
+    a.set_inflight("c", 2, 9, 1)  # skipped: b has no such entry
+    await bounded(a.pending_commit().deferred())  # no SessionMoved
+    ((client, (forwarded, qos, retained)),) = await stream(a, b_name)
+    assert (client, forwarded.payload, forwarded.properties, qos, retained) == (
+        "c", b"late", {"content_type": "text/plain"}, 1, False)
+    assert await stream(a, a_name) == []
+
+    b.forward("c", pack_entry(message(b"kept"), 1, False))
+    a.remove_session("gone")
+    a.forward("gone", pack_entry(message(b"nobody"), 1, False))
+    written = [b.pending_commit().deferred(), a.pending_commit().deferred()]
+    for d in written:
+        await bounded(d)
+    assert await stream(a, a_name) == [] and len(await stream(a, b_name)) == 1
+    for store in (a, b):
+        await store.close()
+    b = connect(redis, prefix, b_name)
+    (stored,) = b.load().sessions
+    assert [(m.seq, m.message.payload) for m in stored.messages] == [(1, b"before"), (2, b"kept")]
+    await b.close()

@@ -109,10 +109,11 @@ class ClusterHub(Hub):
 
     # -- other nodes as subscribers ----------------------------------------
 
-    def add_remote(self, remote, topic_filter: str) -> None:
+    def add_remote(self, remote, topic_filter: str, qos: int = 2) -> None:
         """Route messages matching ``topic_filter`` to the node ``remote``
-        (at the published QoS: its own subscribers get what they asked for)."""
-        if self._subscriptions.add(topic_filter, remote, 2):
+        (at the published QoS: its own subscribers get what they asked for),
+        without announcing the filter (a `MovedSession` too, at its QoS)."""
+        if self._subscriptions.add(topic_filter, remote, qos):
             self._remote_count += 1
 
     def remove_remote(self, remote, topic_filters) -> None:

@@ -8,6 +8,12 @@ same promise a local publisher's PUBACK waits for), the entries are deleted
 with XDEL. An entry not deleted when the node dies is read again when a
 node of the same name starts (at least once).
 
+An entry may also hold one message for one persistent session (fields
+``c`` client id, ``e`` packed queue entry): the Redis store's script adds
+those when another node wrote a message for a session that has moved here
+(`reactorapp.cluster.scripts`). It goes to that session alone
+(`place_for_session`), or on to the node that holds it now.
+
 The reader is an `IInput`: a local subscriber that cannot keep up holds it
 like it holds a publisher's connection. Held, it reads no more, and tells
 the other nodes it is behind, so they hold back their own publishers
@@ -16,10 +22,15 @@ the other nodes it is behind, so they hold back their own publishers
 
 from __future__ import annotations
 
+import struct
+
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from reactorapp.cluster import frames
+from reactorapp.cluster.encoding import unpack_entry
+from reactorapp.hub.commit import Commit
 from reactorapp.hub.flow import IInput
 
 log = Logger()
@@ -44,6 +55,8 @@ class Inbox:
         self._holds: set = set()
         self._reading = False
         self._to_delete: list = []
+        #: (entry id, Deferred) fired once the reader has read that far.
+        self._read_to: list = []
 
     @property
     def held(self) -> bool:
@@ -83,6 +96,11 @@ class Inbox:
             for entry_id, fields in entries:
                 self.last_id = entry_id
                 ids.append(entry_id)
+                if fields[:1] == [b"c"]:
+                    commit = self._for_session(fields)
+                    if commit is not None and not commit.done:
+                        waits.append(commit)
+                    continue
                 data = fields[1] if len(fields) > 1 else b""
                 try:
                     messages = frames.decode_entry(data)
@@ -99,7 +117,35 @@ class Inbox:
             flow.current = previous
         if ids:
             self._placed_then_delete(ids, waits)
+            self._passed()
         self._read()
+
+    def read_past(self, entry_id) -> Deferred:
+        """A Deferred that fires once every entry up to ``entry_id`` (None:
+        the stream was empty) has been read and routed."""
+        d = Deferred()
+        self._read_to.append((_entry_order(entry_id), d))
+        self._passed()
+        return d
+
+    def _passed(self) -> None:
+        at = _entry_order(self.last_id)
+        waiting, self._read_to = self._read_to, []
+        for order, d in waiting:
+            if order <= at:
+                d.callback(None)
+            else:
+                self._read_to.append((order, d))
+
+    def _for_session(self, fields):
+        try:
+            commit = place_for_session(self.cluster_hub, fields)
+        except (ValueError, IndexError, struct.error) as e:
+            log.error("Dropping an entry of {stream} that cannot be read: {e}",
+                      stream=self.stream, e=e)
+            return None
+        self.stats.received += 1
+        return commit
 
     def _placed_then_delete(self, ids, waits) -> None:
         left = [len(waits)]
@@ -155,3 +201,47 @@ class Inbox:
             if self._on_behind is not None:
                 self._on_behind(False)
             self._read()
+
+
+def place_for_session(cluster_hub, fields) -> Commit | None:
+    """Deliver a stream entry ``c CLIENT e ENTRY`` (a message for one
+    session that moved) to that session if this node has it, or send it on
+    to the node that holds it now; return what placing it waits for.
+    `ValueError` (and kin) if the entry cannot be read."""
+    values = dict(zip(fields[0::2], fields[1::2]))
+    client_id, entry = values[b"c"].decode(), values[b"e"]
+    message, qos, retained = unpack_entry(entry)
+    session = cluster_hub.get_session(client_id)
+    if session is not None:
+        return _deliver(session, message, qos, retained)
+    # Not here. Its session may be being read from Redis on the store's
+    # connection, whose answer is handled before that of a read sent now:
+    # look again then. Still not here, the script finds where it is now.
+    store = cluster_hub.store
+    d = store.read(b"PING")
+    d.addCallback(_cbLookedAgain, cluster_hub, client_id, entry, message, qos, retained)
+    return Commit.after(d)
+
+
+def _cbLookedAgain(_ignored, cluster_hub, client_id, entry, message, qos, retained):
+    session = cluster_hub.get_session(client_id)
+    if session is not None:
+        commit = _deliver(session, message, qos, retained)
+    else:
+        store = cluster_hub.store
+        store.forward(client_id, entry)
+        commit = store.pending_commit()
+    return None if commit is None else commit.deferred()
+
+
+def _deliver(session, message, qos, retained) -> Commit | None:
+    wait = session.deliver(message, qos, retained)
+    return Commit.after(wait) if isinstance(wait, Deferred) else wait
+
+
+def _entry_order(entry_id) -> tuple[int, int]:
+    """A stream entry id (``b"MS-SEQ"``, or None / ``b"0"``) as something to compare."""
+    if not entry_id:
+        return (0, 0)
+    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
+    return (int(ms), int(seq or 0))

@@ -29,8 +29,9 @@ from twisted.internet.defer import DeferredList, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from reactorapp.cluster.inbox import Inbox
+from reactorapp.cluster.inbox import Inbox, place_for_session
 from reactorapp.cluster.link import RedisLink
+from reactorapp.cluster.moved import MovedSession
 from reactorapp.cluster.outbox import ClusterStats, Outbox, RemoteNode, stream_key
 
 log = Logger()
@@ -428,6 +429,8 @@ class ClusterNode(Service):
         return d
 
     def _cbDrained(self, entries, name: str, adopted):
+        import struct
+
         from reactorapp.cluster import frames
         from reactorapp.hub.commit import Commit
 
@@ -435,6 +438,15 @@ class ClusterNode(Service):
             return None
         waits = []
         for _entry_id, fields in entries:
+            if fields[:1] == [b"c"]:
+                # A message for one session that moved to the gone node.
+                try:
+                    wait = place_for_session(self.cluster_hub, fields)
+                except (ValueError, IndexError, struct.error):
+                    continue
+                if wait is not None:
+                    waits.append(wait.deferred())
+                continue
             try:
                 messages = frames.decode_entry(fields[1] if len(fields) > 1 else b"")
             except frames.BadFrame:
@@ -472,9 +484,28 @@ class ClusterNode(Service):
             connection.take_over()
         subscriptions = getattr(session, "subscriptions", None)
         if subscriptions:
+            if getattr(session, "persistent", False) and hasattr(self.cluster_hub.store,
+                                                                 "forward"):
+                # What other nodes sent here for it before they heard of
+                # its new node goes on to that node (`reactorapp.cluster.moved`).
+                moved = MovedSession(self.cluster_hub, client_id, dict(subscriptions))
+                moved.start()
+                self.clock.callLater(self.expiry, self._moved_settle, moved)
             self.cluster_hub.unsubscribe_all(session, list(subscriptions))
             subscriptions.clear()
         self.cluster_hub.remove_session(client_id, session)
+
+    def _moved_settle(self, moved) -> None:
+        """Every node has heard of the move by now: once this node has read
+        its stream as far as it goes now, nothing more comes for ``moved``."""
+        d = self.commands.command("XREVRANGE", self.inbox.stream, "+", "-", "COUNT", 1)
+        d.addCallback(lambda last: self.inbox.read_past(last[0][0] if last else None))
+        d.addCallback(lambda _: moved.stop())
+        d.addErrback(self._ebMovedSettle, moved)
+
+    def _ebMovedSettle(self, failure, moved) -> None:
+        self._ebRedis(failure, "looking at this node's stream")
+        self.clock.callLater(self.expiry, self._moved_settle, moved)  # once Redis is back
 
     # -- reading the registry ------------------------------------------------
 

@@ -21,9 +21,12 @@ Sessions move between nodes. Each session has a holder in Redis (the
 ``sessions`` hash). `load` at start-up returns the retained messages and
 the sessions this node holds; `load_session` (`ISessionLoader`, called at
 CONNECT) reads one session and makes this node its holder. Writes to a
-session held by another node are skipped by the script, and a batch that
-skipped a queued message or an incoming QoS 2 id fails with `SessionMoved`,
-so nothing acknowledged is lost to a node that was slow to let go.
+session held by another node are skipped by the script; a queued message
+among them goes, in the same script, to the stream of the node that holds
+the session now (`scripts.WRITE`), and a batch that skipped an incoming
+QoS 2 id (or a message for a session nobody holds) fails with
+`SessionMoved`, so nothing acknowledged is lost to a node that was slow to
+let go.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from reactorapp.cluster.encoding import (
     ENTRY_HEADER, pack_entry, pack_flight, pack_message, unpack_entry, unpack_flight,
     unpack_message,
 )
+from reactorapp.cluster.outbox import stream_key
 from reactorapp.hub.commit import Commit
 from reactorapp.hub.interfaces import ISessionLoader
 from reactorapp.store.interfaces import (
@@ -48,6 +52,10 @@ from reactorapp.store.interfaces import (
 )
 
 log = Logger()
+
+#: The start of every node's stream key: where the script sends a message
+#: for a session that moved.
+STREAMS = stream_key("").encode()
 
 #: Arguments per `EVAL` at most: a longer batch is cut into several
 #: (pipelined all the same, answered in order).
@@ -253,6 +261,14 @@ class RedisStore:
     def dequeue(self, client_id, seq) -> None:
         self._write(b"D", client_id, seq)
 
+    def forward(self, client_id, entry: bytes) -> None:
+        """A packed queue entry (`encoding.pack_entry`) for a session this
+        node does not have in memory: to the stream of the node that holds
+        it, or to its queue in Redis if that is this node (call it only
+        after a `read` answered: a `load_session` sent before has been
+        handled then)."""
+        self._write(b"T", client_id, entry)
+
     def add_awaiting_pubrel(self, client_id, packet_id) -> None:
         self._write(b"P", client_id, packet_id)
 
@@ -285,7 +301,7 @@ class RedisStore:
         waiting, self._waiting = self._waiting, None
         if not pending:
             return
-        head = [b"EVAL", scripts.WRITE, b"0", self.prefix, self.node]
+        head = [b"EVAL", scripts.WRITE, b"0", self.prefix, self.node, STREAMS]
         cuts = _cut(pending)
         for at, (start, end) in enumerate(cuts):
             last = at == len(cuts) - 1
@@ -428,7 +444,7 @@ def _cut(pending: list) -> list[tuple[int, int]]:
 
 
 #: The opcodes of `scripts.WRITE` (the webhook tables' too).
-_OPCODES = frozenset(bytes([c]) for c in b"RrSXBbQFDPpWwAaZzV")
+_OPCODES = frozenset(bytes([c]) for c in b"RrSXBbQFDPpWwAaZzVT")
 
 
 def _pairs(flat) -> list[tuple]:

@@ -22,14 +22,22 @@ Keys (``P`` is ``reactorapp:``, or ``reactorapp:{prefix}:``)::
     P webhook:last:N      the highest delivery id node N used
 
 Writes to a session held by another node are skipped (it moved there: see
-`reactorapp.cluster.redisstore`). The script answers with the client ids
-of skipped writes an acknowledgement depends on (a queued message, an
-incoming QoS 2 id), so that the batch's commit fails and the publisher
+`reactorapp.cluster.redisstore`). A queued message for it is not lost with
+them: it is added, in the same script, to the stream of the node that holds
+the session now, as an entry for that session alone (fields ``c`` client
+id, ``e`` packed queue entry; `reactorapp.cluster.inbox`), so what waited
+for the write is placed once the batch is answered. ``T`` (client id,
+entry) does the same for a message a node got for a session it does not
+have in memory; if that node holds it all the same (it read the session but
+its client left before the session was set up), the message joins the
+session's queue in Redis, read by whoever loads the session next. The script answers with the client ids of other skipped writes an
+acknowledgement depends on (a queued message for a session nobody holds,
+an incoming QoS 2 id), so that the batch's commit fails and the publisher
 sends again, to the node that holds the session now.
 """
 
 WRITE = b"""
-local prefix, node = ARGV[1], ARGV[2]
+local prefix, node, streams = ARGV[1], ARGV[2], ARGV[3]
 local sessions = prefix .. 'sessions'
 local hooks = prefix .. 'webhook:'
 local outbox, dead = hooks .. 'outbox:' .. node, hooks .. 'dead:' .. node
@@ -37,7 +45,7 @@ local function pending(rule) return hooks .. 'pending:' .. node .. ':' .. rule e
 local function buried(rule) return hooks .. 'buried:' .. node .. ':' .. rule end
 local owners, moved, answer = {}, {}, {}
 local arity = {R=2, r=1, S=1, X=1, B=3, b=2, Q=3, F=3, D=2, P=2, p=2,
-               W=2, w=1, A=3, a=1, Z=3, z=2, V=4}
+               W=2, w=1, A=3, a=1, Z=3, z=2, V=4, T=2}
 local free = {R=true, r=true, S=true, W=true, w=true, A=true, a=true, Z=true, z=true, V=true}
 local must = {Q=true, P=true}
 local function held(client)
@@ -47,6 +55,14 @@ local function held(client)
     owners[client] = owner
   end
   return owner == node
+end
+local function forward(client, entry)
+  local owner = owners[client]
+  if not owner then
+    return false
+  end
+  redis.call('XADD', streams .. owner, '*', 'c', client, 'e', entry)
+  return true
 end
 local function unqueue(id)
   local value = redis.call('HGET', outbox, id)
@@ -71,13 +87,15 @@ local function forget(key, index, count)
     redis.call('ZREM', index, unpack(ids))
   end
 end
-local i, n = 3, #ARGV
+local i, n = 4, #ARGV
 while i <= n do
   local op = ARGV[i]
   local a, b, c, d = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   i = i + 1 + arity[op]
   if not free[op] and not held(a) then
-    if must[op] and not moved[a] then
+    if (op == 'Q' and forward(a, c)) or (op == 'T' and (forward(a, b) or true)) then
+      -- placed where the session is now (a 'T' for no session: it ended)
+    elseif must[op] and not moved[a] then
       moved[a] = true
       answer[#answer + 1] = a
     end
@@ -131,6 +149,14 @@ while i <= n do
     redis.call('SADD', hooks .. 'named:' .. node, a)
   elseif op == 'z' then
     forget(dead, buried(a), tonumber(b))
+  elseif op == 'T' then
+    -- Held here but not in this node's memory (`RedisStore.forward`): queued
+    -- after the rest, for whoever loads the session next.
+    local top = 0
+    for _, seq in ipairs(redis.call('HKEYS', prefix .. 'q:' .. a)) do
+      top = math.max(top, tonumber(seq))
+    end
+    redis.call('HSET', prefix .. 'q:' .. a, top + 1, b)
   elseif op == 'V' then
     redis.call('HDEL', dead, a)
     redis.call('ZREM', buried(b), a)

@@ -14,6 +14,7 @@ is acknowledged once its outbox entry is durable in Redis with the rest.
 
 from __future__ import annotations
 
+import ast
 import json
 import struct
 
@@ -35,6 +36,7 @@ log = Logger()
 WATCH_INTERVAL = 2.0
 
 _DELIVERY = struct.Struct("!QBddHH")  # id, flags (QoS, retain), timestamp, queued at, lengths
+_PROPERTIES = struct.Struct("!I")  # length of the properties, when flag 8 says there are some
 _DEAD = struct.Struct("!IdH")  # attempts, died at, reason length
 
 
@@ -166,11 +168,17 @@ def _state(answer) -> WebhookState:
 
 
 def _pack_delivery(d: Delivery) -> bytes:
+    """Rule NUL, a fixed header, topic, key, then (flag 8) the length and
+    text of the MQTT 5 properties, then the payload. Entries written before
+    properties were kept have no flag 8 and read back without them."""
     topic, key = d.topic.encode(), d.key.encode()
+    properties = repr(d.properties).encode() if d.properties else b""
+    flags = d.qos | (4 if d.retain else 0) | (8 if properties else 0)
     return b"".join((d.rule.encode(), b"\0",
-                     _DELIVERY.pack(d.id, d.qos | (4 if d.retain else 0), d.timestamp,
-                                    d.queued_at, len(topic), len(key)),
-                     topic, key, d.payload))
+                     _DELIVERY.pack(d.id, flags, d.timestamp, d.queued_at, len(topic), len(key)),
+                     topic, key,
+                     _PROPERTIES.pack(len(properties)) + properties if properties else b"",
+                     d.payload))
 
 
 def _unpack_delivery(value: bytes, durable: bool = True) -> Delivery:
@@ -180,8 +188,18 @@ def _unpack_delivery(value: bytes, durable: bool = True) -> Delivery:
     topic = rest[at:at + topic_length].decode()
     at += topic_length
     key = rest[at:at + key_length].decode()
-    return Delivery(id, rule.decode(), topic, rest[at + key_length:], flags & 3, bool(flags & 4),
-                    key, timestamp, queued_at, durable=durable)
+    at += key_length
+    properties = None
+    if flags & 8:
+        (length,) = _PROPERTIES.unpack_from(rest, at)
+        at += _PROPERTIES.size
+        properties = ast.literal_eval(rest[at:at + length].decode())
+        at += length
+    # As the SQLite store does: the expiry counts from the message's time.
+    interval = properties.get("message_expiry_interval") if properties else None
+    return Delivery(id, rule.decode(), topic, rest[at:], flags & 3, bool(flags & 4),
+                    key, timestamp, queued_at, durable=durable, properties=properties,
+                    expires_at=None if interval is None else timestamp + interval)
 
 
 def _pack_dead(dead: DeadLetter) -> bytes:

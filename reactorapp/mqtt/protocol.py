@@ -289,7 +289,10 @@ class MQTTProtocol(ConnectHandling, Protocol):
         elif v5.plain and message.expires is None and self.session.options is None:
             data = cache.get(2 + retained)
             if data is None:
-                data = cache[2 + retained] = encode_plain5(message, 0, retained)
+                data = cache[2 + retained] = (
+                    encode_plain5(message, 0, retained) if message.properties
+                    # An empty property block: one 0 byte before the payload.
+                    else encode_publish(message.topic, b"\x00" + message.payload, 0, retained))
         else:
             # Aliases, a size limit, options or expiry: this client's own PUBLISH.
             return self._send_publish5(message, 0, retained, 0, False)
@@ -614,9 +617,11 @@ class MQTTProtocol(ConnectHandling, Protocol):
             delay = bucket.take()
             if delay:
                 self._throttle(delay)
-        if v5 is not None:
+        if v5 is not None and (qos or publish.properties):
             self._on_publish5(publish)
             return
+        # 3.1.1, or an MQTT 5 QoS 0 PUBLISH without properties: nothing of
+        # 5.0 applies to it (no alias, no payload format, no answer).
         if qos == 2 and publish.packet_id in self.session.awaiting_pubrel:
             # [MQTT-4.3.3-2]: a re-sent QoS 2 PUBLISH is acknowledged again,
             # never forwarded twice.
@@ -710,8 +715,11 @@ class MQTTProtocol(ConnectHandling, Protocol):
 
     def _answer_publish(self, publish: P.Publish, wait, code: int) -> None:
         """PUBACK or PUBREC with ``code`` for an MQTT 5 client. A PUBREC with
-        a failure code ends the QoS 2 exchange: no PUBREL is awaited."""
+        a failure code ends the QoS 2 exchange: no PUBREL is awaited.
+        QoS 0 has no answer: the message is dropped and that is all."""
         packet_id = publish.packet_id
+        if not publish.qos:
+            return
         if publish.qos == 1:
             data = encode_puback(packet_id) if not code else encode(P.PubAck(packet_id, code), 5)
         else:
