@@ -251,6 +251,12 @@ class Config:
         " redis://[:PASSWORD@]HOST[:PORT][/DB], rediss:// for TLS. Empty: one node.",
         metavar="URL",
     )
+    cluster_ca: str = setting(
+        "",
+        "PEM file of the certificate authorities that sign the rediss:// server's"
+        " certificate, trusted instead of the system's. Empty: the system's.",
+        metavar="FILE",
+    )
     node_name: str = setting(
         "",
         "This node's name in the cluster (unique, kept across restarts so that"

@@ -259,7 +259,7 @@ def _clusterURL(config: Config):
         return None
     from reactorapp.cluster.url import parse_url, probe
 
-    url = parse_url(config.cluster)
+    url = parse_url(config.cluster, config.cluster_ca or None)
     probe(url)
     return url
 
@@ -276,7 +276,7 @@ def _clusterStore(url, name: str, reactor):
     from reactorapp.cluster.redisstore import RedisStore
 
     return RedisStore(reactor, host=url.host, port=url.port, db=url.db, username=url.username,
-                      password=url.password, tls=url.tls, node=name)
+                      password=url.password, tls=url.ca or url.tls, node=name)
 
 
 def _adopter(store, hub, settings):

@@ -25,7 +25,8 @@ def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            # With --requirepass a server that is up answers NOAUTH.
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -74,7 +75,7 @@ class RedisServer:
                 log += chunk
         # Keep draining its log so a full pipe never blocks it.
         threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True).start()
-        if not _answers_ping(self.port):
+        if "--tls-port" not in self.extra and not _answers_ping(self.port):
             raise RuntimeError("redis-server is up but does not answer PING")
         return self
 

@@ -11,10 +11,11 @@ reactor to make later, in order, itself.
 from __future__ import annotations
 
 import socket
-import ssl
 from collections import deque
 
 from twisted.python.failure import Failure
+
+from reactorapp.cluster.url import ssl_context
 
 
 class _SocketTransport:
@@ -62,12 +63,15 @@ class BlockingRedis:
     pipelines."""
 
     def __init__(self, host: str, port: int, *, db: int = 0, username: str | None = None,
-                 password: str | None = None, tls: bool = False, timeout: float = 10.0) -> None:
+                 password: str | None = None, tls: bool | str = False,
+                 timeout: float = 10.0) -> None:
+        """``tls``: true to check the server against the system's trusted
+        certificates, or the file of those to trust instead (``--cluster-ca``)."""
         import txredisapi  # imports the global reactor: only when Redis is used
 
         sock = socket.create_connection((host, port), timeout=timeout)
         if tls:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            sock = ssl_context(tls).wrap_socket(sock, server_hostname=host)
         self.sock = sock
         self._later: deque = deque()
         protocol = txredisapi.RedisProtocol(charset=None, password=password, dbid=db or None,

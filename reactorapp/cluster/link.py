@@ -97,9 +97,7 @@ class RedisLink:
         self.reply_timeout = reply_timeout
         endpoint = HostnameEndpoint(reactor, url.host, url.port, timeout=CONNECT_TIMEOUT)
         if url.tls:
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = wrapClientTLS(optionsForClientTLS(url.host), endpoint)
+            endpoint = wrapClientTLS(url.client_tls(), endpoint)
         self._factory = _Factory(self)
         self._service = ClientService(endpoint, self._factory, clock=reactor,
                                       retryPolicy=backoffPolicy(0.1, 5.0))
@@ -113,6 +111,10 @@ class RedisLink:
 
     def stop(self):
         """Close the connection and stop reconnecting; a Deferred."""
+        if self.connection is not None:
+            # Over TLS, Twisted closes a connection only once no producer is
+            # registered: without this a rediss:// node never stops.
+            self.connection.transport.unregisterProducer()
         return self._service.stopService()
 
     def command(self, *args):

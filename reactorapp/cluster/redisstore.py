@@ -132,10 +132,10 @@ class RedisStore:
         factory.initialDelay, factory.maxDelay = 0.5, 5.0
         endpoint = HostnameEndpoint(self._reactor, address["host"], address["port"],
                                     timeout=self.connect_timeout)
-        if address["tls"]:
-            from twisted.internet.ssl import optionsForClientTLS
+        if address["tls"]:  # True, or the file of --cluster-ca
+            from reactorapp.cluster.url import client_tls
 
-            endpoint = wrapClientTLS(optionsForClientTLS(address["host"]), endpoint)
+            endpoint = wrapClientTLS(client_tls(address["host"], address["tls"]), endpoint)
         self._factory = factory
         factory.startConnecting(endpoint)
         self._recover(None)
