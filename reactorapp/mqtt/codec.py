@@ -288,22 +288,6 @@ def _read_vbi(data: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
     raise MalformedPacket(f"The {what} runs past the end of the packet.")
 
 
-def _property_str(data: bytes, pos: int, stop: int, name: str) -> tuple[str, int]:
-    """A string inside a property block: same policy as every string."""
-    if pos + 2 > stop:
-        raise MalformedPacket(f"The {name} property runs past the end of the properties.")
-    end = pos + 2 + (data[pos] << 8 | data[pos + 1])
-    if end > stop:
-        raise MalformedPacket(f"The {name} property runs past the end of the properties.")
-    try:
-        text = data[pos + 2:end].decode()
-    except UnicodeDecodeError:
-        raise MalformedPacket(f"The {name} property is not well-formed UTF-8.") from None
-    if "\x00" in text:
-        raise MalformedPacket(f"The {name} property contains U+0000.")
-    return text, end
-
-
 def _read_properties(data: bytes, pos: int, end: int, context: int) -> tuple[dict, int]:
     """Read a property block: its length, then the properties (section 2.2.2).
 
@@ -352,8 +336,8 @@ def _read_properties(data: bytes, pos: int, end: int, context: int) -> tuple[dic
             value = data[pos] << 24 | data[pos + 1] << 16 | data[pos + 2] << 8 | data[pos + 3]
             pos += 4
         elif kind == _PAIR:
-            key, pos = _property_str(data, pos, stop, name)
-            text, pos = _property_str(data, pos, stop, name)
+            key, pos = _read_str(data, pos, stop, f"{name} property")
+            text, pos = _read_str(data, pos, stop, f"{name} property")
             value = (key, text)
         elif kind == _BYTE:
             if pos >= stop:
