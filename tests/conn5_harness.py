@@ -1,28 +1,16 @@
 """In-memory MQTT 5 clients for connection tests (CONNECT, sessions, AUTH):
-the broker's protocol on a StringTransport and a Clock, a guard and a store
-of the test's choosing, packets encoded and read at level 5 with the codec
+the harness broker of `tests.mqtt_harness` with a guard and a store of the
+test's choosing, packets encoded and read at level 5 with the codec
 (tests/test_codec5*.py check the codec itself)."""
 
 from __future__ import annotations
 
-from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
-
-from reactorapp.hub.hub import Hub
 from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.codec import Parser, encode
-from reactorapp.mqtt.protocol import MQTTFactory
-from reactorapp.mqtt.session import MQTTSettings
+from tests.mqtt_harness import Broker, Client
 
 
-class Broker5:
-    def __init__(self, guard=None, store=None, **settings):
-        self.clock = Clock()
-        self.hub = Hub(self.clock, store=store)
-        self.factory = MQTTFactory(self.hub, self.clock, MQTTSettings(**settings), guard=guard)
-
+class Broker5(Broker):
     def client(self) -> Client5:
         return Client5(self)
 
@@ -42,19 +30,14 @@ class Broker5:
         return client
 
 
-class Client5:
-    """One connection to the broker, driven by hand."""
+class Client5(Client):
+    """One connection at ``level`` (5 unless told), driven by hand."""
 
     def __init__(self, broker: Broker5, level: int = P.MQTT_5):
-        self.broker = broker
+        super().__init__(broker)
         self.level = level
-        self.transport = StringTransport()
-        self.protocol = broker.factory.buildProtocol(None)
-        self.protocol.makeConnection(self.transport)
         self.parser = Parser(protocol_level=level, server_side=False)
-        self.lost = False
         self.connack = None
-        self._next_id = 0
 
     def connect(self, client_id="c", clean=True, keep_alive=0, will=None, properties=None,
                 **kw) -> P.ConnAck:
@@ -70,10 +53,6 @@ class Client5:
     def send(self, *packets) -> None:
         self.send_bytes(b"".join(encode(p, self.level) for p in packets))
 
-    def send_bytes(self, data: bytes) -> None:
-        self.protocol.dataReceived(data)
-        self._reap()
-
     def raw(self) -> bytes:
         data = self.transport.value()
         self.transport.clear()
@@ -81,33 +60,8 @@ class Client5:
 
     def take(self) -> list:
         """Every packet the broker sent since the last call."""
-        packets = getattr(self, "backlog", [])
-        self.backlog = []
+        packets, self.backlog = self.backlog, []
         return packets + self.parser.feed(self.raw())
-
-    def _reap(self) -> None:
-        if self.transport.disconnecting and not self.lost:
-            self.lost = True
-            self.protocol.connectionLost(Failure(ConnectionDone()))
-
-    def drop(self) -> None:
-        """The network goes away without a DISCONNECT."""
-        self.lost = True
-        self.transport.disconnecting = True
-        self.protocol.connectionLost(Failure(ConnectionLost()))
-
-    def advance(self, seconds: float) -> None:
-        self.broker.clock.advance(seconds)
-        self._reap()
-
-    @property
-    def closed(self) -> bool:
-        self._reap()
-        return self.transport.disconnecting
-
-    def packet_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
 
     def subscribe(self, *filters_qos) -> list[int]:
         pid = self.packet_id()

@@ -17,10 +17,10 @@ from tests.wire import read_packets
 
 
 class Broker:
-    def __init__(self, **settings):
+    def __init__(self, guard=None, store=None, **settings):
         self.clock = Clock()
-        self.hub = Hub(self.clock)
-        self.factory = MQTTFactory(self.hub, self.clock, MQTTSettings(**settings))
+        self.hub = Hub(self.clock, store=store)
+        self.factory = MQTTFactory(self.hub, self.clock, MQTTSettings(**settings), guard=guard)
 
     def client(self) -> "Client":
         return Client(self)
