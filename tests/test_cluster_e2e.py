@@ -68,13 +68,6 @@ def sees_filters(broker, name: str, count: int):
     return lambda: nodes(broker).get(name, {}).get("filters") == count
 
 
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory):
-    server = RedisServer(directory=str(tmp_path_factory.mktemp("redis"))).start()
-    yield server
-    server.stop()
-
-
 @contextmanager
 def cluster(tmp_path, redis, *names, extra=()):
     """Start one node per name; yield them once each lists all of them."""

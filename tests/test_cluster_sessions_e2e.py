@@ -7,7 +7,7 @@ import pytest
 
 from reactorapp.cluster.blocking import BlockingRedis
 from tests.redisserver import REDIS_SERVER
-from tests.test_cluster_e2e import cluster, clients, nodes, redis, sees_filters, until  # noqa: F401
+from tests.test_cluster_e2e import cluster, clients, nodes, sees_filters, until  # noqa: F401
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 

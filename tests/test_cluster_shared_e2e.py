@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.redisserver import REDIS_SERVER
-from tests.test_cluster_e2e import clients, cluster, redis, sees_filters, until  # noqa: F401
+from tests.test_cluster_e2e import clients, cluster, sees_filters, until  # noqa: F401
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 

@@ -15,7 +15,7 @@ from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.session import MQTTSettings, Session, restore_sessions
 from reactorapp.mqtt.suboptions import Options, OptionTable
 from tests.mqtt5_harness import Broker, connect5
-from tests.test_store import durable, redis, stores  # noqa: F401 (fixtures)
+from tests.test_store import durable, stores  # noqa: F401 (a fixture)
 
 
 def test_options_bits_round_trip():

@@ -20,17 +20,10 @@ from reactorapp.webhooks.delivery import DeadLetter, Delivery
 from reactorapp.webhooks.interfaces import IWebhookStore
 from reactorapp.webhooks.rules import parse_rule
 from reactorapp.webhooks.service import WebhookService
-from tests.redisserver import redis_server
 from tests.webhook_receiver import the_reactor, within
 
 RULE = {"name": "r", "filters": ["s/#"], "url": "http://127.0.0.1:1/", "secret": "k"}
 _prefixes = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def redis():
-    with redis_server() as server:
-        yield server
 
 
 @pytest.fixture

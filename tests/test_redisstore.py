@@ -27,12 +27,6 @@ TIMEOUT = 20.0
 _prefixes = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def redis():
-    with redis_server() as server:
-        yield server
-
-
 @pytest.fixture
 def prefix():
     return f"t{next(_prefixes)}"

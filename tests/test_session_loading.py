@@ -27,7 +27,6 @@ from reactorapp.mqtt.session import MQTTSettings
 from reactorapp.store.interfaces import StoredMessage, StoredSession
 from reactorapp.store.memory import MemoryStore
 from tests.mqtt_harness import Broker
-from tests.redisserver import redis_server
 
 TIMEOUT = 20.0
 _prefixes = itertools.count()
@@ -124,12 +123,6 @@ def test_a_session_already_here_is_not_read_again():
 
 
 # -- two hubs on one redis-server ---------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis():
-    with redis_server() as server:
-        yield server
 
 
 async def bounded(d):

@@ -17,7 +17,6 @@ from reactorapp.hub.message import Message
 from reactorapp.store.interfaces import IStore, StoreClosed
 from reactorapp.store.memory import MemoryStore, MemoryTables
 from reactorapp.store.sqlite import SQLiteStore
-from tests.redisserver import redis_server
 
 PUBACK_STATE, PUBCOMP_STATE = 1, 3  # opaque to a store; values as in mqtt/session.py
 
@@ -51,12 +50,6 @@ class Stores:
     async def close(self):
         if self.current is not None:
             await self.current.close()
-
-
-@pytest.fixture(scope="module")
-def redis():
-    with redis_server() as server:
-        yield server
 
 
 @pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis"])
