@@ -41,7 +41,7 @@ from reactorapp.mqtt.states import AUTHENTICATING, AWAITING_CONNECT, CHALLENGED,
 from reactorapp.mqtt.suboptions import Options
 from reactorapp.mqtt.timeouts import Timeouts
 from reactorapp.mqtt.v5 import V5
-from reactorapp.mqtt.writes import BATCH
+from reactorapp.mqtt.writes import BATCH, write_now
 
 log = Logger()
 
@@ -398,14 +398,14 @@ class MQTTProtocol(ConnectHandling, Protocol):
             self._out = [data]
             BATCH.pending.append(self)
         else:
-            self.transport.write(data)
+            write_now(self.transport, data)
 
     def flush_writes(self) -> None:
         """Write the output held during a read, in one call."""
         out = self._out
         if out is not None:
             self._out = None
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            write_now(self.transport, out[0] if len(out) == 1 else b"".join(out))
 
     # -- closing -------------------------------------------------------
 
