@@ -28,6 +28,7 @@ from reactorapp.mqtt.backlog import Backlog
 from reactorapp.mqtt.protocol import MQTTFactory
 from reactorapp.mqtt.session import MQTTSettings, restore_sessions
 from reactorapp.mqtt.shutdown import DisconnectOnStop
+from reactorapp.mqtt.writes import nodelay_for_accepted
 from reactorapp.plugins import loadAuthenticator, parseListener, protocolPlugins
 from reactorapp.protocols import HubFactory
 from reactorapp.store import make_store
@@ -68,8 +69,11 @@ class ListenerService(StreamServerEndpointService):
     log = Logger()
     _raiseSynchronously = True
 
-    def __init__(self, protocolName: str, description: str, endpoint, factory, reactor):
+    def __init__(self, protocolName: str, description: str, endpoint, factory, reactor,
+                 *, nodelay: bool = False):
         super().__init__(endpoint, factory)
+        #: Accepted connections start with TCP_NODELAY (MQTT's, not HTTP's).
+        self.nodelay = nodelay
         self.protocolName = protocolName
         self.description = description
         #: Where it listens (host:port), once it does.
@@ -87,6 +91,8 @@ class ListenerService(StreamServerEndpointService):
         self._waitingForPort.addCallback(self._listening)
 
     def _listening(self, port):
+        if self.nodelay:
+            nodelay_for_accepted(port)
         where = self.address = address_text(port.getHost())
         self._reactor.callWhenRunning(
             self.log.info, "{protocol} listening on {where}",
@@ -205,7 +211,8 @@ def makeHubService(config: Config, reactor, owner: tuple[int, int] | None = None
                               max_dead_letters=config.max_dead_letters)
     webhooks.setServiceParent(top)
     for description, endpoint in endpoints:
-        ListenerService("MQTT", description, endpoint, factory, reactor).setServiceParent(top)
+        ListenerService("MQTT", description, endpoint, factory, reactor,
+                        nodelay=True).setServiceParent(top)
     if httpEndpoints:
         # /mqtt runs the same MQTT protocol, counted as "websocket".
         websocketFactory = MQTTFactory(hub, reactor, settings, front_end="websocket")

@@ -52,7 +52,8 @@ class Backlog:
         self.stats = stats
         self._memory: deque = deque()
         #: QoS 0 messages held for a paused connection, as (message, retained).
-        self.held0: deque = deque()
+        #: (A deque once needed: thousands of idle clients need none.)
+        self.held0: deque | tuple = ()
         #: Approximate bytes in memory, both queues.
         self.bytes = 0
         self._spill: SpillFile | None = None
@@ -223,6 +224,8 @@ class Backlog:
         if self._over(size):
             self._dropped0()
             return
+        if type(self.held0) is tuple:
+            self.held0 = deque()
         self.held0.append((message, retained))
         self.bytes += size
 
@@ -240,7 +243,7 @@ class Backlog:
     def clear(self) -> None:
         """Forget everything (the session ends) and let publishers go on."""
         self._memory.clear()
-        self.held0.clear()
+        self.held0 = ()
         self.bytes = 0
         if self._spill is not None:
             self.stats.spill_bytes -= self._spill.size

@@ -41,7 +41,7 @@ from reactorapp.mqtt.states import AUTHENTICATING, AWAITING_CONNECT, CHALLENGED,
 from reactorapp.mqtt.suboptions import Options
 from reactorapp.mqtt.timeouts import Timeouts
 from reactorapp.mqtt.v5 import V5
-from reactorapp.mqtt.writes import BATCH, write_now
+from reactorapp.mqtt.writes import BATCH, read_now, set_nodelay, write_now
 
 log = Logger()
 
@@ -137,10 +137,10 @@ class MQTTProtocol(ConnectHandling, Protocol):
         # kept small: one busy publisher's read is one fair turn.
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = self.settings.send_buffer
-        if hasattr(self.transport, "setTcpNoDelay"):
-            self.transport.setTcpNoDelay(True)
+        set_nodelay(self.transport)
         self.transport.registerProducer(self, True)
         self._producing = True
+        read_now(self.transport)
 
     # -- IPushProducer: the transport tells us when to stop writing ---------
 

@@ -167,7 +167,7 @@ class Session:
         #: The shared subscription `deliver` is taking a message for now.
         self._share: str | None = None
         #: In-flight messages not yet written, in order: (packet_id, InFlight).
-        self._unsent: deque = deque()
+        self._unsent: deque | tuple = ()  # a deque once needed (each costs 600 bytes)
         #: Unacknowledged PUBLISHes of an earlier connection the client's
         #: Receive Maximum left no room for at `attach`, by packet id, in
         #: order; re-sent as acknowledgements make room.
@@ -352,6 +352,8 @@ class Session:
             if not connection.send_publish(message, qos, retained, packet_id, False):
                 self._completed(packet_id)
             return
+        if type(self._unsent) is tuple:
+            self._unsent = deque()
         self._unsent.append((packet_id, flight))  # behind earlier ones, in order
         if durable is not None:
             flight.ready = False
@@ -496,7 +498,7 @@ class Session:
         self._cancel_will()  # the client is back before its will's delay [MQTT-3.1.3-9]
         self._resend = None
         resent = 0
-        for packet_id, flight in list(self.inflight.items()):
+        for packet_id, flight in list(self.inflight.items()) if self.inflight else ():
             if not flight.sent:
                 continue  # held back, goes out below in its turn
             if flight.state == AWAITING_PUBCOMP:
@@ -514,7 +516,7 @@ class Session:
                 self._completed(packet_id)
         self._send_unsent()
         self._fill_window()
-        if any(f.startswith("$share/") for f in self.subscriptions):
+        if self.subscriptions and any(f.startswith("$share/") for f in self.subscriptions):
             # Members of its groups that are offline give what they hold
             # to the connected ones, this one included.
             self.hub.member_back(self, self.subscriptions)
@@ -649,7 +651,7 @@ class Session:
         self.options_changed()
         self.inflight.clear()
         self.queue.clear()
-        self._unsent.clear()
+        self._unsent = ()
         self._resend = None
         self.awaiting_pubrel.clear()
         self.hub.remove_session(self.client_id, self)
