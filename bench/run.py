@@ -741,8 +741,8 @@ def fmt_mib(value) -> str:
 
 NOTES = [
     "- Mosquitto sends each message as soon as it is queued, one `send()` each;",
-    "  reactorapp writes everything one read produced for a connection at once and",
-    "  Twisted sends it on the reactor's next write pass. That is most of the",
+    "  reactorapp writes everything one read produced for a connection at once,",
+    "  with one `send()` at the end of the read. That is most of the",
     "  difference in the QoS 0 scenarios. It shows in the load generator's CPU",
     "  too: it receives Mosquitto's messages in many small segments and runs near",
     "  100% against it in scenarios 1 and 3, as Mosquitto does, so Mosquitto's",

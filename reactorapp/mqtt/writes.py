@@ -43,6 +43,13 @@ class WriteBatch:
 BATCH = WriteBatch()
 
 
+#: The parts of Twisted's TCP transport `write_now` and `read_now` look at
+#: (there since Twisted 8; without them, writes simply wait their turn).
+_SERVER_KNOWN = all(hasattr(Server, name) for name in (
+    "dataBuffer", "connected", "disconnecting", "TLS",
+    "_writeDisconnected", "doRead"))
+
+
 def write_now(transport, data: bytes) -> None:
     """Write ``data``, sending it at once when the socket can take it.
 
@@ -54,7 +61,7 @@ def write_now(transport, data: bytes) -> None:
     not take (or an error, which Twisted then reports as usual) goes
     through ``transport.write`` and keeps its order and flow control.
     """
-    if (type(transport) is Server and not transport._tempDataLen
+    if (type(transport) is Server and _SERVER_KNOWN and not getattr(transport, "_tempDataLen", 1)
             and not transport.dataBuffer and transport.connected
             and not transport.disconnecting and not transport.TLS
             and not transport._writeDisconnected):
@@ -101,5 +108,5 @@ def read_now(transport) -> None:
     With nothing there yet this costs one system call. An end of stream or
     an error found here is left for the reactor, which sees it again (its
     poller reports readiness for as long as it lasts)."""
-    if type(transport) is Server and transport.connected and not transport.TLS:
+    if type(transport) is Server and _SERVER_KNOWN and transport.connected and not transport.TLS:
         transport.doRead()
