@@ -119,7 +119,7 @@ def test_restore_keeps_the_database_it_replaces(tmp_path):
     for directory, client_id in ((source, "from-backup"), (data, "replaced")):
         directory.mkdir()
         connection = open_database(str(directory))
-        connection.execute("INSERT INTO sessions VALUES (?)", (client_id,))
+        connection.execute("INSERT INTO sessions (client_id) VALUES (?)", (client_id,))
         connection.close()
     kept = restore(str(source / FILENAME), str(data), clock=lambda: 0.0)
     assert kept.endswith(".replaced-19700101T000000Z")

@@ -5,6 +5,8 @@ nothing of its own."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import queue
 import socket
 import threading
@@ -329,3 +331,33 @@ def test_options_identifiers_and_queued_properties_survive_a_restart(tmp_path):
             assert [m.payload for m in me.until("keep/end")] == []
         finally:
             me.close()
+
+
+def get_json(broker, path: str):
+    connection = http.client.HTTPConnection(broker.host, broker.http_port, timeout=TIMEOUT)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+        assert response.status == 200, (response.status, body)
+        return json.loads(body)
+    finally:
+        connection.close()
+
+
+def test_the_session_expiry_a_client_chose_survives_a_restart(tmp_path):
+    """[MQTT-3.1.2-23] A 5.0 client's Session Expiry Interval (here two
+    minutes, shorter than --session-expiry) holds after twistd restarts:
+    the session API shows it, with the time left counting from start-up,
+    where the session would otherwise be kept for --session-expiry."""
+    with running_broker(tmp_path, "--session-expiry", "3600") as broker:
+        me = Paho5(broker, "brief", SessionExpiryInterval=120)
+        assert me.subscribe("brief/#", 1) == [1]
+        me.close()
+        assert get_json(broker, "/api/v1/sessions/brief")["session_expiry"] == 120
+    with running_broker(tmp_path, "--session-expiry", "3600") as broker:
+        shown = get_json(broker, "/api/v1/sessions/brief")
+        assert shown["connected"] is False
+        assert shown["session_expiry"] == 120
+        assert 0 < shown["expires_in"] <= 120
+        assert shown["subscriptions"] == {"brief/#": 1}

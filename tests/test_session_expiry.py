@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 
 from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.session import restore_sessions
 from reactorapp.store.memory import MemoryStore
 from tests.brokerproc import running_broker
+from tests.mqtt5_harness import connect5
 from tests.mqtt_harness import Broker
 from tests.paho_client import TIMEOUT, PahoClient
 
@@ -77,6 +79,47 @@ def test_a_restored_session_counts_from_start_up():
     assert restarted.hub.get_session("old") is not None
     restarted.clock.advance(1)
     assert restarted.hub.get_session("old") is None
+
+
+def restart(store, **settings) -> Broker:
+    restarted = Broker(**settings)
+    restarted.hub.store = store
+    restore_sessions(restarted.hub, store.load().sessions, restarted.factory.settings)
+    return restarted
+
+
+def test_a_restart_keeps_the_session_expiry_an_mqtt_5_client_chose():
+    """[MQTT-3.1.2-23] [MQTT-4.1.0-2] kept for the interval the client chose
+    (here less than --session-expiry), also after a restart: it ends then
+    and is gone from the store. The time counts again from start-up."""
+    broker, store = stored_broker(session_expiry=HOUR)
+    client = connect5(broker, "five", clean=False, session_expiry_interval=60)
+    client.send(P.Disconnect())
+    restarted = restart(store, session_expiry=HOUR)
+    restarted.clock.advance(59)
+    assert restarted.hub.get_session("five").expiry == 60
+    restarted.clock.advance(1)
+    assert restarted.hub.get_session("five") is None
+    assert store.load().sessions == []
+
+
+def test_a_restart_keeps_an_expiry_changed_at_disconnect_and_caps_it():
+    """[§3.14.2.2.2] A DISCONNECT may change the interval: the new one is
+    kept. A lower --session-expiry at the next start caps it; a 3.1.1
+    session, which chose nothing, follows --session-expiry as it is then."""
+    broker, store = stored_broker(session_expiry=HOUR)
+    client = connect5(broker, "five", clean=False, session_expiry_interval=60)
+    client.send(P.Disconnect(properties={"session_expiry_interval": 600}))
+    away(broker, "three")
+    restarted = restart(store, session_expiry=HOUR)
+    assert restarted.hub.get_session("five").expiry == 600
+    assert restarted.hub.get_session("three").expiry == HOUR
+    capped = restart(store, session_expiry=300)
+    assert capped.hub.get_session("five").expiry == 300
+    assert capped.hub.get_session("three").expiry == 300
+    forever = restart(store)
+    assert forever.hub.get_session("five").expiry == 600
+    assert forever.hub.get_session("three").expiry == math.inf
 
 
 # -- through twistd --------------------------------------------------------------

@@ -6,6 +6,8 @@ from its writer thread.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
@@ -154,6 +156,25 @@ async def test_mqtt_5_subscription_options_survive(stores):
 
 
 @pytest_twisted.ensureDeferred
+async def test_session_expiry_survives(stores):
+    """MQTT 5's Session Expiry Interval of a persistent session is kept, a
+    number or never (inf); a session with none recorded (3.1.1, or set back
+    to none) says None, and --session-expiry applies to it."""
+    store, _ = await stores.open()
+    for client_id in ("minute", "never", "plain", "reset"):
+        store.add_session(client_id)
+    store.set_session_expiry("minute", 90.0)
+    store.set_session_expiry("minute", 60.0)
+    store.set_session_expiry("never", math.inf)
+    store.set_session_expiry("reset", 30.0)
+    store.set_session_expiry("reset", None)
+    await durable(store)
+    _, state = await stores.reopen()
+    assert {s.client_id: s.expiry for s in state.sessions} == {
+        "minute": 60.0, "never": math.inf, "plain": None, "reset": None}
+
+
+@pytest_twisted.ensureDeferred
 async def test_removing_a_session_removes_everything_it_had(stores):
     """[MQTT-3.1.2-6]"""
     store, _ = await stores.open()
@@ -161,12 +182,14 @@ async def test_removing_a_session_removes_everything_it_had(stores):
     store.add_subscription("c", "#", 1)
     store.enqueue("c", 1, message(), 1, False)
     store.add_awaiting_pubrel("c", 7)
+    store.set_session_expiry("c", 60.0)
     store.remove_session("c")
     store.add_session("c")  # a new session under the same id starts empty
     await durable(store)
     _, state = await stores.reopen()
     (session,) = state.sessions
-    assert (session.subscriptions, session.messages, session.awaiting_pubrel) == ({}, [], set())
+    assert (session.subscriptions, session.messages, session.awaiting_pubrel,
+            session.expiry) == ({}, [], set(), None)
 
 
 @pytest_twisted.ensureDeferred

@@ -243,6 +243,9 @@ class RedisStore:
     def remove_session(self, client_id) -> None:
         self._write(b"X", client_id)
 
+    def set_session_expiry(self, client_id, seconds) -> None:
+        self._write(b"E", client_id, "" if seconds is None else repr(float(seconds)))
+
     def add_subscription(self, client_id, topic_filter, qos, options=0, identifier=0) -> None:
         # MQTT 5 options and identifier, when there are any, ride in the
         # same hash value: "QOS:OPTIONS:IDENTIFIER".
@@ -444,7 +447,7 @@ def _cut(pending: list) -> list[tuple[int, int]]:
 
 
 #: The opcodes of `scripts.WRITE` (the webhook tables' too).
-_OPCODES = frozenset(bytes([c]) for c in b"RrSXBbQFDPpWwAaZzVT")
+_OPCODES = frozenset(bytes([c]) for c in b"RrSXEBbQFDPpWwAaZzVT")
 
 
 def _pairs(flat) -> list[tuple]:
@@ -455,7 +458,8 @@ def _pairs(flat) -> list[tuple]:
 def _stored_session(answer, client_id: str, shared: dict) -> StoredSession | None:
     if answer is None:
         return None
-    _holder, subscriptions, queue, flights, pubrel = answer
+    _holder, subscriptions, queue, flights, pubrel, *rest = answer
+    expiry = float(rest[0]) if rest and rest[0] else None
     flight = {int(seq): unpack_flight(value) for seq, value in _pairs(flights)}
     messages = []
     for seq, value in sorted(((int(s), v) for s, v in _pairs(queue)), key=lambda p: p[0]):
@@ -471,7 +475,7 @@ def _stored_session(answer, client_id: str, shared: dict) -> StoredSession | Non
             bits, _, identifier = rest.partition(b":")
             options[topic_filter.decode()] = (int(bits), int(identifier))
     return StoredSession(client_id, granted, messages,
-                         {int(packet_id) for packet_id in pubrel or ()}, options)
+                         {int(packet_id) for packet_id in pubrel or ()}, options, expiry)
 
 
 def _reason(error: BaseException) -> str:

@@ -309,7 +309,7 @@ class ConnectHandling:
         if session is None:
             session = Session(client_id, expiry > 0, hub, settings)
             hub.add_session(client_id, session)
-        session.expiry = expiry
+        session.set_expiry(expiry, chosen=v5 is not None)
         session.window = (settings.max_inflight if v5 is None
                           else min(settings.max_inflight, v5.receive_maximum))
         session.identity = identity

@@ -885,7 +885,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
                 if interval and not self.session.expiry:
                     self._protocol_error("DISCONNECT sets a Session Expiry Interval after 0")
                     return
-                self.session.expiry = expiry_for(interval, self.settings)
+                self.session.set_expiry(expiry_for(interval, self.settings), chosen=True)
             if packet.reason_code != P.ReasonCode.SUCCESS:
                 self._close(abort=False)  # the will goes out from connectionLost
                 return

@@ -172,8 +172,21 @@ class Session:
         #: Receive Maximum left no room for at `attach`, by packet id, in
         #: order; re-sent as acknowledgements make room.
         self._resend: deque | None = None
+        #: The expiry the store has for it (None: --session-expiry applies).
+        self._recorded_expiry: float | None = None
         if self.store is not None and not stored:
             self.store.add_session(client_id)
+
+    def set_expiry(self, seconds: float, chosen: bool) -> None:
+        """Keep the session ``seconds`` once its client has gone. ``chosen``:
+        the client asked for it (MQTT 5's Session Expiry Interval), and a
+        persistent session's store records it, so that it holds after a
+        restart; otherwise --session-expiry applies then, as it is then."""
+        self.expiry = seconds
+        recorded = seconds if chosen else None
+        if self.store is not None and recorded != self._recorded_expiry:
+            self._recorded_expiry = recorded
+            self.store.set_session_expiry(self.client_id, recorded)
 
     def __repr__(self) -> str:
         return f"<Session {self.client_id!r} persistent={self.persistent}>"
@@ -695,10 +708,14 @@ class Session:
 
 
 def restore_sessions(hub, stored_sessions, settings: MQTTSettings) -> None:
-    """Rebuild the persistent sessions a store kept, at start-up. The store
-    keeps no times: each is away from start-up on, for --session-expiry."""
+    """Rebuild the persistent sessions a store kept, at start-up. Each is
+    away from start-up on, for the expiry its client chose (no more than
+    --session-expiry) or, when it chose none, --session-expiry."""
     for stored in stored_sessions:
         session = Session(stored.client_id, True, hub, settings, stored=True)
+        if stored.expiry is not None:
+            session.expiry = min(stored.expiry, settings.session_expiry or math.inf)
+            session._recorded_expiry = stored.expiry
         session.restore(stored)
         hub.add_session(stored.client_id, session)
         session._arm_expiry()

@@ -49,6 +49,9 @@ class StoredSession:
     #: MQTT 5 options of the subscriptions that have some: filter ->
     #: (Subscription Options bits without the QoS, Subscription Identifier).
     options: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Seconds it is kept once its client has gone (inf: never), as last
+    #: set; None when the store has no record (--session-expiry applies).
+    expiry: float | None = None
 
 
 @dataclass
@@ -92,6 +95,11 @@ class IStore(Interface):
 
     def remove_session(client_id):
         """Forget a session with its subscriptions, messages and packet ids."""
+
+    def set_session_expiry(client_id, seconds):
+        """Record how long a session is kept once its client has gone
+        (MQTT 5's Session Expiry Interval, at most --session-expiry; inf:
+        never), so that a restart keeps it too."""
 
     def add_subscription(client_id, topic_filter, qos, options=0, identifier=0):
         """Add or replace one subscription of a session; an MQTT 5 one may

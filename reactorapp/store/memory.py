@@ -21,7 +21,7 @@ class MemoryTables:
     def __init__(self) -> None:
         self.retained: dict[str, object] = {}
         #: client id -> [subscriptions, {seq: StoredMessage}, awaiting PUBREL
-        #: ids, MQTT 5 subscription options]
+        #: ids, MQTT 5 subscription options, expiry seconds or None]
         self.sessions: dict[str, list] = {}
 
 
@@ -45,9 +45,10 @@ class MemoryStore:
                 client_id, dict(subscriptions),
                 [StoredMessage(m.seq, m.message, m.qos, m.retained, m.packet_id, m.state)
                  for _, m in sorted(queue.items())],
-                set(pubrel), dict(options),
+                set(pubrel), dict(options), expiry,
             )
-            for client_id, (subscriptions, queue, pubrel, options) in tables.sessions.items()
+            for client_id, (subscriptions, queue, pubrel, options, expiry)
+            in tables.sessions.items()
         ]
         return StoredState(list(tables.retained.values()), sessions)
 
@@ -73,12 +74,17 @@ class MemoryStore:
     def add_session(self, client_id) -> None:
         self.writes += 1
         if not self.closed:
-            self.tables.sessions.setdefault(client_id, [{}, {}, set(), {}])
+            self.tables.sessions.setdefault(client_id, [{}, {}, set(), {}, None])
 
     def remove_session(self, client_id) -> None:
         self.writes += 1
         if not self.closed:
             self.tables.sessions.pop(client_id, None)
+
+    def set_session_expiry(self, client_id, seconds) -> None:
+        session = self._session(client_id)
+        if session is not None:
+            session[4] = seconds
 
     def add_subscription(self, client_id, topic_filter, qos, options=0, identifier=0) -> None:
         session = self._session(client_id)

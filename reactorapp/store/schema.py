@@ -90,6 +90,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE webhook_outbox ADD COLUMN properties TEXT",
         "ALTER TABLE webhook_dead ADD COLUMN properties TEXT",
     ),
+    # How long each persistent session is kept once its client has gone
+    # (MQTT 5's Session Expiry Interval; NULL: --session-expiry).
+    (
+        "ALTER TABLE sessions ADD COLUMN expiry REAL",
+    ),
 ]
 
 VERSION = len(MIGRATIONS)

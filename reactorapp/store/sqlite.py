@@ -52,6 +52,7 @@ _SET_RETAINED = ("INSERT OR REPLACE INTO retained (topic, payload, qos, properti
                  " VALUES (?, ?, ?, ?, ?, ?)")
 _REMOVE_RETAINED = "DELETE FROM retained WHERE topic = ?"
 _ADD_SESSION = "INSERT OR IGNORE INTO sessions (client_id) VALUES (?)"
+_SET_SESSION_EXPIRY = "UPDATE sessions SET expiry = ? WHERE client_id = ?"
 _REMOVE_SESSION = (
     "DELETE FROM sessions WHERE client_id = ?",
     "DELETE FROM subscriptions WHERE client_id = ?",
@@ -161,8 +162,8 @@ class SQLiteStore:
                 "SELECT topic, payload, qos, properties, sender, timestamp FROM retained")
         ]
         sessions: dict[str, StoredSession] = {
-            client_id: StoredSession(client_id)
-            for (client_id,) in connection.execute("SELECT client_id FROM sessions")
+            client_id: StoredSession(client_id, expiry=expiry)
+            for client_id, expiry in connection.execute("SELECT client_id, expiry FROM sessions")
         }
         for client_id, topic_filter, qos, options, identifier in connection.execute(
                 "SELECT client_id, topic_filter, qos, options, identifier FROM subscriptions"):
@@ -222,6 +223,9 @@ class SQLiteStore:
     def remove_session(self, client_id) -> None:
         for sql in _REMOVE_SESSION:
             self.write(sql, (client_id,))
+
+    def set_session_expiry(self, client_id, seconds) -> None:
+        self.write(_SET_SESSION_EXPIRY, (seconds, client_id))
 
     def add_subscription(self, client_id, topic_filter, qos, options=0, identifier=0) -> None:
         self.write(_ADD_SUBSCRIPTION, (client_id, topic_filter, qos, options, identifier))

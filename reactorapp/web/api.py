@@ -6,6 +6,7 @@ Each resource asks the hub and answers; none keeps state of its own.
 from __future__ import annotations
 
 import json
+import math
 from importlib import resources
 from urllib.parse import unquote_to_bytes
 
@@ -189,9 +190,14 @@ def session_json(session) -> dict:
         "subscriptions": dict(session.subscriptions),
         "inflight": len(session.inflight),
         "queued": len(session.queue),
+        # Seconds it is kept once its client has gone (null: never).
+        "session_expiry": None if math.isinf(session.expiry) else session.expiry,
     }
     if connection is not None:
         info.update(connection.describe())
+    elif session.detached_at is not None and not math.isinf(session.expiry):
+        info["expires_in"] = round(max(
+            0.0, session.detached_at + session.expiry - session.hub.clock.seconds()), 3)
     return info
 
 
