@@ -487,3 +487,39 @@ def test_a_new_batch_waits_behind_the_ones_to_send_again():
     sent = [[m.payload for m in frames.decode(args[7])] for args, _ in link.sent]
     assert sent == [[b"one"], [b"two"]]
     assert link.sent[0][0][6] < link.sent[1][0][6]
+
+
+class Heard:
+    """A local subscriber that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.messages: list = []
+
+    def deliver(self, message, qos, retained):
+        self.messages.append(message)
+
+
+def test_a_session_let_go_leaves_its_expiry_and_waiting_will_to_the_other_node():
+    """[MQTT-3.1.3-9] The client of a detached session with a will waiting
+    for its delay connected to node b: b holds the session and its will now,
+    so a neither sends that will when the delay ends nor ends the session."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from reactorapp.cluster.node import ClusterNode
+    from reactorapp.mqtt.session import MQTTSettings, Session
+
+    clock = MemoryReactorClock()
+    hub = ClusterHub(clock)
+    node = ClusterNode(hub, RedisURL("127.0.0.1"), "a", clock, expiry=5.0)
+    node.commands = FakeLink()
+    heard = Heard()
+    hub.subscribe(heard, "wills/#", 0)
+    session = Session("c", True, hub, MQTTSettings())
+    hub.add_session("c", session)
+    session.set_expiry(60.0, chosen=True)
+    session.detach()
+    session.delay_will(Message("wills/c", b"gone"), 30)
+    node._taken_over("c", "b")
+    clock.advance(120)
+    assert heard.messages == [] and hub.get_session("c") is None
+    assert hub.stats.sessions_expired == 0

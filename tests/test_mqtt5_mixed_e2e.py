@@ -361,3 +361,32 @@ def test_the_session_expiry_a_client_chose_survives_a_restart(tmp_path):
         assert shown["session_expiry"] == 120
         assert 0 < shown["expires_in"] <= 120
         assert shown["subscriptions"] == {"brief/#": 1}
+
+
+def test_a_delayed_will_survives_a_restart(tmp_path):
+    """[§4.1] [MQTT-3.1.2-8] A will waiting for its Will Delay Interval is
+    session state: twistd restarts before the delay ends, and the will
+    still goes out once it has (counted again from start-up)."""
+    with running_broker(tmp_path, "--http", "none") as broker:
+        watcher = Paho5(broker, "watcher", SessionExpiryInterval=3600)
+        assert watcher.subscribe("wills/#", 1) == [1]
+        watcher.close()
+        dev = socket.create_connection((broker.host, broker.port), timeout=TIMEOUT)
+        dev.sendall(encode(P.Connect(
+            "dev", clean_session=False, protocol_level=P.MQTT_5,
+            properties={"session_expiry_interval": 3600},
+            will=P.Will("wills/dev", b"gone", 1, properties={"will_delay_interval": 1})),
+            P.MQTT_5))
+        assert dev.recv(64)[:1] == b"\x20"  # CONNACK
+        # "Disconnect with Will Message" keeps the will; the broker closes
+        # the connection once the will waits in the session.
+        dev.sendall(encode(P.Disconnect(P.ReasonCode.DISCONNECT_WITH_WILL), P.MQTT_5))
+        assert dev.recv(64) == b""
+        dev.close()
+    with running_broker(tmp_path, "--http", "none") as broker:
+        watcher = Paho5.resume(broker, "watcher", SessionExpiryInterval=3600)
+        try:
+            will = watcher.next()
+            assert (will.topic, will.payload) == ("wills/dev", b"gone")
+        finally:
+            watcher.close()

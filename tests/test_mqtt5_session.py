@@ -5,6 +5,7 @@ the Will Delay Interval. Statement ids are the MQTT 5.0 specification's."""
 from __future__ import annotations
 
 from reactorapp.mqtt import packets as P
+from reactorapp.mqtt.session import restore_sessions
 from reactorapp.store.memory import MemoryStore
 from tests.conn5_harness import Broker5
 
@@ -176,6 +177,43 @@ def test_coming_back_within_the_delay_cancels_the_will():
     broker.connect("dev", clean=False, properties={EXPIRY: 3600})
     broker.clock.advance(3600)
     assert wills(watcher) == []
+
+
+def restarted(store: MemoryStore) -> Broker5:
+    """A new broker on the same store, its sessions read back as at start-up."""
+    broker = Broker5(store=store)
+    restore_sessions(broker.hub, store.load().sessions, broker.factory.settings)
+    return broker
+
+
+def test_a_delayed_will_survives_a_restart():
+    """[§4.1] the will and its delay are session state: kept by the store, the
+    delay counting again from start-up; then the store forgets it."""
+    store = MemoryStore()
+    broker = Broker5(store=store)
+    broker.connect("watcher", clean=False, properties={EXPIRY: 3600}).subscribe(("wills/#", 1))
+    broker.connect("dev", clean=False, will=will(30), properties={EXPIRY: 3600}).drop()
+    broker = restarted(store)
+    broker.clock.advance(29.9)
+    watcher = broker.connect("watcher", clean=False, properties={EXPIRY: 3600})
+    assert wills(watcher) == []
+    broker.clock.advance(0.1)
+    assert wills(watcher) == [b"gone"]
+    assert {s.client_id: s.will for s in store.load().sessions} == {"watcher": None, "dev": None}
+
+
+def test_coming_back_after_a_restart_within_the_delay_cancels_the_will():
+    """[MQTT-3.1.3-9] also for a will read back from the store."""
+    store = MemoryStore()
+    broker = Broker5(store=store)
+    broker.connect("dev", clean=False, will=will(30), properties={EXPIRY: 3600}).drop()
+    assert store.load().sessions[0].will[1] == 30
+    broker = restarted(store)
+    watcher = watching(broker)
+    broker.connect("dev", clean=False, properties={EXPIRY: 3600})
+    broker.clock.advance(3600)
+    assert wills(watcher) == []
+    assert store.load().sessions[0].will is None
 
 
 def test_a_takeover_that_resumes_the_session_cancels_a_delayed_will():

@@ -175,6 +175,31 @@ async def test_session_expiry_survives(stores):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_will_waiting_for_its_delay_survives(stores):
+    """[§4.1] an MQTT 5 session's state includes its will and Will Delay
+    Interval: kept with its properties until cleared, or the session ends."""
+    store, _ = await stores.open()
+    for client_id in ("waits", "cleared", "ended"):
+        store.add_session(client_id)
+    will = message("status/waits", b"offline", 1, True, sender="waits", timestamp=1000.0,
+                   properties={"message_expiry_interval": 60, "content_type": "text/plain"})
+    store.set_will("waits", message("status/waits", b"older", 0), 5)
+    store.set_will("waits", will, 30)
+    store.set_will("cleared", message("status/cleared", b"x"), 30)
+    store.set_will("cleared", None, 0)
+    store.set_will("ended", message("status/ended", b"x"), 30)
+    store.remove_session("ended")
+    store.set_will("nobody", message("status/nobody", b"x"), 30)  # no such session
+    await durable(store)
+    _, state = await stores.reopen()
+    wills = {s.client_id: s.will for s in state.sessions}
+    assert set(wills) == {"waits", "cleared"} and wills["cleared"] is None
+    kept, delay = wills["waits"]
+    assert delay == 30 and same_message(kept, will) and kept.retain
+    assert kept.expires == 1060.0
+
+
+@pytest_twisted.ensureDeferred
 async def test_removing_a_session_removes_everything_it_had(stores):
     """[MQTT-3.1.2-6]"""
     store, _ = await stores.open()
@@ -183,13 +208,14 @@ async def test_removing_a_session_removes_everything_it_had(stores):
     store.enqueue("c", 1, message(), 1, False)
     store.add_awaiting_pubrel("c", 7)
     store.set_session_expiry("c", 60.0)
+    store.set_will("c", message("w"), 10)
     store.remove_session("c")
     store.add_session("c")  # a new session under the same id starts empty
     await durable(store)
     _, state = await stores.reopen()
     (session,) = state.sessions
     assert (session.subscriptions, session.messages, session.awaiting_pubrel,
-            session.expiry) == ({}, [], set(), None)
+            session.expiry, session.will) == ({}, [], set(), None, None)
 
 
 @pytest_twisted.ensureDeferred

@@ -482,6 +482,9 @@ class ClusterNode(Service):
         connection = getattr(session, "connection", None)
         if connection is not None:
             connection.take_over()
+        moved_away = getattr(session, "moved_away", None)
+        if moved_away is not None:
+            moved_away()
         subscriptions = getattr(session, "subscriptions", None)
         if subscriptions:
             if getattr(session, "persistent", False) and hasattr(self.cluster_hub.store,

@@ -246,6 +246,10 @@ class RedisStore:
     def set_session_expiry(self, client_id, seconds) -> None:
         self._write(b"E", client_id, "" if seconds is None else repr(float(seconds)))
 
+    def set_will(self, client_id, message, delay) -> None:
+        self._write(b"L", client_id, b"" if message is None
+                    else repr(float(delay)).encode() + b"\0" + pack_message(message))
+
     def add_subscription(self, client_id, topic_filter, qos, options=0, identifier=0) -> None:
         # MQTT 5 options and identifier, when there are any, ride in the
         # same hash value: "QOS:OPTIONS:IDENTIFIER".
@@ -447,7 +451,7 @@ def _cut(pending: list) -> list[tuple[int, int]]:
 
 
 #: The opcodes of `scripts.WRITE` (the webhook tables' too).
-_OPCODES = frozenset(bytes([c]) for c in b"RrSXEBbQFDPpWwAaZzVT")
+_OPCODES = frozenset(bytes([c]) for c in b"RrSXELBbQFDPpWwAaZzVT")
 
 
 def _pairs(flat) -> list[tuple]:
@@ -460,6 +464,10 @@ def _stored_session(answer, client_id: str, shared: dict) -> StoredSession | Non
         return None
     _holder, subscriptions, queue, flights, pubrel, *rest = answer
     expiry = float(rest[0]) if rest and rest[0] else None
+    will = None
+    if len(rest) > 1 and rest[1]:
+        delay, _, packed = rest[1].partition(b"\0")
+        will = (unpack_message(packed), float(delay))
     flight = {int(seq): unpack_flight(value) for seq, value in _pairs(flights)}
     messages = []
     for seq, value in sorted(((int(s), v) for s, v in _pairs(queue)), key=lambda p: p[0]):
@@ -475,7 +483,8 @@ def _stored_session(answer, client_id: str, shared: dict) -> StoredSession | Non
             bits, _, identifier = rest.partition(b":")
             options[topic_filter.decode()] = (int(bits), int(identifier))
     return StoredSession(client_id, granted, messages,
-                         {int(packet_id) for packet_id in pubrel or ()}, options, expiry)
+                         {int(packet_id) for packet_id in pubrel or ()}, options, expiry,
+                         will)
 
 
 def _reason(error: BaseException) -> str:

@@ -16,6 +16,8 @@ Keys (``P`` is ``reactorapp:``, or ``reactorapp:{prefix}:``)::
     P expiry              hash  client id -> seconds a session is kept once
                                 its client has gone ("inf": never; none:
                                 --session-expiry)
+    P will                hash  client id -> Will Delay Interval NUL packed
+                                will, of a session whose will waits
     P webhook:rules       hash  rule name -> the rule as JSON (secret included)
     P webhook:version     counter, bumped when a rule changes (nodes look at it)
     P webhook:outbox:N    hash  delivery id -> rule NUL packed delivery (node N's)
@@ -47,7 +49,7 @@ local outbox, dead = hooks .. 'outbox:' .. node, hooks .. 'dead:' .. node
 local function pending(rule) return hooks .. 'pending:' .. node .. ':' .. rule end
 local function buried(rule) return hooks .. 'buried:' .. node .. ':' .. rule end
 local owners, moved, answer = {}, {}, {}
-local arity = {R=2, r=1, S=1, X=1, E=2, B=3, b=2, Q=3, F=3, D=2, P=2, p=2,
+local arity = {R=2, r=1, S=1, X=1, E=2, L=2, B=3, b=2, Q=3, F=3, D=2, P=2, p=2,
                W=2, w=1, A=3, a=1, Z=3, z=2, V=4, T=2}
 local free = {R=true, r=true, S=true, W=true, w=true, A=true, a=true, Z=true, z=true, V=true}
 local must = {Q=true, P=true}
@@ -114,7 +116,14 @@ while i <= n do
                prefix .. 'rel:' .. a)
     redis.call('HDEL', sessions, a)
     redis.call('HDEL', prefix .. 'expiry', a)
+    redis.call('HDEL', prefix .. 'will', a)
     owners[a] = false
+  elseif op == 'L' then
+    if b == '' then
+      redis.call('HDEL', prefix .. 'will', a)
+    else
+      redis.call('HSET', prefix .. 'will', a, b)
+    end
   elseif op == 'E' then
     if b == '' then
       redis.call('HDEL', prefix .. 'expiry', a)
@@ -178,7 +187,8 @@ return answer
 
 #: ARGV: prefix, client id, the node that takes the session over ('' to
 #: only read). Answers nil when there is no such session, else
-#: {holder, subscriptions, queue, in flight, awaiting PUBREL, expiry or nil}.
+#: {holder, subscriptions, queue, in flight, awaiting PUBREL, expiry or nil,
+#: will or nil}.
 READ_SESSION = b"""
 local prefix, client, node = ARGV[1], ARGV[2], ARGV[3]
 local owner = redis.call('HGET', prefix .. 'sessions', client)
@@ -192,7 +202,8 @@ return {owner, redis.call('HGETALL', prefix .. 'sub:' .. client),
         redis.call('HGETALL', prefix .. 'q:' .. client),
         redis.call('HGETALL', prefix .. 'f:' .. client),
         redis.call('SMEMBERS', prefix .. 'rel:' .. client),
-        redis.call('HGET', prefix .. 'expiry', client)}
+        redis.call('HGET', prefix .. 'expiry', client),
+        redis.call('HGET', prefix .. 'will', client)}
 """
 
 #: ARGV: prefix, node. Answers {rules (HGETALL), the node's last delivery

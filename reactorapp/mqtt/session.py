@@ -574,6 +574,19 @@ class Session:
         seconds have passed or the session ends, whichever is first; a
         client that comes back before cancels it [MQTT-3.1.3-9]."""
         self._cancel_will()
+        self._arm_will(message, delay)
+        if self.store is not None:  # a restart meanwhile does not lose it
+            self.store.set_will(self.client_id, message, delay)
+
+    def moved_away(self) -> None:
+        """Another node holds the session now (a cluster): its expiry and a
+        will waiting for its delay are that node's to keep or send."""
+        self._cancel_expiry()
+        will, self._will = self._will, None
+        if will is not None and will[1].active():
+            will[1].cancel()
+
+    def _arm_will(self, message, delay: float) -> None:
         self._will = (message, self.hub.clock.callLater(delay, self._send_will))
 
     def _send_will(self) -> None:
@@ -582,6 +595,8 @@ class Session:
             message, call = will
             if call.active():
                 call.cancel()
+            if self.store is not None:
+                self.store.set_will(self.client_id, None, 0)
             # Its Message Expiry Interval counts from now, when it is
             # published, not from when the connection ended [§3.1.3.2].
             message.stamp(self.hub.clock.seconds())
@@ -589,8 +604,11 @@ class Session:
 
     def _cancel_will(self) -> None:
         will, self._will = self._will, None
-        if will is not None and will[1].active():
-            will[1].cancel()
+        if will is not None:
+            if will[1].active():
+                will[1].cancel()
+            if self.store is not None:
+                self.store.set_will(self.client_id, None, 0)
 
     def resume(self) -> None:
         """The connection can take more (its transport drained): send the
@@ -717,6 +735,8 @@ def restore_sessions(hub, stored_sessions, settings: MQTTSettings) -> None:
             session.expiry = min(stored.expiry, settings.session_expiry or math.inf)
             session._recorded_expiry = stored.expiry
         session.restore(stored)
+        if stored.will is not None:  # its delay counts from start-up, too
+            session._arm_will(*stored.will)
         hub.add_session(stored.client_id, session)
         session._arm_expiry()
 

@@ -52,6 +52,9 @@ class StoredSession:
     #: Seconds it is kept once its client has gone (inf: never), as last
     #: set; None when the store has no record (--session-expiry applies).
     expiry: float | None = None
+    #: An MQTT 5 will waiting for its Will Delay Interval: (message, delay
+    #: in seconds), or None.
+    will: tuple | None = None
 
 
 @dataclass
@@ -100,6 +103,11 @@ class IStore(Interface):
         """Record how long a session is kept once its client has gone
         (MQTT 5's Session Expiry Interval, at most --session-expiry; inf:
         never), so that a restart keeps it too."""
+
+    def set_will(client_id, message, delay):
+        """Keep the will ``message`` of a session's last connection, waiting
+        ``delay`` seconds (MQTT 5's Will Delay Interval) for its client to
+        come back; ``message`` None: no will waits any more."""
 
     def add_subscription(client_id, topic_filter, qos, options=0, identifier=0):
         """Add or replace one subscription of a session; an MQTT 5 one may

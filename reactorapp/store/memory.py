@@ -21,7 +21,8 @@ class MemoryTables:
     def __init__(self) -> None:
         self.retained: dict[str, object] = {}
         #: client id -> [subscriptions, {seq: StoredMessage}, awaiting PUBREL
-        #: ids, MQTT 5 subscription options, expiry seconds or None]
+        #: ids, MQTT 5 subscription options, expiry seconds or None,
+        #: (will, delay) or None]
         self.sessions: dict[str, list] = {}
 
 
@@ -45,9 +46,9 @@ class MemoryStore:
                 client_id, dict(subscriptions),
                 [StoredMessage(m.seq, m.message, m.qos, m.retained, m.packet_id, m.state)
                  for _, m in sorted(queue.items())],
-                set(pubrel), dict(options), expiry,
+                set(pubrel), dict(options), expiry, will,
             )
-            for client_id, (subscriptions, queue, pubrel, options, expiry)
+            for client_id, (subscriptions, queue, pubrel, options, expiry, will)
             in tables.sessions.items()
         ]
         return StoredState(list(tables.retained.values()), sessions)
@@ -74,7 +75,7 @@ class MemoryStore:
     def add_session(self, client_id) -> None:
         self.writes += 1
         if not self.closed:
-            self.tables.sessions.setdefault(client_id, [{}, {}, set(), {}, None])
+            self.tables.sessions.setdefault(client_id, [{}, {}, set(), {}, None, None])
 
     def remove_session(self, client_id) -> None:
         self.writes += 1
@@ -85,6 +86,11 @@ class MemoryStore:
         session = self._session(client_id)
         if session is not None:
             session[4] = seconds
+
+    def set_will(self, client_id, message, delay) -> None:
+        session = self._session(client_id)
+        if session is not None:
+            session[5] = None if message is None else (message, delay)
 
     def add_subscription(self, client_id, topic_filter, qos, options=0, identifier=0) -> None:
         session = self._session(client_id)

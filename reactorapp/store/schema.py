@@ -91,9 +91,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE webhook_dead ADD COLUMN properties TEXT",
     ),
     # How long each persistent session is kept once its client has gone
-    # (MQTT 5's Session Expiry Interval; NULL: --session-expiry).
+    # (MQTT 5's Session Expiry Interval; NULL: --session-expiry), and the
+    # MQTT 5 wills waiting for their Will Delay Interval.
     (
         "ALTER TABLE sessions ADD COLUMN expiry REAL",
+        """CREATE TABLE wills (
+            client_id TEXT PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL,
+            qos INTEGER NOT NULL, retain INTEGER NOT NULL, properties TEXT, sender TEXT,
+            timestamp REAL NOT NULL, delay REAL NOT NULL)""",
     ),
 ]
 

@@ -53,11 +53,17 @@ _SET_RETAINED = ("INSERT OR REPLACE INTO retained (topic, payload, qos, properti
 _REMOVE_RETAINED = "DELETE FROM retained WHERE topic = ?"
 _ADD_SESSION = "INSERT OR IGNORE INTO sessions (client_id) VALUES (?)"
 _SET_SESSION_EXPIRY = "UPDATE sessions SET expiry = ? WHERE client_id = ?"
+_SET_WILL = ("INSERT OR REPLACE INTO wills"
+             " (client_id, topic, payload, qos, retain, properties, sender, timestamp, delay)"
+             " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS"
+             " (SELECT 1 FROM sessions WHERE client_id = ?)")
+_REMOVE_WILL = "DELETE FROM wills WHERE client_id = ?"
 _REMOVE_SESSION = (
     "DELETE FROM sessions WHERE client_id = ?",
     "DELETE FROM subscriptions WHERE client_id = ?",
     "DELETE FROM queue WHERE client_id = ?",
     "DELETE FROM awaiting_pubrel WHERE client_id = ?",
+    _REMOVE_WILL,
 )
 _ADD_SUBSCRIPTION = ("INSERT OR REPLACE INTO subscriptions"
                      " (client_id, topic_filter, qos, options, identifier) VALUES (?, ?, ?, ?, ?)")
@@ -172,6 +178,14 @@ class SQLiteStore:
                 session.subscriptions[topic_filter] = qos
                 if options or identifier:
                     session.options[topic_filter] = (options, identifier)
+        for (client_id, topic, payload, qos, retain, properties, sender, timestamp,
+             delay) in connection.execute(
+                "SELECT client_id, topic, payload, qos, retain, properties, sender, timestamp,"
+                " delay FROM wills"):
+            if client_id in sessions:
+                sessions[client_id].will = (Message(
+                    topic, payload, qos, bool(retain), _properties(properties), sender,
+                    timestamp), delay)
         for client_id, packet_id in connection.execute(
                 "SELECT client_id, packet_id FROM awaiting_pubrel"):
             if client_id in sessions:
@@ -226,6 +240,14 @@ class SQLiteStore:
 
     def set_session_expiry(self, client_id, seconds) -> None:
         self.write(_SET_SESSION_EXPIRY, (seconds, client_id))
+
+    def set_will(self, client_id, message, delay) -> None:
+        if message is None:
+            self.write(_REMOVE_WILL, (client_id,))
+        else:
+            self.write(_SET_WILL, (client_id, message.topic, message.payload, message.qos,
+                                   message.retain, _text(message.properties), message.sender,
+                                   message.timestamp, delay, client_id))
 
     def add_subscription(self, client_id, topic_filter, qos, options=0, identifier=0) -> None:
         self.write(_ADD_SUBSCRIPTION, (client_id, topic_filter, qos, options, identifier))
