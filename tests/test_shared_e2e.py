@@ -284,3 +284,33 @@ def test_mqtt5_and_311_consumers_share_one_group(broker):
     finally:
         for client in (five, eleven, publisher):
             client.close()
+
+
+def test_after_a_restart_the_first_member_back_gets_what_the_others_held(tmp_path):
+    """Two persistent consumers are away while 6 QoS 1 messages are queued
+    on them in turn; twistd restarts; the first consumer back gets all 6,
+    each once, and the other, when it comes back, gets none of them."""
+    with running_broker(tmp_path, "--http", "none") as broker:
+        for name in ("early", "late"):
+            member = PahoClient(broker.host, broker.port, name, clean_session=False).connect()
+            assert member.subscribe(("$share/restart/e2e/restart", 1)) == [1]
+            member.disconnect()
+        publisher = PahoClient(broker.host, broker.port, "restart-producer").connect()
+        for i in range(6):
+            publisher.publish_and_wait("e2e/restart", b"%d" % i, qos=1)
+        publisher.disconnect()
+    with running_broker(tmp_path, "--http", "none") as broker:
+        early = PahoClient(broker.host, broker.port, "early", clean_session=False).connect()
+        try:
+            assert sorted(m.payload for m in early.take(6)) == [b"%d" % i for i in range(6)]
+            late = PahoClient(broker.host, broker.port, "late", clean_session=False).connect()
+            try:
+                assert late.subscribe(("e2e/restart-marker", 1)) == [1]
+                publisher = PahoClient(broker.host, broker.port, "restart-producer").connect()
+                publisher.publish_and_wait("e2e/restart-marker", b"end", qos=1)
+                publisher.disconnect()
+                assert late.until("e2e/restart-marker", b"end") == []
+            finally:
+                late.close()
+        finally:
+            early.close()

@@ -13,6 +13,8 @@ from reactorapp.hub.message import Message
 from reactorapp.hub.shared import AWAY, BUSY, READY, REFUSED
 from reactorapp.hub.topics import TopicTree
 from reactorapp.mqtt import packets as P
+from reactorapp.mqtt.session import restore_sessions
+from reactorapp.store.memory import MemoryStore
 from reactorapp.testing import Inbox
 from reactorapp.webhooks.rules import parse_rule
 from tests.conn5_harness import Broker5, Client5
@@ -331,6 +333,28 @@ def test_when_every_member_is_offline_they_queue_in_turn_and_the_first_back_take
     assert not hub.get_session("worker0").queue
 
 
+def test_after_a_restart_the_first_member_back_still_takes_what_the_others_hold():
+    """The store keeps which queued messages were taken for a shared
+    subscription: after a restart the first member back gets them all,
+    and the store forgets them for the others."""
+    store = MemoryStore()
+    broker = Broker(store=store)
+    a, b = consumers(broker, 2, qos=1, clean=False)
+    a.drop()
+    b.drop()
+    pub = broker.connect("pub")
+    for i in range(4):
+        pub.publish("jobs/x", b"%d" % i, qos=1)
+    broker = Broker(store=store)
+    restore_sessions(broker.hub, store.load().sessions, broker.factory.settings)
+    back = broker.connect("worker1", clean=False)
+    got = [p.payload for p in back.take() if p.type == "PUBLISH"]
+    assert sorted(got) == [b"0", b"1", b"2", b"3"]
+    stored = {s.client_id: s.messages for s in store.load().sessions}
+    assert stored["worker0"] == []
+    assert {m.share for m in stored["worker1"]} == {"$share/g/jobs/#"}
+
+
 def test_a_group_that_ends_drops_what_its_last_member_held():
     """MQTT 5 section 4.8.2: when no session uses a shared subscription any
     more, it ends, and messages not delivered are deleted."""
@@ -445,7 +469,9 @@ def test_a_handed_over_message_leaves_the_store_of_the_member_that_left():
     """With a store, a message handed over from a persistent member is
     removed from that member's stored queue and written to the new
     member's: after a restart the first does not get it again, and the
-    member that took it (persistent too) still has it until acknowledged."""
+    member that took it (persistent too) still has it until acknowledged:
+    after a restart the first member back gets it once, handed over again
+    from the member that is still away."""
     store = ManualStore()
     broker = StoredBroker(store)
     a, b = consumers(broker, 2, qos=1, clean=False)
@@ -460,7 +486,8 @@ def test_a_handed_over_message_leaves_the_store_of_the_member_that_left():
     assert stored["worker0"] == [] and stored["worker1"] == [b"0"]
     again = broker.restart()
     back = again.connect("worker0", clean=False)
-    assert payloads(back) == []
+    assert payloads(back) == [b"0"]
+    assert again.hub.get_session("worker1").shared == {}
 
 
 # -- MQTT 5 clients ---------------------------------------------------------------

@@ -175,6 +175,23 @@ async def test_session_expiry_survives(stores):
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_shared_subscription_a_queued_message_was_taken_for_survives(stores):
+    """So that after a restart another member of the group can have what
+    this one holds (MQTT 5 section 4.8.2)."""
+    store, _ = await stores.open()
+    store.add_session("member")
+    store.add_subscription("member", "$share/g/jobs/#", 1)
+    store.enqueue("member", 1, message("jobs/1"), 1, False, "$share/g/jobs/#")
+    store.enqueue("member", 2, message("jobs/2"), 1, False)
+    store.enqueue("member", 3, message("jobs/3"), 1, False, "$share/g/jobs/#")
+    store.dequeue("member", 3)
+    await durable(store)
+    _, state = await stores.reopen()
+    (session,) = state.sessions
+    assert [(m.seq, m.share) for m in session.messages] == [(1, "$share/g/jobs/#"), (2, None)]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_will_waiting_for_its_delay_survives(stores):
     """[§4.1] an MQTT 5 session's state includes its will and Will Delay
     Interval: kept with its properties until cleared, or the session ends."""

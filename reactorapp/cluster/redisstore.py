@@ -259,8 +259,10 @@ class RedisStore:
     def remove_subscription(self, client_id, topic_filter) -> None:
         self._write(b"b", client_id, topic_filter)
 
-    def enqueue(self, client_id, seq, message, qos, retained) -> None:
+    def enqueue(self, client_id, seq, message, qos, retained, share=None) -> None:
         self._write(b"Q", client_id, seq, pack_entry(message, qos, retained))
+        if share is not None:
+            self._write(b"H", client_id, seq, share)
 
     def set_inflight(self, client_id, seq, packet_id, state) -> None:
         self._write(b"F", client_id, seq, pack_flight(packet_id, state))
@@ -451,7 +453,7 @@ def _cut(pending: list) -> list[tuple[int, int]]:
 
 
 #: The opcodes of `scripts.WRITE` (the webhook tables' too).
-_OPCODES = frozenset(bytes([c]) for c in b"RrSXELBbQFDPpWwAaZzVT")
+_OPCODES = frozenset(bytes([c]) for c in b"RrSXELHBbQFDPpWwAaZzVT")
 
 
 def _pairs(flat) -> list[tuple]:
@@ -468,13 +470,15 @@ def _stored_session(answer, client_id: str, shared: dict) -> StoredSession | Non
     if len(rest) > 1 and rest[1]:
         delay, _, packed = rest[1].partition(b"\0")
         will = (unpack_message(packed), float(delay))
+    shares = {int(seq): share.decode() for seq, share in _pairs(rest[2])} if len(rest) > 2 else {}
     flight = {int(seq): unpack_flight(value) for seq, value in _pairs(flights)}
     messages = []
     for seq, value in sorted(((int(s), v) for s, v in _pairs(queue)), key=lambda p: p[0]):
         message, qos, retained = unpack_entry(value)
         message = shared.setdefault(value[ENTRY_HEADER:], message)
         packet_id, state = flight.get(seq, (None, None))
-        messages.append(StoredMessage(seq, message, qos, retained, packet_id, state))
+        messages.append(StoredMessage(seq, message, qos, retained, packet_id, state,
+                                      shares.get(seq)))
     granted, options = {}, {}
     for topic_filter, value in _pairs(subscriptions):
         qos, _, rest = value.partition(b":")

@@ -13,6 +13,8 @@ Keys (``P`` is ``reactorapp:``, or ``reactorapp:{prefix}:``)::
     P q: client id        hash  seq -> packed queue entry
     P f: client id        hash  seq -> packet id and state (in flight)
     P rel: client id      set   incoming QoS 2 packet ids awaiting PUBREL
+    P share: client id    hash  seq -> the shared subscription a queued
+                                message was taken for
     P expiry              hash  client id -> seconds a session is kept once
                                 its client has gone ("inf": never; none:
                                 --session-expiry)
@@ -49,7 +51,7 @@ local outbox, dead = hooks .. 'outbox:' .. node, hooks .. 'dead:' .. node
 local function pending(rule) return hooks .. 'pending:' .. node .. ':' .. rule end
 local function buried(rule) return hooks .. 'buried:' .. node .. ':' .. rule end
 local owners, moved, answer = {}, {}, {}
-local arity = {R=2, r=1, S=1, X=1, E=2, L=2, B=3, b=2, Q=3, F=3, D=2, P=2, p=2,
+local arity = {R=2, r=1, S=1, X=1, E=2, L=2, H=3, B=3, b=2, Q=3, F=3, D=2, P=2, p=2,
                W=2, w=1, A=3, a=1, Z=3, z=2, V=4, T=2}
 local free = {R=true, r=true, S=true, W=true, w=true, A=true, a=true, Z=true, z=true, V=true}
 local must = {Q=true, P=true}
@@ -113,7 +115,7 @@ while i <= n do
     owners[a] = node
   elseif op == 'X' then
     redis.call('DEL', prefix .. 'sub:' .. a, prefix .. 'q:' .. a, prefix .. 'f:' .. a,
-               prefix .. 'rel:' .. a)
+               prefix .. 'rel:' .. a, prefix .. 'share:' .. a)
     redis.call('HDEL', sessions, a)
     redis.call('HDEL', prefix .. 'expiry', a)
     redis.call('HDEL', prefix .. 'will', a)
@@ -143,6 +145,11 @@ while i <= n do
   elseif op == 'D' then
     redis.call('HDEL', prefix .. 'q:' .. a, b)
     redis.call('HDEL', prefix .. 'f:' .. a, b)
+    redis.call('HDEL', prefix .. 'share:' .. a, b)
+  elseif op == 'H' then
+    if redis.call('HEXISTS', prefix .. 'q:' .. a, b) == 1 then
+      redis.call('HSET', prefix .. 'share:' .. a, b, c)
+    end
   elseif op == 'P' then
     redis.call('SADD', prefix .. 'rel:' .. a, b)
   elseif op == 'p' then
@@ -188,7 +195,7 @@ return answer
 #: ARGV: prefix, client id, the node that takes the session over ('' to
 #: only read). Answers nil when there is no such session, else
 #: {holder, subscriptions, queue, in flight, awaiting PUBREL, expiry or nil,
-#: will or nil}.
+#: will or nil, shared (seq -> share filter)}.
 READ_SESSION = b"""
 local prefix, client, node = ARGV[1], ARGV[2], ARGV[3]
 local owner = redis.call('HGET', prefix .. 'sessions', client)
@@ -203,7 +210,8 @@ return {owner, redis.call('HGETALL', prefix .. 'sub:' .. client),
         redis.call('HGETALL', prefix .. 'f:' .. client),
         redis.call('SMEMBERS', prefix .. 'rel:' .. client),
         redis.call('HGET', prefix .. 'expiry', client),
-        redis.call('HGET', prefix .. 'will', client)}
+        redis.call('HGET', prefix .. 'will', client),
+        redis.call('HGETALL', prefix .. 'share:' .. client)}
 """
 
 #: ARGV: prefix, node. Answers {rules (HGETALL), the node's last delivery

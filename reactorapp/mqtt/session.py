@@ -251,10 +251,12 @@ class Session:
         if store is None and share is None:
             return 0
         self._seq = seq = self._seq + 1
-        if store is not None:
-            store.enqueue(self.client_id, seq, message, qos, retained)
         if share is not None:
             self.shared[seq] = share
+        if store is not None:
+            # With ``share`` the store keeps it as shared: after a restart
+            # other members still get what this one leaves unacknowledged.
+            store.enqueue(self.client_id, seq, message, qos, retained, share)
         return seq
 
     # -- shared subscriptions (reactorapp/hub/shared.py) --------------------
@@ -708,6 +710,8 @@ class Session:
         taken = {m.packet_id for m in messages if m.packet_id is not None}
         for i, m in enumerate(messages):
             self._seq = max(self._seq, m.seq)
+            if m.share is not None and m.share in self.subscriptions:
+                self.shared[m.seq] = m.share
             if i > last or (m.packet_id is None and m.qos == 2):
                 self.queue.append((m.message, m.qos, m.retained, m.seq))
                 continue

@@ -36,6 +36,9 @@ class StoredMessage:
     retained: bool
     packet_id: int | None = None
     state: int | None = None
+    #: The shared subscription (``$share/GROUP/FILTER``) it was taken for,
+    #: so that another member gets it if this one stays away.
+    share: str | None = None
 
 
 @dataclass
@@ -119,8 +122,10 @@ class IStore(Interface):
     def remove_subscription(client_id, topic_filter):
         """Remove one subscription of a session."""
 
-    def enqueue(client_id, seq, message, qos, retained):
-        """Keep ``message`` for a session under its sequence number ``seq``.
+    def enqueue(client_id, seq, message, qos, retained, share=None):
+        """Keep ``message`` for a session under its sequence number ``seq``;
+        ``share``: the shared subscription (``$share/GROUP/FILTER``) it was
+        taken for, so that another member can have it after a restart.
 
         A message queued for several sessions in one reactor turn may be
         stored once.

@@ -44,7 +44,8 @@ class MemoryStore:
         sessions = [
             StoredSession(
                 client_id, dict(subscriptions),
-                [StoredMessage(m.seq, m.message, m.qos, m.retained, m.packet_id, m.state)
+                [StoredMessage(m.seq, m.message, m.qos, m.retained, m.packet_id, m.state,
+                               m.share)
                  for _, m in sorted(queue.items())],
                 set(pubrel), dict(options), expiry, will,
             )
@@ -107,10 +108,10 @@ class MemoryStore:
             session[0].pop(topic_filter, None)
             session[3].pop(topic_filter, None)
 
-    def enqueue(self, client_id, seq, message, qos, retained) -> None:
+    def enqueue(self, client_id, seq, message, qos, retained, share=None) -> None:
         session = self._session(client_id)
         if session is not None:
-            session[1][seq] = StoredMessage(seq, message, qos, retained)
+            session[1][seq] = StoredMessage(seq, message, qos, retained, share=share)
 
     def set_inflight(self, client_id, seq, packet_id, state) -> None:
         session = self._session(client_id)

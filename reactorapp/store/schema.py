@@ -92,9 +92,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     # How long each persistent session is kept once its client has gone
     # (MQTT 5's Session Expiry Interval; NULL: --session-expiry), and the
-    # MQTT 5 wills waiting for their Will Delay Interval.
+    # MQTT 5 wills waiting for their Will Delay Interval, and the shared
+    # subscription a queued message was taken for.
     (
         "ALTER TABLE sessions ADD COLUMN expiry REAL",
+        "ALTER TABLE queue ADD COLUMN share TEXT",
         """CREATE TABLE wills (
             client_id TEXT PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL,
             qos INTEGER NOT NULL, retain INTEGER NOT NULL, properties TEXT, sender TEXT,

@@ -73,6 +73,8 @@ _ADD_MESSAGE = ("INSERT OR REPLACE INTO messages"
                 " VALUES (?, ?, ?, ?, ?, nullif(?, ''), ?, ?)")
 _ENQUEUE = ("INSERT OR REPLACE INTO queue (client_id, seq, message, qos, retained)"
             " VALUES (?, ?, ?, ?, ?)")
+_ENQUEUE_SHARED = ("INSERT OR REPLACE INTO queue (client_id, seq, message, qos, retained, share)"
+                   " VALUES (?, ?, ?, ?, ?, ?)")
 _SET_INFLIGHT = "UPDATE queue SET packet_id = ?, state = ? WHERE client_id = ? AND seq = ?"
 _DEQUEUE = "DELETE FROM queue WHERE client_id = ? AND seq = ?"
 _ADD_PUBREL = "INSERT OR IGNORE INTO awaiting_pubrel (client_id, packet_id) VALUES (?, ?)"
@@ -87,6 +89,8 @@ _MANY_ROWS = {
                    "(?, ?, ?, ?, ?, nullif(?, ''), ?, ?)"),
     _ENQUEUE: ("INSERT OR REPLACE INTO queue (client_id, seq, message, qos, retained) VALUES {}",
                "(?, ?, ?, ?, ?)"),
+    _ENQUEUE_SHARED: ("INSERT OR REPLACE INTO queue (client_id, seq, message, qos, retained, share)"
+                      " VALUES {}", "(?, ?, ?, ?, ?, ?)"),
 }
 #: Dequeues of one client are one statement per chunk. (A row-value
 #: ``(client_id, seq) IN (VALUES ...)`` would scan the whole queue.)
@@ -191,9 +195,9 @@ class SQLiteStore:
             if client_id in sessions:
                 sessions[client_id].awaiting_pubrel.add(packet_id)
         messages: dict[int, Message] = {}  # one Message per row, shared by sessions
-        for (client_id, seq, qos, retained_flag, packet_id, state, message_id, topic,
+        for (client_id, seq, qos, retained_flag, packet_id, state, share, message_id, topic,
              payload, message_qos, retain, properties, sender, timestamp) in connection.execute(
-                "SELECT q.client_id, q.seq, q.qos, q.retained, q.packet_id, q.state,"
+                "SELECT q.client_id, q.seq, q.qos, q.retained, q.packet_id, q.state, q.share,"
                 " m.id, m.topic, m.payload, m.qos, m.retain, m.properties, m.sender, m.timestamp"
                 " FROM queue q JOIN messages m ON m.id = q.message"
                 " ORDER BY q.client_id, q.seq"):
@@ -206,7 +210,7 @@ class SQLiteStore:
                     topic, payload, message_qos, bool(retain), _properties(properties),
                     sender, timestamp)
             session.messages.append(
-                StoredMessage(seq, message, qos, bool(retained_flag), packet_id, state))
+                StoredMessage(seq, message, qos, bool(retained_flag), packet_id, state, share))
         (last,) = connection.execute("SELECT max(id) FROM messages").fetchone()
         self._next_message_id = (last or 0) + 1
         return StoredState(retained, list(sessions.values()))
@@ -255,7 +259,7 @@ class SQLiteStore:
     def remove_subscription(self, client_id, topic_filter) -> None:
         self.write(_REMOVE_SUBSCRIPTION, (client_id, topic_filter))
 
-    def enqueue(self, client_id, seq, message, qos, retained) -> None:
+    def enqueue(self, client_id, seq, message, qos, retained, share=None) -> None:
         # A message fanned out to several sessions in one batch is one row.
         entry = self._pending_ids.get(id(message))
         if entry is None:
@@ -268,7 +272,11 @@ class SQLiteStore:
                 message.sender, message.timestamp))
         entry[3] += 1
         self._queued[(client_id, seq)] = (len(self._pending), entry)
-        self.write(_ENQUEUE, (client_id, seq, entry[0], qos, 1 if retained else 0))
+        if share is None:
+            self.write(_ENQUEUE, (client_id, seq, entry[0], qos, 1 if retained else 0))
+        else:
+            self.write(_ENQUEUE_SHARED, (client_id, seq, entry[0], qos, 1 if retained else 0,
+                                         share))
 
     def set_inflight(self, client_id, seq, packet_id, state) -> None:
         self.write(_SET_INFLIGHT, (packet_id, state, client_id, seq))
