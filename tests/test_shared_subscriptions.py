@@ -313,17 +313,21 @@ def test_offline_persistent_member_gets_nothing_while_others_are_online():
     assert not session.inflight and not session.queue
 
 
+def queued_on_two_offline_members(broker) -> None:
+    """Two persistent members go away, then 4 QoS 1 messages are published."""
+    for member in consumers(broker, 2, qos=1, clean=False):
+        member.drop()
+    pub = broker.connect("pub")
+    for i in range(4):
+        pub.publish("jobs/x", b"%d" % i, qos=1)
+
+
 def test_when_every_member_is_offline_they_queue_in_turn_and_the_first_back_takes_all():
     """With every member offline, each message is queued on the next member
     in turn, as for a persistent subscription; the first member to come
     back gets what the others hold."""
     broker = Broker()
-    a, b = consumers(broker, 2, qos=1, clean=False)
-    a.drop()
-    b.drop()
-    pub = broker.connect("pub")
-    for i in range(4):
-        pub.publish("jobs/x", b"%d" % i, qos=1)
+    queued_on_two_offline_members(broker)
     hub = broker.hub
     assert len(hub.get_session("worker0").queue) + len(hub.get_session("worker1").queue) == 4
     assert len(hub.get_session("worker0").queue) == 2
@@ -338,13 +342,7 @@ def test_after_a_restart_the_first_member_back_still_takes_what_the_others_hold(
     subscription: after a restart the first member back gets them all,
     and the store forgets them for the others."""
     store = MemoryStore()
-    broker = Broker(store=store)
-    a, b = consumers(broker, 2, qos=1, clean=False)
-    a.drop()
-    b.drop()
-    pub = broker.connect("pub")
-    for i in range(4):
-        pub.publish("jobs/x", b"%d" % i, qos=1)
+    queued_on_two_offline_members(Broker(store=store))
     broker = Broker(store=store)
     restore_sessions(broker.hub, store.load().sessions, broker.factory.settings)
     back = broker.connect("worker1", clean=False)

@@ -87,6 +87,13 @@ local function queue(rule, id, value)
     redis.call('SET', last, id)
   end
 end
+local function set_or_clear(key, field, value)
+  if value == '' then
+    redis.call('HDEL', key, field)
+  else
+    redis.call('HSET', key, field, value)
+  end
+end
 local function forget(key, index, count)
   local ids = redis.call('ZRANGE', index, 0, count - 1)
   if #ids > 0 then
@@ -121,17 +128,9 @@ while i <= n do
     redis.call('HDEL', prefix .. 'will', a)
     owners[a] = false
   elseif op == 'L' then
-    if b == '' then
-      redis.call('HDEL', prefix .. 'will', a)
-    else
-      redis.call('HSET', prefix .. 'will', a, b)
-    end
+    set_or_clear(prefix .. 'will', a, b)
   elseif op == 'E' then
-    if b == '' then
-      redis.call('HDEL', prefix .. 'expiry', a)
-    else
-      redis.call('HSET', prefix .. 'expiry', a, b)
-    end
+    set_or_clear(prefix .. 'expiry', a, b)
   elseif op == 'B' then
     redis.call('HSET', prefix .. 'sub:' .. a, b, c)
   elseif op == 'b' then
