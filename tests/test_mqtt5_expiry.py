@@ -64,6 +64,30 @@ def test_a_queued_message_that_expired_is_not_sent_when_the_client_returns():
     assert b"short" not in [m.message.payload for m in stored]
 
 
+def test_expired_messages_make_room_in_a_full_queue_of_an_absent_client():
+    """[MQTT-3.3.2-5] Expired messages are gone, so they do not take the room
+    of messages still to come: a queue of an absent client that is full of
+    expired messages takes a new one instead of refusing it; a queue full of
+    live ones still refuses."""
+    broker = StoredBroker(ManualStore(), max_queued_messages=3)
+    offline_subscriber(broker)
+    for i in range(3):
+        expiring(broker, "t/old", b"old %d" % i, 5)
+    broker.hub.publish(Message("t/refused", b"refused", 1))
+    assert broker.hub.stats.queue_refused == 1
+    broker.clock.advance(10)
+    for i in range(3):
+        broker.hub.publish(Message("t/new", b"new %d" % i, 1))
+    broker.hub.publish(Message("t/full", b"full", 1))
+    assert broker.hub.stats.queue_refused == 2
+    assert broker.hub.stats.messages_expired == 3
+    broker.store.commit()
+    sub = broker.connect("sub", clean=False)
+    assert payloads(sub.take()) == [b"new 0", b"new 1", b"new 2"]
+    stored = [m.message.payload for m in broker.store.load().sessions[0].messages]
+    assert not [p for p in stored if p.startswith(b"old")]
+
+
 def test_a_message_that_expired_while_waiting_for_the_window_is_dropped():
     """The in-flight window is full: what waits behind it and expires meanwhile
     is never sent, even to a connected client."""

@@ -25,6 +25,7 @@ Sizes are approximate: payload and topic plus a fixed overhead per message.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from twisted.internet.defer import Deferred
@@ -60,6 +61,8 @@ class Backlog:
         self._spill_failed = False
         #: Deferreds of publishers waiting for room, fired all at once.
         self._waiters: list[Deferred] = []
+        #: When `drop_expired` last looked (the session's clock).
+        self._expiry_looked_at = -math.inf
 
     def __len__(self) -> int:
         spill = self._spill
@@ -113,6 +116,31 @@ class Backlog:
         extra = _size(message) if message is not None else 0
         self._make_room(extra)
         return self._over(extra) and not self._spill_room()
+
+    def drop_expired(self, now: float) -> list[int]:
+        """Take out the QoS 1/2 entries in memory whose Message Expiry
+        Interval has passed, and return their numbers: a full queue of an
+        absent client makes room before it refuses a message. It looks at
+        most once a second, so a publisher to a full queue does not pay a
+        walk of it per message."""
+        if now - self._expiry_looked_at < 1.0:
+            return []
+        self._expiry_looked_at = now
+        memory = self._memory
+        if not any(entry[0].expires is not None and now >= entry[0].expires
+                   for entry in memory):
+            return []
+        kept: deque = deque()
+        gone = []
+        for entry in memory:
+            message = entry[0]
+            if message.expires is not None and now >= message.expires:
+                gone.append(entry[3])
+                self.bytes -= _size(message)
+            else:
+                kept.append(entry)
+        self._memory = kept
+        return gone
 
     # -- QoS 1/2 -------------------------------------------------------------
 

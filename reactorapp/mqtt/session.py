@@ -226,7 +226,8 @@ class Session:
             self._send_new(connection, message, qos, retained, self._keep(message, qos, retained))
             # A persistent session wrote it: acknowledged once durable.
             return None if store is None else store.pending_commit()
-        if (connection is None or retained) and queue.full(message):
+        if (connection is None or retained) and queue.full(message) and (
+                not self._drop_expired() or queue.full(message)):
             # No room in memory nor on disk, and no publisher to hold back:
             # the client is offline, or these are retained messages sent
             # for a SUBSCRIBE (a client repeating it cannot grow the queue
@@ -429,8 +430,14 @@ class Session:
             self.shared.pop(seq, None)
         if self.store is not None and seq:
             self.store.dequeue(self.client_id, seq)
-        if self.shared:
-            self.shared.pop(seq, None)
+
+    def _drop_expired(self) -> bool:
+        """Forget the expired messages in the queue (their room counts for
+        the messages still to come); whether there were any."""
+        gone = self.queue.drop_expired(self.hub.clock.seconds())
+        for seq in gone:
+            self._expired(seq)
+        return bool(gone)
 
     def _resend_held(self, connection, limit: int) -> None:
         """Re-send, in order, the PUBLISHes `attach` held back, as far as
