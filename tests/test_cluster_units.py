@@ -499,10 +499,9 @@ class Heard:
         self.messages.append(message)
 
 
-def test_a_session_let_go_leaves_its_expiry_and_waiting_will_to_the_other_node():
-    """[MQTT-3.1.3-9] The client of a detached session with a will waiting
-    for its delay connected to node b: b holds the session and its will now,
-    so a neither sends that will when the delay ends nor ends the session."""
+def node_with_will_waiting():
+    """Node a, with the detached session of c (expiry 60 s) whose will waits
+    30 s, and a local subscriber to wills."""
     from twisted.internet.testing import MemoryReactorClock
 
     from reactorapp.cluster.node import ClusterNode
@@ -519,7 +518,43 @@ def test_a_session_let_go_leaves_its_expiry_and_waiting_will_to_the_other_node()
     session.set_expiry(60.0, chosen=True)
     session.detach()
     session.delay_will(Message("wills/c", b"gone"), 30)
+    return clock, hub, node, heard
+
+
+def test_a_session_let_go_leaves_its_expiry_and_waiting_will_to_the_other_node():
+    """[MQTT-3.1.3-9] The client of a detached session with a will waiting
+    for its delay connected to node b: b holds the session and its will now,
+    so a neither sends that will when the delay ends nor ends the session."""
+    clock, hub, node, heard = node_with_will_waiting()
     node._taken_over("c", "b")
     clock.advance(120)
     assert heard.messages == [] and hub.get_session("c") is None
     assert hub.stats.sessions_expired == 0
+
+
+def test_a_session_ended_by_a_clean_start_on_another_node_sends_its_waiting_will():
+    """[MQTT-3.1.2-4] [MQTT-3.1.3-9] With Clean Start on node b the session
+    on a ends: its waiting will goes out at once, and once only."""
+    clock, hub, node, heard = node_with_will_waiting()
+    node._taken_over("c", "b", clean=True)
+    assert [m.payload for m in heard.messages] == [b"gone"]
+    clock.advance(120)
+    assert len(heard.messages) == 1 and hub.stats.sessions_expired == 0
+
+
+def test_a_claim_tells_the_node_that_had_the_client_whether_its_session_ended():
+    """The takeover notice carries Clean Start, and the node it is for acts
+    on it: the session ends there and its waiting will goes out."""
+    import json
+
+    clock, hub, node, heard = node_with_will_waiting()
+    node.claim("c", clean=True)
+    (args, answer), = node.commands.sent
+    assert args[:3] == ("SET", "reactorapp:client:c", "a")
+    answer.callback(b"b")  # node b had it
+    (args, _), = node.commands.sent[1:]
+    notice = json.loads(args[2])
+    assert (notice["k"], notice["to"], notice["c"], notice["clean"]) == (
+        "takeover", "b", "c", True)
+    node._notice(b"notices", json.dumps(dict(notice, to="a", n="b")))
+    assert [m.payload for m in heard.messages] == [b"gone"]

@@ -155,9 +155,9 @@ class ClusterHub(Hub):
 
     # -- client ids ---------------------------------------------------------
 
-    def claim(self, client_id: str) -> None:
+    def claim(self, client_id: str, clean: bool = False) -> None:
         if self.node is not None:
-            self.node.claim(client_id)
+            self.node.claim(client_id, clean)
 
 
 class _ThisNodeOnly:

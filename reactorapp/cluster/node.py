@@ -241,18 +241,19 @@ class ClusterNode(Service):
     def broadcast_retained(self, message):
         return self.outbox.broadcast(list(self.remotes.values()), message)
 
-    def claim(self, client_id: str) -> None:
-        """Record that ``client_id`` is here; tell the node that had it."""
+    def claim(self, client_id: str, clean: bool = False) -> None:
+        """Record that ``client_id`` is here; tell the node that had it
+        (and whether its session ends there: ``clean``)."""
         if not self.commands.connected:
             return
         d = self.commands.command("SET", client_key(client_id), self.node_name, "GET")
-        d.addCallback(self._cbClaimed, client_id)
+        d.addCallback(self._cbClaimed, client_id, clean)
         d.addErrback(self._ebRedis, "claiming a client id")
 
-    def _cbClaimed(self, previous, client_id: str):
+    def _cbClaimed(self, previous, client_id: str, clean: bool):
         if previous is None or _text(previous) == self.node_name:
             return None
-        return self._publish("takeover", to=_text(previous), c=client_id)
+        return self._publish("takeover", to=_text(previous), c=client_id, clean=clean)
 
     def _behind(self, behind: bool) -> None:
         if self.commands.connected:
@@ -327,7 +328,7 @@ class ClusterNode(Service):
             self._gone(name, "it stopped")
         elif kind == "takeover":
             if notice.get("to") == self.node_name:
-                self._taken_over(notice["c"], name)
+                self._taken_over(notice["c"], name, bool(notice.get("clean")))
         elif kind in ("behind", "ahead"):
             remote = self.remotes.get(name)
             if remote is not None:
@@ -471,9 +472,10 @@ class ClusterNode(Service):
         remote.filters = set()
         self.outbox.forget(remote)
 
-    def _taken_over(self, client_id: str, by: str) -> None:
+    def _taken_over(self, client_id: str, by: str, clean: bool = False) -> None:
         """The client connected to node ``by``: close it here, and let its
-        session go from this node (the store keeps it for the other node)."""
+        session go from this node (the store keeps it for the other node);
+        ``clean``: it started a new session there, so this one ended."""
         session = self.cluster_hub.get_session(client_id)
         if session is None:
             return
@@ -484,7 +486,7 @@ class ClusterNode(Service):
             connection.take_over()
         moved_away = getattr(session, "moved_away", None)
         if moved_away is not None:
-            moved_away()
+            moved_away(ended=clean)
         subscriptions = getattr(session, "subscriptions", None)
         if subscriptions:
             if getattr(session, "persistent", False) and hasattr(self.cluster_hub.store,

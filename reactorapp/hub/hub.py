@@ -404,10 +404,11 @@ class Hub:
         if session is None or self._sessions.get(client_id) is session:
             self._sessions.pop(client_id, None)
 
-    def claim(self, client_id) -> None:
-        """A connection is taking ``client_id``. One node has nothing more
-        to do (the connect logic takes it from a local connection); a
-        cluster node closes it on whichever other node had it."""
+    def claim(self, client_id, clean: bool = False) -> None:
+        """A connection is taking ``client_id`` (``clean``: with a new
+        session, so the old one ends). One node has nothing more to do (the
+        connect logic takes it from a local connection); a cluster node
+        closes it on whichever other node had it."""
 
     @property
     def session_count(self) -> int:

@@ -287,7 +287,7 @@ class ConnectHandling:
         # A connection with this id on another node closes; after a stored
         # session was read (this node holds it now), so that messages for it
         # go to one node or the other, never to neither.
-        hub.claim(client_id)
+        hub.claim(client_id, clean=connect.clean_session)
         session = hub.get_session(client_id)
         if (session is not None and session.identity is not None
                 and session.identity.username != identity.username):

@@ -587,10 +587,15 @@ class Session:
         if self.store is not None:  # a restart meanwhile does not lose it
             self.store.set_will(self.client_id, message, delay)
 
-    def moved_away(self) -> None:
-        """Another node holds the session now (a cluster): its expiry and a
-        will waiting for its delay are that node's to keep or send."""
+    def moved_away(self, ended: bool = False) -> None:
+        """Another node holds the client id now (a cluster): the session's
+        expiry and a will waiting for its delay are that node's to keep or
+        send; or, ``ended`` (the client started a new session there), the
+        session ended, and its waiting will goes out now."""
         self._cancel_expiry()
+        if ended:
+            self._send_will()
+            return
         will, self._will = self._will, None
         if will is not None and will[1].active():
             will[1].cancel()
