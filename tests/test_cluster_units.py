@@ -91,6 +91,9 @@ class FakeLink:
 
     blocking_command = command
 
+    def flush(self) -> None:
+        self.flushed = len(self.sent)
+
 
 @implementer(IInput)
 class Publisher:
@@ -551,6 +554,7 @@ def test_a_claim_tells_the_node_that_had_the_client_whether_its_session_ended():
     node.claim("c", clean=True)
     (args, answer), = node.commands.sent
     assert args[:3] == ("SET", "reactorapp:client:c", "a")
+    assert node.commands.flushed == 1  # sent before the CONNACK is
     answer.callback(b"b")  # node b had it
     (args, _), = node.commands.sent[1:]
     notice = json.loads(args[2])

@@ -21,7 +21,7 @@ from reactorapp.mqtt import packets as P
 from reactorapp.mqtt.codec import encode
 from reactorapp.mqtt.protocol import MQTTFactory
 from reactorapp.mqtt.session import MQTTSettings
-from reactorapp.mqtt.writes import nodelay_for_accepted, write_now
+from reactorapp.mqtt.writes import flush_now, nodelay_for_accepted, write_now
 from tests.wire import read_packets
 
 TIMEOUT = 20.0
@@ -54,11 +54,11 @@ class Collector(protocol.Protocol):
         self.done.callback(b"".join(self.received))
 
 
-async def _exchange(pieces: list[bytes]) -> tuple[Sender, bytes]:
+async def _exchange(pieces: list[bytes], kind=Sender) -> tuple[Sender, bytes]:
     senders: list[Sender] = []
 
     def build(_addr):
-        senders.append(Sender(pieces))
+        senders.append(kind(pieces))
         return senders[-1]
 
     factory = protocol.Factory.forProtocol(protocol.Protocol)
@@ -198,3 +198,27 @@ async def test_mqtt_connections_start_with_nodelay_from_their_listener():
         finally:
             reader.transport.abortConnection()
             await port.stopListening()
+
+
+class Flusher(Sender):
+    """Writes each piece the usual way, then flushes it at once."""
+
+    def connectionMade(self) -> None:
+        for piece in self.pieces:
+            self.transport.write(piece)
+            buffered = self.transport._tempDataLen + len(self.transport.dataBuffer)
+            flush_now(self.transport)
+            self.queued_after.append((buffered, self.transport._tempDataLen
+                                      + len(self.transport.dataBuffer)))
+        self.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_flush_now_sends_what_a_write_buffered_in_the_same_turn():
+    """A claim written to Redis is on its way before the CONNACK that
+    follows it (the cluster's takeover order)."""
+    pieces = [b"SET client:c a GET", b"more"]
+    sender, received = await _exchange(pieces, Flusher)
+    assert sender.queued_after == [(len(pieces[0]), 0), (len(pieces[1]), 0)]
+    assert received == b"".join(pieces)
+    flush_now(StringTransport())  # other transports: nothing to do

@@ -24,6 +24,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
+from reactorapp.mqtt.writes import flush_now
+
 log = Logger()
 
 #: Seconds to wait for Redis to accept a connection.
@@ -121,6 +123,12 @@ class RedisLink:
         """Send one command: a Deferred of its reply (bytes, ints, lists),
         or failed with `NotConnected` at once if there is no connection."""
         return self._execute(args, {})
+
+    def flush(self) -> None:
+        """Send the commands written so far now rather than on the reactor's
+        next turn (`reactorapp.mqtt.writes.flush_now`)."""
+        if self.connection is not None:
+            flush_now(self.connection.transport)
 
     def blocking_command(self, *args):
         """A command that may wait in Redis (XREAD BLOCK, SUBSCRIBE): no reply timeout."""

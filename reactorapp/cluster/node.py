@@ -247,6 +247,9 @@ class ClusterNode(Service):
         if not self.commands.connected:
             return
         d = self.commands.command("SET", client_key(client_id), self.node_name, "GET")
+        # On its way to Redis before CONNACK is: a client that then connects
+        # to another node at once has its claim seen after this one.
+        self.commands.flush()
         d.addCallback(self._cbClaimed, client_id, clean)
         d.addErrback(self._ebRedis, "claiming a client id")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import socket
 
-from twisted.internet.tcp import Server
+from twisted.internet.tcp import Connection, Server
 
 
 class WriteBatch:
@@ -110,3 +110,15 @@ def read_now(transport) -> None:
     poller reports readiness for as long as it lasts)."""
     if type(transport) is Server and _SERVER_KNOWN and transport.connected and not transport.TLS:
         transport.doRead()
+
+
+def flush_now(transport) -> None:
+    """Send what a TCP transport (or the one under TLS) has buffered now,
+    not on the reactor's next turn: for a write whose order against what
+    this process sends next elsewhere matters. What the socket does not
+    take stays buffered, as usual."""
+    for layer in (transport, getattr(transport, "transport", None)):
+        if (isinstance(layer, Connection) and _SERVER_KNOWN and layer.connected
+                and not layer.disconnecting
+                and (layer.dataBuffer or getattr(layer, "_tempDataLen", 0))):
+            layer.doWrite()
