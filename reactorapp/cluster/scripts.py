@@ -87,6 +87,11 @@ local function queue(rule, id, value)
     redis.call('SET', last, id)
   end
 end
+local function set_if_queued(kind, client, seq, value)
+  if redis.call('HEXISTS', prefix .. 'q:' .. client, seq) == 1 then
+    redis.call('HSET', prefix .. kind .. client, seq, value)
+  end
+end
 local function set_or_clear(key, field, value)
   if value == '' then
     redis.call('HDEL', key, field)
@@ -138,17 +143,13 @@ while i <= n do
   elseif op == 'Q' then
     redis.call('HSET', prefix .. 'q:' .. a, b, c)
   elseif op == 'F' then
-    if redis.call('HEXISTS', prefix .. 'q:' .. a, b) == 1 then
-      redis.call('HSET', prefix .. 'f:' .. a, b, c)
-    end
+    set_if_queued('f:', a, b, c)
   elseif op == 'D' then
     redis.call('HDEL', prefix .. 'q:' .. a, b)
     redis.call('HDEL', prefix .. 'f:' .. a, b)
     redis.call('HDEL', prefix .. 'share:' .. a, b)
   elseif op == 'H' then
-    if redis.call('HEXISTS', prefix .. 'q:' .. a, b) == 1 then
-      redis.call('HSET', prefix .. 'share:' .. a, b, c)
-    end
+    set_if_queued('share:', a, b, c)
   elseif op == 'P' then
     redis.call('SADD', prefix .. 'rel:' .. a, b)
   elseif op == 'p' then

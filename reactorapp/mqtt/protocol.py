@@ -295,6 +295,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
         else:
             # Aliases, a size limit, options or expiry: this client's own PUBLISH.
             return self._send_publish5(message, 0, retained, 0, False)
+        # `_send_counted`, written out: this is the QoS 0 fan-out hot path.
         self._send(data)
         self.traffic.sent[0] += 1
         stats = self.stats
@@ -329,13 +330,17 @@ class MQTTProtocol(ConnectHandling, Protocol):
             if parts is None:
                 parts = cache[key] = encode_publish_parts(message.topic, message.payload, qos, retained)
             data = parts[0] + packet_id.to_bytes(2, "big") + parts[1]
+        self._send_counted(data, qos)
+        return True
+
+    def _send_counted(self, data: bytes, qos: int) -> None:
+        """Write a PUBLISH and count it as sent."""
         self._send(data)
         self.traffic.sent[qos] += 1
         stats = self.stats
         stats.messages_sent += 1
         stats.publish_sent += 1
         stats.bytes_sent += len(data)
-        return True
 
     def _too_large(self) -> None:
         """[MQTT-3.1.2-24] [MQTT-3.1.2-25]: a PUBLISH over the client's
@@ -373,12 +378,7 @@ class MQTTProtocol(ConnectHandling, Protocol):
                 v5.aliases.forget(assigned)
             self._too_large()
             return False
-        self._send(data)
-        self.traffic.sent[qos] += 1
-        stats = self.stats
-        stats.messages_sent += 1
-        stats.publish_sent += 1
-        stats.bytes_sent += len(data)
+        self._send_counted(data, qos)
         return True
 
     def send_pubrel(self, packet_id: int) -> None:
